@@ -1,0 +1,126 @@
+//! Sampling parameters of a generation request (upstream `Engine.generate` knobs plus the
+//! standard ones users expect from OpenAI-style servers: top-p, min-p, repetition penalty,
+//! stop strings, seed).
+
+use serde::{Deserialize, Serialize};
+
+use crate::validation::{
+    Interval, VResult, Validate, check_at_most, check_positive, check_positive_f, check_range,
+};
+
+const ENTITY: &str = "GenerationParams";
+
+/// How to sample a completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenerationParams {
+    /// Softmax temperature in [0, 2]; 0 means greedy (argmax).
+    pub temperature: f64,
+    /// Keep only the k most likely tokens; `None` (or 0 in JSON/CLI) turns the filter off.
+    #[serde(with = "crate::serde_util::zero_is_none")]
+    pub top_k: Option<usize>,
+    /// Nucleus sampling: keep the smallest set of tokens with probability mass ≥ top_p.
+    pub top_p: f64,
+    /// Drop tokens whose probability is below `min_p` × the top token's.
+    pub min_p: f64,
+    /// Divide positive logits (multiply negative ones) of recently seen tokens by this; 1 = off.
+    pub repetition_penalty: f64,
+    /// How many recent tokens the repetition penalty looks at.
+    pub repetition_window: usize,
+    /// Maximum new tokens.
+    pub max_tokens: usize,
+    /// Seed of the sampler; the same seed gives the same text.
+    pub seed: Option<u64>,
+    /// Stop when the text ends with one of these (the stop string is not returned).
+    pub stop: Vec<String>,
+    /// Completions per prompt.
+    pub num_samples: usize,
+}
+
+impl Default for GenerationParams {
+    /// Upstream's web defaults: temperature 0.8, top-k 50, 512 tokens.
+    fn default() -> Self {
+        Self {
+            temperature: 0.8,
+            top_k: Some(50),
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            repetition_window: 64,
+            max_tokens: 512,
+            seed: None,
+            stop: Vec::new(),
+            num_samples: 1,
+        }
+    }
+}
+
+impl GenerationParams {
+    /// Greedy decoding of up to `max_tokens`.
+    pub fn greedy(max_tokens: usize) -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: None,
+            max_tokens,
+            ..Self::default()
+        }
+    }
+
+    /// Checks the rules that need the model: `top_k <= vocab_size` and
+    /// `max_tokens <= remaining_context`.
+    pub fn validate_for(&self, vocab_size: usize, remaining_context: usize) -> VResult {
+        self.validate()?;
+        if let Some(k) = self.top_k {
+            check_at_most(ENTITY, "top_k", k as u64, "vocab_size", vocab_size as u64)?;
+        }
+        check_at_most(
+            ENTITY,
+            "max_tokens",
+            self.max_tokens as u64,
+            "remaining context",
+            remaining_context as u64,
+        )
+    }
+}
+
+impl Validate for GenerationParams {
+    fn validate(&self) -> VResult {
+        check_range(
+            ENTITY,
+            "temperature",
+            self.temperature,
+            Interval::closed(0.0, 2.0),
+        )?;
+        if let Some(k) = self.top_k {
+            check_positive(ENTITY, "top_k", k as u64)?;
+        }
+        check_range(ENTITY, "top_p", self.top_p, Interval::open_closed(0.0, 1.0))?;
+        check_range(ENTITY, "min_p", self.min_p, Interval::closed(0.0, 1.0))?;
+        check_positive_f(ENTITY, "repetition_penalty", self.repetition_penalty)?;
+        check_positive(ENTITY, "max_tokens", self.max_tokens as u64)?;
+        check_positive(ENTITY, "num_samples", self.num_samples as u64)?;
+        for (i, s) in self.stop.iter().enumerate() {
+            if s.is_empty() {
+                return Err(crate::validation::ValidationError::new(
+                    ENTITY,
+                    format!("stop[{i}]"),
+                    "\"\"",
+                    crate::validation::Rule::NotEmpty,
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_top_k_means_off() {
+        let p: GenerationParams = serde_json::from_str(r#"{"top_k": 0}"#).unwrap();
+        assert_eq!(p.top_k, None);
+        p.validate().unwrap();
+    }
+}

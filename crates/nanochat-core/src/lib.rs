@@ -1,0 +1,74 @@
+//! # nanochat-core
+//!
+//! The data model of nanochat-rs, with no tensors: configurations, the entities that flow
+//! between the stages, every validation rule as a typed error, the three lifecycles, and the
+//! byte-level checkpoint file format. Every other nanochat crate builds on these types.
+//!
+//! | module | what | upstream |
+//! |---|---|---|
+//! | [`model_config`] | [`ModelConfig`], the depth dial, the v0 preset | `GPTConfig`, `base_train.build_model_meta` |
+//! | [`training_config`] | [`TrainingConfiguration`] and batch arithmetic | `base_train.py` flags |
+//! | [`optimizer_config`] | [`OptimizerConfig`], [`OptimizerType`], [`LRSchedule`] | `setup_optimizer`, `get_lr_multiplier` |
+//! | [`tokenizer_config`] | [`TokenizerConfig`], [`SpecialTokens`], [`Vocabulary`] | `tokenizer.py` |
+//! | [`conversation`] | [`Message`], [`MessageRole`], [`ConversationSession`], [`SessionStore`] | `render_conversation` input |
+//! | [`generation`] | [`GenerationParams`] | `Engine.generate` knobs |
+//! | [`evaluation`] | [`EvaluationResult`] | `base_eval` CSV |
+//! | [`dataset`] | [`TrainingDataset`], [`DataSource`], [`DataFormat`], [`PreprocessingStep`], [`DatasetMetadata`] | `dataset.py` |
+//! | [`lifecycle`] | checkpoint / training / inference state machines | — |
+//! | [`checkpoint`], [`checkpoint_manager`] | meta files, CRC32, atomic writes, `find_last_step` | `checkpoint_manager.py` |
+//! | [`validation`] | [`ValidationError`], [`Rule`], [`Validate`] | — |
+//!
+//! ```
+//! use nanochat_core::{ModelConfig, Validate};
+//!
+//! let d20 = ModelConfig::from_depth(20)?;
+//! assert_eq!((d20.n_embd, d20.n_head), (1280, 10));
+//!
+//! let broken = ModelConfig { n_head: 7, ..d20 };
+//! let err = broken.validate().unwrap_err();
+//! assert_eq!(err.to_string(), "invalid ModelConfig.n_embd = 1280: must be divisible by n_head (= 7)");
+//! # Ok::<(), nanochat_core::ValidationError>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+pub mod checkpoint_manager;
+pub mod config_file;
+pub mod conversation;
+pub mod dataset;
+pub mod device;
+pub mod evaluation;
+pub mod fs;
+pub mod generation;
+pub mod lifecycle;
+pub mod model_config;
+pub mod optimizer_config;
+pub mod paths;
+pub mod serde_util;
+pub mod tokenizer_config;
+pub mod training_config;
+pub mod validation;
+
+pub use checkpoint::{CheckpointMeta, CheckpointMetadata, FileRecord, Timings};
+pub use checkpoint_manager::{CheckpointError, CheckpointWriter, Source};
+pub use config_file::ConfigError;
+pub use conversation::{
+    ContentPart, Conversation, ConversationSession, Message, MessageContent, MessageRole,
+    SessionStore,
+};
+pub use dataset::{
+    DataFormat, DataSource, DatasetKind, DatasetMetadata, PreprocessingStep, ShardInfo, SourceType,
+    TrainingDataset,
+};
+pub use device::DeviceSpec;
+pub use evaluation::EvaluationResult;
+pub use generation::GenerationParams;
+pub use lifecycle::{
+    CheckpointState, InferenceState, Lifecycle, LifecycleError, LifecycleState, TrainingState,
+};
+pub use model_config::{DepthDial, InitScheme, ModelConfig, WindowSize};
+pub use optimizer_config::{AdamGroup, LRSchedule, OptimizerConfig, OptimizerType};
+pub use tokenizer_config::{SpecialTokens, TokenizerConfig, Vocabulary};
+pub use training_config::TrainingConfiguration;
+pub use validation::{Interval, Rule, Validate, ValidationError};

@@ -1,0 +1,122 @@
+//! `cargo xtask`: the project's orchestration, in Rust rather than shell scripts.
+//!
+//! - `cargo xtask ci`: every check CI runs (format, lints, tests, docs, backend builds).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// nanochat-rs developer tasks.
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every check CI runs: fmt, clippy, tests, docs, and a compile check of the wgpu and
+    /// cuda backends.
+    Ci {
+        /// Skip the wgpu/cuda compile checks (they rebuild burn's GPU stack).
+        #[arg(long)]
+        skip_backends: bool,
+    },
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
+}
+
+/// One step of a check run: a cargo invocation with optional environment.
+struct Step {
+    name: &'static str,
+    args: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+}
+
+fn run_step(root: &Path, step: &Step) -> Result<f64> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    println!("\n==> {} (cargo {})", step.name, step.args.join(" "));
+    let start = Instant::now();
+    let status = Command::new(&cargo)
+        .args(step.args)
+        .envs(step.env.iter().copied())
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("cannot run {cargo}"))?;
+    let secs = start.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("step `{}` failed after {secs:.0} s ({status})", step.name);
+    }
+    println!("<== {} ok in {secs:.0} s", step.name);
+    Ok(secs)
+}
+
+fn ci(skip_backends: bool) -> Result<()> {
+    let root = workspace_root();
+    let mut steps = vec![
+        Step {
+            name: "fmt",
+            args: &["fmt", "--all", "--", "--check"],
+            env: &[],
+        },
+        Step {
+            name: "clippy",
+            args: &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+            env: &[],
+        },
+        Step {
+            name: "test",
+            args: &["test", "--workspace"],
+            env: &[],
+        },
+        Step {
+            name: "doc",
+            args: &["doc", "--workspace", "--no-deps"],
+            env: &[("RUSTDOCFLAGS", "-D warnings")],
+        },
+    ];
+    if !skip_backends {
+        steps.push(Step {
+            name: "check wgpu",
+            args: &["check", "-p", "nanochat", "--features", "wgpu"],
+            env: &[],
+        });
+        steps.push(Step {
+            name: "check cuda",
+            args: &["check", "-p", "nanochat", "--features", "cuda"],
+            env: &[],
+        });
+    }
+    let start = Instant::now();
+    let mut times = Vec::new();
+    for step in &steps {
+        times.push((step.name, run_step(&root, step)?));
+    }
+    println!("\nCI passed in {:.0} s:", start.elapsed().as_secs_f64());
+    for (name, secs) in times {
+        println!("  {name:<12} {secs:>6.0} s");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Ci { skip_backends } => ci(skip_backends),
+    }
+}
