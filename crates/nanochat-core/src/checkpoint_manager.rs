@@ -103,8 +103,17 @@ pub enum CheckpointError {
         path: PathBuf,
         /// The broken rule.
         #[source]
-        source: ValidationError,
+        source: Box<ValidationError>,
     },
+}
+
+impl CheckpointError {
+    fn invalid(path: impl Into<PathBuf>, source: ValidationError) -> Self {
+        CheckpointError::Invalid {
+            path: path.into(),
+            source: Box::new(source),
+        }
+    }
 }
 
 /// The training stage a checkpoint comes from (upstream's `--source`).
@@ -249,10 +258,10 @@ impl CheckpointWriter {
                     expected: "a plain file name, not hidden and not the meta's",
                 }
             };
-            return Err(CheckpointError::Invalid {
-                path: self.dir.join(name),
-                source: ValidationError::new("ModelCheckpoint", "file", name, rule),
-            });
+            return Err(CheckpointError::invalid(
+                self.dir.join(name),
+                ValidationError::new("ModelCheckpoint", "file", name, rule),
+            ));
         }
         Ok(())
     }
@@ -325,9 +334,9 @@ impl CheckpointWriter {
     pub fn commit(mut self, mut meta: CheckpointMeta) -> Result<CheckpointMeta, CheckpointError> {
         let path = self.dir.join(meta_file_name(self.step));
         if meta.step() != self.step {
-            return Err(CheckpointError::Invalid {
+            return Err(CheckpointError::invalid(
                 path,
-                source: ValidationError::new(
+                ValidationError::new(
                     "CheckpointMeta",
                     "step",
                     meta.step(),
@@ -336,14 +345,12 @@ impl CheckpointWriter {
                         expected: self.step.to_string(),
                     },
                 ),
-            });
+            ));
         }
         meta.format_version = FORMAT_VERSION;
         meta.files = self.records.clone();
-        meta.validate().map_err(|source| CheckpointError::Invalid {
-            path: path.clone(),
-            source,
-        })?;
+        meta.validate()
+            .map_err(|e| CheckpointError::invalid(path.clone(), e))?;
         self.publish_files()?;
         let bytes = encode_meta(&mut meta);
         write_atomic(&path, &bytes)?;
@@ -408,25 +415,18 @@ pub fn decode_meta(path: &Path, bytes: &[u8]) -> Result<CheckpointMeta, Checkpoi
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-    meta.validate().map_err(|source| CheckpointError::Invalid {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    meta.validate()
+        .map_err(|e| CheckpointError::invalid(path.to_path_buf(), e))?;
     Ok(meta)
 }
 
 /// Reads and checks `meta_{step:06}.json` in `dir`.
 pub fn load_meta(dir: &Path, step: u64) -> Result<CheckpointMeta, CheckpointError> {
     if !dir.is_dir() {
-        return Err(CheckpointError::Invalid {
-            path: dir.to_path_buf(),
-            source: ValidationError::new(
-                "ModelCheckpoint",
-                "path",
-                dir.display(),
-                Rule::PathExists,
-            ),
-        });
+        return Err(CheckpointError::invalid(
+            dir,
+            ValidationError::new("ModelCheckpoint", "path", dir.display(), Rule::PathExists),
+        ));
     }
     let path = dir.join(meta_file_name(step));
     let bytes = match fs::read(&path) {

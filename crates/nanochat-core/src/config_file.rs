@@ -40,7 +40,7 @@ pub enum ConfigError {
         path: PathBuf,
         /// The rule.
         #[source]
-        source: ValidationError,
+        source: Box<ValidationError>,
     },
     /// Neither `.json` nor `.toml`.
     #[error("{path}: unknown config format (use a .json or .toml file)")]
@@ -67,9 +67,9 @@ pub fn from_json_str<T: DeserializeOwned + Validate>(
         path: path.into(),
         source,
     })?;
-    v.validate().map_err(|source| ConfigError::Invalid {
+    v.validate().map_err(|e| ConfigError::Invalid {
         path: path.into(),
-        source,
+        source: Box::new(e),
     })?;
     Ok(v)
 }
@@ -83,9 +83,9 @@ pub fn from_toml_str<T: DeserializeOwned + Validate>(
         path: path.into(),
         source,
     })?;
-    v.validate().map_err(|source| ConfigError::Invalid {
+    v.validate().map_err(|e| ConfigError::Invalid {
         path: path.into(),
-        source,
+        source: Box::new(e),
     })?;
     Ok(v)
 }

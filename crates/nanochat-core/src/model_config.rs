@@ -289,7 +289,7 @@ impl Validate for ModelConfig {
         ] {
             check_positive(ENTITY, field, v as u64)?;
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(ValidationError::new(
                 ENTITY,
                 "n_embd",
@@ -307,7 +307,7 @@ impl Validate for ModelConfig {
             "n_head",
             self.n_head as u64,
         )?;
-        if self.n_head % self.n_kv_head != 0 {
+        if !self.n_head.is_multiple_of(self.n_kv_head) {
             return Err(ValidationError::new(
                 ENTITY,
                 "n_head",
@@ -318,7 +318,7 @@ impl Validate for ModelConfig {
                 },
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(ValidationError::new(
                 ENTITY,
                 "n_embd",

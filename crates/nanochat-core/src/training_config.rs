@@ -161,7 +161,7 @@ pub fn grad_accum_steps(
     check_positive(ENTITY, "max_seq_len", seq_len as u64)?;
     check_positive(ENTITY, "world_size", world_size as u64)?;
     let per_step = (device_batch_size * seq_len * world_size) as u64;
-    if total_batch_size % per_step != 0 {
+    if !total_batch_size.is_multiple_of(per_step) {
         return Err(ValidationError::new(
             ENTITY,
             "total_batch_size",
