@@ -1,10 +1,9 @@
-//! # nanochat
+#![doc = include_str!("../README.md")]
 //!
-//! nanochat (Karpathy's "best ChatGPT that $100 can buy") rebuilt in Rust: train a tokenizer,
-//! pretrain, fine-tune, evaluate and chat with your own small LLM on a laptop CPU, any GPU
-//! through WGPU, or NVIDIA through CUDA.
+//! ## This package
 //!
-//! This package re-exports the workspace's crates under short names and holds the runnable
+//! The `nanochat` package re-exports the workspace's crates under short names
+//! ([`core`], [`tokenizer`], [`model`], [`train`], [`eval`], [`infer`]) and holds the runnable
 //! examples. Pick a backend with Cargo features: `flex` (CPU, default), `ndarray`, `wgpu`,
 //! `cuda`.
 
