@@ -19,10 +19,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run every check CI runs: fmt, clippy, tests, docs, and a compile check of the wgpu and
-    /// cuda backends.
+    /// Run every check CI runs: fmt, clippy, tests, docs, and a lint of the wgpu, cuda and
+    /// ndarray backend builds.
     Ci {
-        /// Skip the wgpu/cuda compile checks (they rebuild burn's GPU stack).
+        /// Skip the backend checks (they check burn's GPU stacks, about 2 minutes).
         #[arg(long)]
         skip_backends: bool,
     },
@@ -92,14 +92,48 @@ fn ci(skip_backends: bool) -> Result<()> {
         },
     ];
     if !skip_backends {
+        // Lint (not just compile) every backend feature, so cfg-gated code stays warning-free.
         steps.push(Step {
             name: "check wgpu",
-            args: &["check", "-p", "nanochat", "--features", "wgpu"],
+            args: &[
+                "clippy",
+                "-p",
+                "nanochat",
+                "--features",
+                "wgpu",
+                "--",
+                "-D",
+                "warnings",
+            ],
             env: &[],
         });
         steps.push(Step {
             name: "check cuda",
-            args: &["check", "-p", "nanochat", "--features", "cuda"],
+            args: &[
+                "clippy",
+                "-p",
+                "nanochat",
+                "--features",
+                "cuda",
+                "--",
+                "-D",
+                "warnings",
+            ],
+            env: &[],
+        });
+        steps.push(Step {
+            name: "check ndarray",
+            args: &[
+                "clippy",
+                "-p",
+                "nanochat",
+                "--no-default-features",
+                "--features",
+                "ndarray",
+                "--",
+                "-D",
+                "warnings",
+            ],
             env: &[],
         });
     }

@@ -8,22 +8,21 @@
 //! Backends are `Autodiff<…>` so that training code can take gradients; inference code simply
 //! uses `B::InnerBackend` or ignores the autodiff layer.
 
-use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
 use nanochat_core::DeviceSpec;
 
 /// The CPU backend (burn-flex), with autodiff.
 #[cfg(feature = "flex")]
-pub type CpuBackend = Autodiff<burn::backend::Flex>;
+pub type CpuBackend = burn::backend::Autodiff<burn::backend::Flex>;
 /// The CPU backend (ndarray), used when `flex` is not compiled in.
 #[cfg(all(feature = "ndarray", not(feature = "flex")))]
-pub type CpuBackend = Autodiff<burn::backend::NdArray>;
+pub type CpuBackend = burn::backend::Autodiff<burn::backend::NdArray>;
 /// The WGPU backend, with autodiff.
 #[cfg(feature = "wgpu")]
-pub type WgpuBackend = Autodiff<burn::backend::Wgpu>;
+pub type WgpuBackend = burn::backend::Autodiff<burn::backend::Wgpu>;
 /// The CUDA backend, with autodiff.
 #[cfg(feature = "cuda")]
-pub type CudaBackend = Autodiff<burn::backend::Cuda>;
+pub type CudaBackend = burn::backend::Autodiff<burn::backend::Cuda>;
 
 /// The requested backend cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -115,16 +114,20 @@ pub fn dispatch<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output, 
         DeviceSpec::Auto => dispatch(resolve_auto(), task),
         DeviceSpec::Cpu => {
             #[cfg(any(feature = "flex", feature = "ndarray"))]
-            return Ok(task.run::<CpuBackend>(Default::default()));
+            {
+                Ok(task.run::<CpuBackend>(Default::default()))
+            }
             #[cfg(not(any(feature = "flex", feature = "ndarray")))]
-            return Err(not_compiled(spec, "flex"));
+            {
+                Err(not_compiled(spec, "flex"))
+            }
         }
         DeviceSpec::Wgpu(index) => {
             #[cfg(feature = "wgpu")]
             {
                 use burn::backend::wgpu::WgpuDevice;
                 let device = index.map_or(WgpuDevice::DefaultDevice, WgpuDevice::DiscreteGpu);
-                return Ok(task.run::<WgpuBackend>(device));
+                Ok(task.run::<WgpuBackend>(device))
             }
             #[cfg(not(feature = "wgpu"))]
             {
@@ -135,8 +138,7 @@ pub fn dispatch<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output, 
         DeviceSpec::Cuda(index) => {
             #[cfg(feature = "cuda")]
             {
-                let device = burn::backend::cuda::CudaDevice::new(index);
-                return Ok(task.run::<CudaBackend>(device));
+                Ok(task.run::<CudaBackend>(burn::backend::cuda::CudaDevice::new(index)))
             }
             #[cfg(not(feature = "cuda"))]
             {
