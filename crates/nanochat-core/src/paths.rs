@@ -16,6 +16,10 @@ pub const BASE_DIR_ENV: &str = "NANOCHAT_BASE_DIR";
 pub const DATA_DIR_ENV: &str = "NANOCHAT_DATA_DIR";
 /// Environment variable overriding the model fixture dir.
 pub const FIXTURE_DIR_ENV: &str = "NANOCHAT_FIXTURE_DIR";
+/// Environment variable overriding the tokenizer fixture dir.
+pub const TOKENIZER_FIXTURE_DIR_ENV: &str = "NANOCHAT_TOKENIZER_FIXTURE_DIR";
+/// Default tokenizer fixture dir, relative to the repository root.
+pub const DEFAULT_TOKENIZER_FIXTURE_DIR: &str = "../shared/fixtures/tokenizer";
 /// Default offline data dir, relative to the repository root.
 pub const DEFAULT_DATA_DIR: &str = "../shared/data";
 /// Default model fixture dir, relative to the repository root.
@@ -60,6 +64,12 @@ pub fn data_dir() -> PathBuf {
 /// The model fixture dir: `$NANOCHAT_FIXTURE_DIR`, else `../shared/fixtures/model`.
 pub fn fixture_dir() -> PathBuf {
     from_env_or(FIXTURE_DIR_ENV, DEFAULT_FIXTURE_DIR)
+}
+
+/// The tokenizer fixture dir: `$NANOCHAT_TOKENIZER_FIXTURE_DIR`, else
+/// `../shared/fixtures/tokenizer`.
+pub fn tokenizer_fixture_dir() -> PathBuf {
+    from_env_or(TOKENIZER_FIXTURE_DIR_ENV, DEFAULT_TOKENIZER_FIXTURE_DIR)
 }
 
 /// The tokenizer folder in the base dir.

@@ -1,0 +1,225 @@
+//! Pretraining shards on disk (upstream `nanochat/dataset.py`): a folder of parquet files
+//! `shard_00000.parquet …` with a `text` column, read one row group at a time. The last shard
+//! is the validation split, all others are train.
+//!
+//! This lives in the tokenizer crate because tokenizer training is the first reader; the
+//! training crate's data loader reads shards through the same functions.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow_array::{Array, LargeStringArray, StringArray, StringViewArray};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// Errors reading shards; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The folder cannot be listed.
+    #[error("cannot list shard folder {dir}: {source}")]
+    List {
+        /// The folder.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No shards where shards were expected.
+    #[error(
+        "no *.parquet shards in {dir} (set --data-dir or NANOCHAT_DATA_DIR, or run `nanochat download`)"
+    )]
+    NoShards {
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// A shard cannot be opened or decoded.
+    #[error("shard {path}: {reason}")]
+    Shard {
+        /// The shard.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// Which part of the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// All shards but the last.
+    Train,
+    /// The last shard.
+    Val,
+}
+
+/// All `*.parquet` files in `dir`, sorted by name (temporary and partial downloads excluded).
+pub fn list_parquet_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| DataError::List {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| DataError::List {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".parquet") && !name.starts_with('.') {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(DataError::NoShards {
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok(files)
+}
+
+/// The shards of a split: the last file is validation, the rest train (a single shard serves
+/// as both, with a warning left to the caller).
+pub fn split_files(files: &[PathBuf], split: Split) -> &[PathBuf] {
+    match (split, files.len()) {
+        (_, 0 | 1) => files,
+        (Split::Train, n) => &files[..n - 1],
+        (Split::Val, n) => &files[n - 1..],
+    }
+}
+
+fn shard_err(path: &Path, e: impl std::fmt::Display) -> DataError {
+    DataError::Shard {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// One parquet shard, read a row group at a time.
+pub struct Shard {
+    path: PathBuf,
+    num_row_groups: usize,
+}
+
+impl Shard {
+    /// Opens a shard and reads its footer.
+    pub fn open(path: &Path) -> Result<Self, DataError> {
+        let file = File::open(path).map_err(|e| shard_err(path, e))?;
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| shard_err(path, e))?;
+        let num_row_groups = builder.metadata().num_row_groups();
+        Ok(Self {
+            path: path.to_path_buf(),
+            num_row_groups,
+        })
+    }
+
+    /// The shard's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of row groups.
+    pub fn num_row_groups(&self) -> usize {
+        self.num_row_groups
+    }
+
+    /// The `text` column of row group `rg`.
+    pub fn read_row_group(&self, rg: usize) -> Result<Vec<String>, DataError> {
+        let path = &self.path;
+        let file = File::open(path).map_err(|e| shard_err(path, e))?;
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| shard_err(path, e))?;
+        let schema = builder.parquet_schema();
+        let Some(col) = (0..schema.num_columns()).find(|&i| schema.column(i).name() == "text")
+        else {
+            return Err(shard_err(path, "has no `text` column"));
+        };
+        let mask = ProjectionMask::leaves(schema, [col]);
+        let reader = builder
+            .with_row_groups(vec![rg])
+            .with_projection(mask)
+            .with_batch_size(1 << 16)
+            .build()
+            .map_err(|e| shard_err(path, e))?;
+        let mut texts = Vec::new();
+        for batch in reader {
+            let batch = batch.map_err(|e| shard_err(path, format!("row group {rg}: {e}")))?;
+            let column = batch.column(0);
+            let any = column.as_any();
+            if let Some(a) = any.downcast_ref::<StringArray>() {
+                texts.extend((0..a.len()).map(|i| {
+                    if a.is_null(i) {
+                        String::new()
+                    } else {
+                        a.value(i).to_string()
+                    }
+                }));
+            } else if let Some(a) = any.downcast_ref::<LargeStringArray>() {
+                texts.extend((0..a.len()).map(|i| {
+                    if a.is_null(i) {
+                        String::new()
+                    } else {
+                        a.value(i).to_string()
+                    }
+                }));
+            } else if let Some(a) = any.downcast_ref::<StringViewArray>() {
+                texts.extend((0..a.len()).map(|i| {
+                    if a.is_null(i) {
+                        String::new()
+                    } else {
+                        a.value(i).to_string()
+                    }
+                }));
+            } else {
+                return Err(shard_err(
+                    path,
+                    format!(
+                        "`text` column has type {}, expected strings",
+                        column.data_type()
+                    ),
+                ));
+            }
+        }
+        Ok(texts)
+    }
+}
+
+/// A batch of documents and where it came from.
+#[derive(Debug, Clone)]
+pub struct DocBatch {
+    /// Index of the shard in the file list.
+    pub shard: usize,
+    /// Row group within the shard.
+    pub row_group: usize,
+    /// The documents.
+    pub texts: Vec<String>,
+}
+
+/// Iterates the documents of `files`, one row group per item, in file order; within each file
+/// row groups `start, start + step, …` (upstream `parquets_iter_batched`; start/step stride
+/// data-parallel ranks).
+pub fn iter_batches(
+    files: &[PathBuf],
+    start: usize,
+    step: usize,
+) -> impl Iterator<Item = Result<DocBatch, DataError>> + '_ {
+    let step = step.max(1);
+    files.iter().enumerate().flat_map(move |(shard_idx, path)| {
+        let shard = Shard::open(path);
+        let groups: Box<dyn Iterator<Item = Result<DocBatch, DataError>>> =
+            match shard {
+                Err(e) => Box::new(std::iter::once(Err(e))),
+                Ok(shard) => Box::new((start..shard.num_row_groups()).step_by(step).map(
+                    move |rg| {
+                        shard.read_row_group(rg).map(|texts| DocBatch {
+                            shard: shard_idx,
+                            row_group: rg,
+                            texts,
+                        })
+                    },
+                )),
+            };
+        groups
+    })
+}
