@@ -1,6 +1,10 @@
 //! `cargo xtask`: the project's orchestration, in Rust rather than shell scripts.
 //!
 //! - `cargo xtask ci`: every check CI runs (format, lints, tests, docs, backend builds).
+//! - `cargo xtask bench-tokenizer`: our tokenizer training and encoding against upstream's
+//!   rustbpe and Python tiktoken on this machine, in one run.
+
+mod bench_tokenizer;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,6 +30,10 @@ enum Cmd {
         #[arg(long)]
         skip_backends: bool,
     },
+    /// Train the tokenizer with ours and with upstream's rustbpe (PyPI) on the same shards, check
+    /// the merges are identical, and compare encode throughput with Python tiktoken. Installs
+    /// rustbpe, tiktoken and pyarrow into target/bench-venv on first use (needs PyPI).
+    BenchTokenizer(bench_tokenizer::Args),
 }
 
 fn workspace_root() -> PathBuf {
@@ -152,5 +160,6 @@ fn ci(skip_backends: bool) -> Result<()> {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Ci { skip_backends } => ci(skip_backends),
+        Cmd::BenchTokenizer(args) => bench_tokenizer::run(&workspace_root(), args),
     }
 }

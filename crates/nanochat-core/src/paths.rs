@@ -72,6 +72,21 @@ pub fn tokenizer_fixture_dir() -> PathBuf {
     from_env_or(TOKENIZER_FIXTURE_DIR_ENV, DEFAULT_TOKENIZER_FIXTURE_DIR)
 }
 
+/// Where pretraining shards are read from when no `--data-dir` is given:
+/// `$NANOCHAT_DATA_DIR/pretrain` if that variable is set; else upstream's download folder
+/// `<base dir>/base_data_climbmix` if it exists; else the offline bundle's
+/// `../shared/data/pretrain`.
+pub fn pretrain_data_dir() -> PathBuf {
+    if env::var_os(DATA_DIR_ENV).is_some_and(|v| !v.is_empty()) {
+        return data_dir().join("pretrain");
+    }
+    let downloaded = base_dir().join("base_data_climbmix");
+    if downloaded.is_dir() {
+        return downloaded;
+    }
+    data_dir().join("pretrain")
+}
+
 /// The tokenizer folder in the base dir.
 pub fn tokenizer_dir(base: &Path) -> PathBuf {
     base.join("tokenizer")

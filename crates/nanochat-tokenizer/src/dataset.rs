@@ -16,7 +16,9 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// The folder cannot be listed.
-    #[error("cannot list shard folder {dir}: {source}")]
+    #[error(
+        "cannot list shard folder {dir}: {source} (point --data-dir or NANOCHAT_DATA_DIR at a folder of *.parquet shards)"
+    )]
     List {
         /// The folder.
         dir: PathBuf,

@@ -96,6 +96,7 @@ proptest! {
     #[test]
     fn decode_inverts_encode(s in prop_oneof![tricky(), any::<String>()]) {
         let t = tok();
+        prop_assert_eq!(t.encode(&s), t.encode_reference(&s));
         prop_assert_eq!(t.decode(&t.encode(&s)).unwrap(), s.clone());
         // Special-token strings in ordinary text stay text.
         prop_assert!(t.encode(&s).iter().all(|&id| !t.is_special(id)));

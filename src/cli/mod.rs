@@ -1,0 +1,81 @@
+//! Argument parsing for the `nanochat` binary; each subcommand lives in its own file and only
+//! turns flags into a call of a library function.
+
+mod bench;
+mod tok_eval;
+mod tok_train;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// nanochat in Rust: train, evaluate and chat with your own small LLM.
+#[derive(Parser, Debug)]
+#[command(name = "nanochat", version, about, long_about = None)]
+pub struct Cli {
+    /// Artifacts directory (tokenizer, checkpoints, report); default $NANOCHAT_BASE_DIR or
+    /// ~/.cache/nanochat.
+    #[arg(long, global = true, env = "NANOCHAT_BASE_DIR")]
+    pub base_dir: Option<PathBuf>,
+    /// More logging (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train the BPE tokenizer on the pretraining shards (upstream tok_train.py).
+    TokTrain(tok_train::Args),
+    /// Compare the tokenizer's compression with GPT-2's and GPT-4's (upstream tok_eval.py).
+    TokEval(tok_eval::Args),
+    /// Measure hot paths (tokenizer encode throughput, …) and print JSON.
+    Bench(bench::Args),
+}
+
+/// Sets up `tracing` logs (RUST_LOG overrides the level).
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+}
+
+/// The base dir: `--base-dir`, else `$NANOCHAT_BASE_DIR`, else `~/.cache/nanochat`.
+fn base_dir(cli: &Cli) -> PathBuf {
+    cli.base_dir
+        .clone()
+        .unwrap_or_else(nanochat::core::paths::base_dir)
+}
+
+/// Runs the chosen subcommand.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let base = base_dir(&cli);
+    match cli.command {
+        Command::TokTrain(a) => tok_train::run(a, &base),
+        Command::TokEval(a) => tok_eval::run(a, &base),
+        Command::Bench(a) => bench::run(a, &base),
+    }
+}
+
+/// Parses counts written as integers, with `_` separators or in scientific notation (`2e9`).
+pub fn parse_count(s: &str) -> Result<u64, String> {
+    let clean = s.replace('_', "");
+    if let Ok(n) = clean.parse::<u64>() {
+        return Ok(n);
+    }
+    match clean.parse::<f64>() {
+        Ok(f) if f >= 0.0 && f.fract() == 0.0 && f <= u64::MAX as f64 => Ok(f as u64),
+        _ => Err(format!(
+            "{s:?} is not a whole non-negative number (e.g. 2000000000 or 2e9)"
+        )),
+    }
+}
