@@ -80,8 +80,7 @@ pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
     let nonzero: Vec<u32> = tb.iter().copied().filter(|&b| b > 0).collect();
     let mean = nonzero.iter().map(|&b| b as f64).sum::<f64>() / nonzero.len().max(1) as f64;
     println!(
-        "Saved {} (vocab {}, token bytes min {} max {} mean {:.2}) to {}",
-        "tokenizer.tiktoken, tokenizer.json, token_bytes.json",
+        "Saved tokenizer.tiktoken, tokenizer.json, token_bytes.json (vocab {}, token bytes min {} max {} mean {:.2}) to {}",
         tokenizer.vocab_size(),
         nonzero.iter().min().unwrap_or(&0),
         nonzero.iter().max().unwrap_or(&0),

@@ -195,23 +195,24 @@ fn chunk_end(t: &Tables, s: &str, i: usize, max_digits: usize) -> usize {
     let j = i + len;
     let next = char_at_opt(s, j);
     // 1. Contractions.
-    if c == '\'' {
-        if let Some((c2, l2)) = next {
-            if matches!(
-                c2,
-                's' | 'd' | 'm' | 't' | 'S' | 'D' | 'M' | 'T' | '\u{17F}'
-            ) {
-                return j + l2;
-            }
-            if let Some((c3, l3)) = char_at_opt(s, j + l2) {
-                let (a, b) = (c2.to_ascii_lowercase(), c3.to_ascii_lowercase());
-                if c2.is_ascii()
-                    && c3.is_ascii()
-                    && matches!((a, b), ('l', 'l') | ('v', 'e') | ('r', 'e'))
-                {
-                    return j + l2 + l3;
-                }
-            }
+    if c == '\''
+        && let Some((c2, l2)) = next
+    {
+        if matches!(
+            c2,
+            's' | 'd' | 'm' | 't' | 'S' | 'D' | 'M' | 'T' | '\u{17F}'
+        ) {
+            return j + l2;
+        }
+        if let Some((c3, l3)) = char_at_opt(s, j + l2)
+            && c2.is_ascii()
+            && c3.is_ascii()
+            && matches!(
+                (c2.to_ascii_lowercase(), c3.to_ascii_lowercase()),
+                ('l', 'l') | ('v', 'e') | ('r', 'e')
+            )
+        {
+            return j + l2 + l3;
         }
     }
     let cls = class_of(t, c);

@@ -111,8 +111,8 @@ pub fn format_table(r: &TokEvalResult) -> String {
         let _ = writeln!(out, "{}", "=".repeat(86));
         let _ = writeln!(
             out,
-            "{:<16} {:>10} {:>9} {:>7} {:>9} {:>7} {:>9}  {}",
-            "Text", "Bytes", "Tokens", "Ratio", "Tokens", "Ratio", "Diff", "Better"
+            "{:<16} {:>10} {:>9} {:>7} {:>9} {:>7} {:>9}  Better",
+            "Text", "Bytes", "Tokens", "Ratio", "Tokens", "Ratio", "Diff"
         );
         let _ = writeln!(out, "{:<16} {:>10} {:>17} {:>17}", "", "", base, "Ours");
         let _ = writeln!(out, "{}", "-".repeat(86));
