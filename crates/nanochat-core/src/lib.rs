@@ -43,6 +43,7 @@ pub mod fs;
 pub mod generation;
 pub mod lifecycle;
 pub mod model_config;
+pub mod model_counts;
 pub mod optimizer_config;
 pub mod paths;
 pub mod serde_util;
@@ -68,6 +69,7 @@ pub use lifecycle::{
     CheckpointState, InferenceState, Lifecycle, LifecycleError, LifecycleState, TrainingState,
 };
 pub use model_config::{DepthDial, InitScheme, ModelConfig, WindowSize};
+pub use model_counts::ParamCounts;
 pub use optimizer_config::{AdamGroup, LRSchedule, OptimizerConfig, OptimizerType};
 pub use tokenizer_config::{SpecialTokens, TokenizerConfig, Vocabulary};
 pub use training_config::TrainingConfiguration;

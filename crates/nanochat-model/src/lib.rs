@@ -3,12 +3,29 @@
 //! nanochat's GPT (upstream `nanochat/gpt.py`) on burn 0.21, generic over `B: Backend`, so that
 //! one model code runs on the CPU (burn-flex), WGPU and CUDA.
 //!
-//! Present today: [`backend`], which maps a user's `--device` choice to a compiled-in burn
-//! backend and runs generic code on it. The model, KV cache and checkpoint I/O are ported next
-//! (see the repository's issue tracker); this crate does not pretend to have them yet.
+//! - [`gpt`]: the model and its forward pass, loss, counts;
+//! - [`init`]: upstream's weight initialisation;
+//! - [`kv_cache`]: the cache for incremental decoding;
+//! - [`flash_attention`], [`rotary`]: attention with sliding windows, rotary embeddings;
+//! - [`backend`]: choosing a backend and device at run time.
 
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod flash_attention;
+pub mod gpt;
+pub mod init;
+pub mod kv_cache;
+pub mod rotary;
+pub mod weights;
 
 pub use backend::{BackendError, BackendTask, compiled_backends, dispatch};
+pub use gpt::{ComputeDtype, Gpt, Reduction, cross_entropy};
+pub use kv_cache::KvCache;
+
+/// The CPU backend used by this crate's tests.
+#[cfg(all(test, feature = "flex"))]
+pub(crate) type TestBackend = burn::backend::Flex;
+/// The CPU backend used by this crate's tests.
+#[cfg(all(test, feature = "ndarray", not(feature = "flex")))]
+pub(crate) type TestBackend = burn::backend::NdArray;

@@ -1,0 +1,467 @@
+//! The GPT (port of upstream `nanochat/gpt.py`, HEAD 92d63d4), generic over burn's backend.
+//!
+//! Notable features, as upstream's docstring lists them, each switchable by [`ModelConfig`]
+//! so that the `v0` preset is the original release:
+//! - rotary embeddings (no positional embeddings), half-split, base 100000 (v0: 10000);
+//! - QK-norm, then q and k scaled by 1.2 (v0: 1);
+//! - untied token embedding and lm_head; vocabulary padded to a multiple of 64, logits cropped;
+//! - ReLU² MLP (4× wide); parameter-free RMSNorm, also right after the token embedding;
+//! - no biases; grouped-query attention;
+//! - sliding-window attention per layer from `window_pattern` (last layer full);
+//! - value embeddings on alternating layers (the last always), gated per kv head;
+//! - learnable per-layer `resid_lambdas` / `x0_lambdas` mixing the residual with the input;
+//! - smear (previous token's embedding mixed in through a gate) and backout (a scaled copy of
+//!   the middle layer's output subtracted before the final norm);
+//! - logit soft cap 15 computed in float32; cross-entropy with ignore index −1.
+//!
+//! Parameter names map 1:1 to upstream's `state_dict` (`transformer.h.3.attn.c_q.weight`,
+//! `value_embeds.1.weight`, …); burn's `Linear` stores `[in, out]`, the transpose of
+//! PyTorch's `[out, in]`, which the checkpoint code converts.
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
+use burn::tensor::activation::{relu, sigmoid};
+use burn::tensor::backend::Backend;
+use burn::tensor::{FloatDType, Int, Tensor};
+use nanochat_core::model_config::{SMEAR_GATE_CHANNELS, VE_GATE_CHANNELS};
+use nanochat_core::{ModelConfig, ParamCounts, WindowSize};
+
+use crate::flash_attention::causal_window_attention;
+use crate::kv_cache::KvCache;
+use crate::rotary::{apply_rotary_emb, rope_tables};
+
+/// The dtype of activations and matmuls. Master weights stay float32 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ComputeDtype {
+    /// Float32 everywhere (upstream on CPU; what the parity tests use).
+    #[default]
+    F32,
+    /// Bfloat16 activations and matmuls, weights cast per use (upstream on GPUs with SM ≥ 80).
+    BF16,
+}
+
+impl ComputeDtype {
+    /// The burn dtype.
+    pub fn float_dtype(self) -> FloatDType {
+        match self {
+            ComputeDtype::F32 => FloatDType::F32,
+            ComputeDtype::BF16 => FloatDType::BF16,
+        }
+    }
+
+    /// Upstream's RMSNorm epsilon: the dtype's machine epsilon (`torch.finfo(dtype).eps`).
+    pub fn norm_eps(self) -> f64 {
+        match self {
+            ComputeDtype::F32 => f32::EPSILON as f64,
+            ComputeDtype::BF16 => 0.0078125,
+        }
+    }
+}
+
+/// Cross-entropy reduction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduction {
+    /// Mean over the targets that are not −1.
+    Mean,
+    /// One loss per position (0 where the target is −1).
+    None,
+}
+
+/// Parameter-free RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps)`.
+pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D> {
+    let ms = x.clone().square().mean_dim(D - 1);
+    x * (ms + eps).sqrt().recip()
+}
+
+/// `x @ W` with the float32 master weight cast to `x`'s dtype (upstream's `Linear`).
+fn linear<B: Backend, const D: usize>(
+    l: &Linear<B>,
+    x: Tensor<B, D>,
+    dtype: ComputeDtype,
+) -> Tensor<B, D> {
+    match dtype {
+        ComputeDtype::F32 => l.forward(x),
+        ComputeDtype::BF16 => {
+            let w = l.weight.val().cast(FloatDType::BF16);
+            burn::tensor::module::linear(x, w, None)
+        }
+    }
+}
+
+/// Multi-head causal self-attention with grouped kv heads and an optional value embedding.
+#[derive(Module, Debug)]
+pub struct CausalSelfAttention<B: Backend> {
+    /// Query projection.
+    pub c_q: Linear<B>,
+    /// Key projection.
+    pub c_k: Linear<B>,
+    /// Value projection.
+    pub c_v: Linear<B>,
+    /// Output projection.
+    pub c_proj: Linear<B>,
+    /// Value-embedding gate (layers with a value embedding only).
+    pub ve_gate: Option<Linear<B>>,
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+}
+
+/// Inputs every attention layer needs in one forward.
+struct AttnCtx<'a, B: Backend> {
+    cos: &'a Tensor<B, 4>,
+    sin: &'a Tensor<B, 4>,
+    qk_scale: f64,
+    eps: f64,
+    dtype: ComputeDtype,
+}
+
+impl<B: Backend> CausalSelfAttention<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        ve: Option<Tensor<B, 3>>,
+        window: WindowSize,
+        ctx: &AttnCtx<'_, B>,
+        cache: Option<(&mut KvCache<B>, usize)>,
+    ) -> Tensor<B, 3> {
+        let [b, t, c] = x.dims();
+        let (h, hkv, d) = (self.n_head, self.n_kv_head, self.head_dim);
+        let q = linear(&self.c_q, x.clone(), ctx.dtype)
+            .reshape([b, t, h, d])
+            .swap_dims(1, 2);
+        let k = linear(&self.c_k, x.clone(), ctx.dtype)
+            .reshape([b, t, hkv, d])
+            .swap_dims(1, 2);
+        let mut v = linear(&self.c_v, x.clone(), ctx.dtype).reshape([b, t, hkv, d]);
+        if let (Some(ve), Some(gate)) = (ve, &self.ve_gate) {
+            let g = sigmoid(linear(gate, x.narrow(2, 0, VE_GATE_CHANNELS), ctx.dtype)) * 3.0;
+            v = v + g.unsqueeze_dim::<4>(3) * ve.reshape([b, t, hkv, d]);
+        }
+        let v = v.swap_dims(1, 2);
+        let q = rms_norm(apply_rotary_emb(q, ctx.cos, ctx.sin), ctx.eps) * ctx.qk_scale;
+        let k = rms_norm(apply_rotary_emb(k, ctx.cos, ctx.sin), ctx.eps) * ctx.qk_scale;
+        let y = match cache {
+            None => causal_window_attention(q, k, v, window.left),
+            Some((cache, layer)) => {
+                let (k_all, v_all) = cache.append(layer, k, v);
+                let tk = k_all.dims()[2];
+                let (k_all, v_all) = if t == 1 && window.left + 1 < tk {
+                    // Decode: only the last `window + 1` keys are visible.
+                    let start = tk - (window.left + 1);
+                    (
+                        k_all.narrow(2, start, tk - start),
+                        v_all.narrow(2, start, tk - start),
+                    )
+                } else {
+                    (k_all, v_all)
+                };
+                causal_window_attention(q, k_all, v_all, window.left)
+            }
+        };
+        let y = y.swap_dims(1, 2).reshape([b, t, c]);
+        linear(&self.c_proj, y, ctx.dtype)
+    }
+}
+
+/// The ReLU² MLP.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// Up projection (4×).
+    pub c_fc: Linear<B>,
+    /// Down projection.
+    pub c_proj: Linear<B>,
+}
+
+/// One pre-norm transformer block.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    /// Attention.
+    pub attn: CausalSelfAttention<B>,
+    /// MLP.
+    pub mlp: Mlp<B>,
+}
+
+/// Token embedding and blocks (upstream's `transformer` ModuleDict).
+#[derive(Module, Debug)]
+pub struct Transformer<B: Backend> {
+    /// Token embedding (padded vocabulary).
+    pub wte: Embedding<B>,
+    /// The blocks.
+    pub h: Vec<Block<B>>,
+}
+
+/// The GPT.
+#[derive(Module, Debug)]
+pub struct Gpt<B: Backend> {
+    /// Embedding and blocks.
+    pub transformer: Transformer<B>,
+    /// Output projection (untied).
+    pub lm_head: Linear<B>,
+    /// Per-layer residual scale (when `layer_lambdas`).
+    pub resid_lambdas: Option<Param<Tensor<B, 1>>>,
+    /// Per-layer input-embedding mix (when `layer_lambdas`).
+    pub x0_lambdas: Option<Param<Tensor<B, 1>>>,
+    /// Smear gate `Linear(24 → 1)` (when `smear`).
+    pub smear_gate: Option<Linear<B>>,
+    /// Smear strength (when `smear`).
+    pub smear_lambda: Option<Param<Tensor<B, 1>>>,
+    /// Backout strength (when `backout`).
+    pub backout_lambda: Option<Param<Tensor<B, 1>>>,
+    /// Value embeddings by layer (`None` on layers without one).
+    pub value_embeds: Vec<Option<Embedding<B>>>,
+    dropout: Dropout,
+    config: ModelConfig,
+    compute: ComputeDtype,
+}
+
+impl<B: Backend> Gpt<B> {
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The compute dtype.
+    pub fn compute_dtype(&self) -> ComputeDtype {
+        self.compute
+    }
+
+    /// The same model computing in `dtype` (master weights unchanged).
+    pub fn with_compute_dtype(mut self, dtype: ComputeDtype) -> Self {
+        self.compute = dtype;
+        self
+    }
+
+    /// The device of the weights.
+    pub fn device(&self) -> B::Device {
+        self.lm_head.weight.device()
+    }
+
+    /// Parameter counts by group (upstream `num_scaling_params`).
+    pub fn num_scaling_params(&self) -> ParamCounts {
+        self.config.param_counts()
+    }
+
+    /// Training FLOPs per token (upstream `estimate_flops`).
+    pub fn estimate_flops(&self) -> u64 {
+        self.config.estimate_flops()
+    }
+
+    /// An empty KV cache for this model.
+    pub fn new_kv_cache(&self, batch: usize, max_len: usize) -> KvCache<B> {
+        let c = &self.config;
+        KvCache::new(
+            c.n_layer,
+            batch,
+            c.n_kv_head,
+            max_len,
+            c.head_dim(),
+            self.compute.float_dtype(),
+            &self.device(),
+        )
+    }
+
+    /// The final normalised hidden states `[batch, t, n_embd]` for tokens `idx` (`[batch, t]`),
+    /// appending to `cache` when given.
+    pub fn hidden(
+        &self,
+        idx: Tensor<B, 2, Int>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let c = &self.config;
+        let t = idx.dims()[1];
+        let device = idx.device();
+        let eps = self.compute.norm_eps();
+        let pos0 = cache.as_ref().map_or(0, |kv| kv.pos());
+        if let Some(kv) = cache.as_ref() {
+            assert!(
+                pos0 + t <= kv.max_len(),
+                "KV cache full: {pos0} + {t} > {}",
+                kv.max_len()
+            );
+        }
+        let (cos, sin) = rope_tables::<B>(pos0, t, c.head_dim(), c.rope_base, &device);
+        let dt = self.compute.float_dtype();
+        let (cos, sin) = (cos.cast(dt), sin.cast(dt));
+        let mut x = rms_norm(self.transformer.wte.forward(idx.clone()).cast(dt), eps);
+
+        if let (Some(gate), Some(lambda)) = (&self.smear_gate, &self.smear_lambda) {
+            let prev = cache
+                .as_mut()
+                .and_then(|kv| kv.prev_embedding.replace(x.clone().narrow(1, t - 1, 1)));
+            let gate_of = |x: Tensor<B, 3>| {
+                sigmoid(linear(
+                    gate,
+                    x.narrow(2, 0, SMEAR_GATE_CHANNELS),
+                    self.compute,
+                )) * lambda.val().cast(dt).reshape([1, 1, 1])
+            };
+            // Previous-token embedding for every position: the cached one (if any) for the first.
+            let mut shifted = Vec::with_capacity(2);
+            if let Some(p) = prev {
+                shifted.push(p);
+            }
+            if t > 1 {
+                shifted.push(x.clone().narrow(1, 0, t - 1));
+            }
+            if !shifted.is_empty() {
+                let prevs = Tensor::cat(shifted, 1);
+                let n = prevs.dims()[1];
+                let tail = x.clone().narrow(1, t - n, n);
+                let mixed = tail.clone() + gate_of(tail) * prevs;
+                x = if n == t {
+                    mixed
+                } else {
+                    Tensor::cat(vec![x.narrow(1, 0, 1), mixed], 1)
+                };
+            }
+        }
+
+        let x0 = x.clone();
+        let ctx = AttnCtx {
+            cos: &cos,
+            sin: &sin,
+            qk_scale: c.qk_scale,
+            eps,
+            dtype: self.compute,
+        };
+        let windows = c.window_sizes();
+        let mut backout = None;
+        for (i, block) in self.transformer.h.iter().enumerate() {
+            if let (Some(r), Some(x0l)) = (&self.resid_lambdas, &self.x0_lambdas) {
+                let ri = r.val().narrow(0, i, 1).cast(dt).reshape([1, 1, 1]);
+                let xi = x0l.val().narrow(0, i, 1).cast(dt).reshape([1, 1, 1]);
+                x = x * ri + x0.clone() * xi;
+            }
+            let ve = self
+                .value_embeds
+                .get(i)
+                .and_then(Option::as_ref)
+                .map(|e| e.forward(idx.clone()).cast(dt));
+            let layer_cache = cache.as_deref_mut().map(|kv| (kv, i));
+            let a = block
+                .attn
+                .forward(rms_norm(x.clone(), eps), ve, windows[i], &ctx, layer_cache);
+            x = x + self.dropout.forward(a);
+            let m = linear(&block.mlp.c_fc, rms_norm(x.clone(), eps), self.compute);
+            let m = linear(&block.mlp.c_proj, relu(m).square(), self.compute);
+            x = x + self.dropout.forward(m);
+            if i == c.backout_layer() && self.backout_lambda.is_some() {
+                backout = Some(x.clone());
+            }
+        }
+        if let Some(kv) = cache {
+            kv.advance(t);
+        }
+        if let (Some(xb), Some(l)) = (backout, &self.backout_lambda) {
+            x = x - xb * l.val().cast(dt).reshape([1, 1, 1]);
+        }
+        rms_norm(x, eps)
+    }
+
+    /// Logits `[batch, t, vocab_size]` in float32, after the soft cap.
+    pub fn forward(&self, idx: Tensor<B, 2, Int>, cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
+        let x = self.hidden(idx, cache);
+        self.logits(x)
+    }
+
+    /// lm_head, crop to the vocabulary, float32, soft cap.
+    fn logits(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, t, _] = x.dims();
+        let logits =
+            linear(&self.lm_head, x, self.compute).slice([0..b, 0..t, 0..self.config.vocab_size]);
+        let logits = logits.cast(FloatDType::F32);
+        let cap = self.config.logit_softcap;
+        if cap > 0.0 {
+            (logits / cap).tanh() * cap
+        } else {
+            logits
+        }
+    }
+
+    /// Cross-entropy of next-token `targets` (`[batch, t]`, −1 = ignored).
+    pub fn forward_loss(
+        &self,
+        idx: Tensor<B, 2, Int>,
+        targets: Tensor<B, 2, Int>,
+        reduction: Reduction,
+    ) -> Tensor<B, 1> {
+        let logits = self.forward(idx, None);
+        cross_entropy(logits, targets, reduction)
+    }
+}
+
+/// Cross-entropy with ignore index −1: mean over kept targets, or per position.
+pub fn cross_entropy<B: Backend>(
+    logits: Tensor<B, 3>,
+    targets: Tensor<B, 2, Int>,
+    reduction: Reduction,
+) -> Tensor<B, 1> {
+    let [b, t, v] = logits.dims();
+    let logits = logits.reshape([b * t, v]);
+    let targets = targets.reshape([b * t]);
+    let keep = targets.clone().greater_equal_elem(0).float();
+    let idx = targets.clamp_min(0).reshape([b * t, 1]);
+    let max = logits.clone().max_dim(1);
+    let lse = (logits.clone() - max.clone()).exp().sum_dim(1).log() + max;
+    let picked = logits.gather(1, idx);
+    let losses = (lse - picked).reshape([b * t]) * keep.clone();
+    match reduction {
+        Reduction::None => losses,
+        Reduction::Mean => losses.sum() / keep.sum(),
+    }
+}
+
+impl<B: Backend> Gpt<B> {
+    pub(crate) fn assemble(
+        config: ModelConfig,
+        transformer: Transformer<B>,
+        lm_head: Linear<B>,
+        lambdas: Option<(Param<Tensor<B, 1>>, Param<Tensor<B, 1>>)>,
+        smear: Option<(Linear<B>, Param<Tensor<B, 1>>)>,
+        backout_lambda: Option<Param<Tensor<B, 1>>>,
+        value_embeds: Vec<Option<Embedding<B>>>,
+    ) -> Self {
+        let (resid_lambdas, x0_lambdas) = lambdas.map_or((None, None), |(r, x)| (Some(r), Some(x)));
+        let (smear_gate, smear_lambda) = smear.map_or((None, None), |(g, l)| (Some(g), Some(l)));
+        Self {
+            transformer,
+            lm_head,
+            resid_lambdas,
+            x0_lambdas,
+            smear_gate,
+            smear_lambda,
+            backout_lambda,
+            value_embeds,
+            dropout: DropoutConfig::new(config.dropout).init(),
+            config,
+            compute: ComputeDtype::F32,
+        }
+    }
+
+    pub(crate) fn attention_shape(config: &ModelConfig) -> (usize, usize, usize) {
+        (config.n_head, config.n_kv_head, config.head_dim())
+    }
+}
+
+impl<B: Backend> CausalSelfAttention<B> {
+    pub(crate) fn new(
+        c_q: Linear<B>,
+        c_k: Linear<B>,
+        c_v: Linear<B>,
+        c_proj: Linear<B>,
+        ve_gate: Option<Linear<B>>,
+        shape: (usize, usize, usize),
+    ) -> Self {
+        let (n_head, n_kv_head, head_dim) = shape;
+        Self {
+            c_q,
+            c_k,
+            c_v,
+            c_proj,
+            ve_gate,
+            n_head,
+            n_kv_head,
+            head_dim,
+        }
+    }
+}
