@@ -1,0 +1,177 @@
+//! Model checkpoints: exact round trip, corruption and mismatch errors that name the file or
+//! tensor, and import of upstream's own checkpoint directory.
+
+use std::fs;
+
+use burn::backend::Flex;
+use burn::tensor::{Int, Tensor, TensorData};
+use chrono::DateTime;
+use nanochat_core::checkpoint_manager::model_file_name;
+use nanochat_core::paths::fixture_dir;
+use nanochat_core::{CheckpointMetadata, ModelConfig};
+use nanochat_model::Gpt;
+use nanochat_model::checkpoint::{ModelError, import_upstream, load_checkpoint, save_checkpoint};
+use nanochat_model::weights::{
+    WeightsError, load_safetensors, model_to_safetensors, named_tensors, read_safetensors,
+};
+
+type B = Flex;
+
+fn small(n_layer: usize) -> ModelConfig {
+    ModelConfig {
+        sequence_len: 64,
+        vocab_size: 300,
+        n_layer,
+        n_head: 2,
+        n_kv_head: 1,
+        n_embd: 64,
+        ..ModelConfig::default()
+    }
+}
+
+fn tokens(n: usize) -> Tensor<B, 2, Int> {
+    Tensor::from_data(
+        TensorData::new(
+            (0..n as i64).map(|i| (i * 37) % 300).collect::<Vec<_>>(),
+            [1, n],
+        ),
+        &Default::default(),
+    )
+}
+
+#[test]
+fn save_load_round_trips_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Gpt::<B>::init(&small(3), &Default::default()).unwrap();
+    let mut md = CheckpointMetadata::new(42, DateTime::from_timestamp(1_760_000_000, 0).unwrap());
+    md.val_bpb = Some(1.5);
+    save_checkpoint(
+        dir.path(),
+        &model,
+        md,
+        &[("optim_000042_rank0.safetensors".into(), vec![1, 2, 3])],
+    )
+    .unwrap();
+    let (back, meta) = load_checkpoint::<B>(dir.path(), 42, &Default::default()).unwrap();
+    assert_eq!(meta.model_config, small(3));
+    assert_eq!(meta.metadata.val_bpb, Some(1.5));
+    for ((na, a), (nb, b)) in named_tensors(&model)
+        .unwrap()
+        .into_iter()
+        .zip(named_tensors(&back).unwrap())
+    {
+        assert_eq!(na, nb);
+        assert_eq!(a.as_bytes(), b.as_bytes(), "{na} differs");
+    }
+    let (x, y) = (
+        model.forward(tokens(16), None),
+        back.forward(tokens(16), None),
+    );
+    assert_eq!(x.into_data().as_bytes(), y.into_data().as_bytes());
+}
+
+#[test]
+fn corrupted_model_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Gpt::<B>::init(&small(2), &Default::default()).unwrap();
+    save_checkpoint(
+        dir.path(),
+        &model,
+        CheckpointMetadata::new(1, DateTime::from_timestamp(0, 0).unwrap()),
+        &[],
+    )
+    .unwrap();
+    let path = dir.path().join(model_file_name(1));
+    let mut bytes = fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x40;
+    fs::write(&path, bytes).unwrap();
+    let err = load_checkpoint::<B>(dir.path(), 1, &Default::default()).unwrap_err();
+    assert!(matches!(err, ModelError::Checkpoint(_)), "{err}");
+    assert!(
+        err.to_string().contains("model_000001.safetensors"),
+        "{err}"
+    );
+}
+
+#[test]
+fn mismatched_weights_name_every_offender() {
+    let two = Gpt::<B>::init(&small(2), &Default::default()).unwrap();
+    let bytes = model_to_safetensors(&two).unwrap();
+    // Three layers expect layer 2's tensors; a different width mis-shapes everything.
+    let mut three = Gpt::<B>::init(&small(3), &Default::default()).unwrap();
+    let err = load_safetensors(&mut three, &bytes, "w.safetensors".as_ref()).unwrap_err();
+    let WeightsError::Mismatch {
+        missing,
+        unexpected,
+        wrong_shape,
+        ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert!(
+        missing
+            .iter()
+            .any(|m| m == "transformer.h.2.attn.c_q.weight"),
+        "{err}"
+    );
+    // Layer 1 was the last in a 2-layer model (value embedding there), not in a 3-layer one.
+    assert!(
+        unexpected.iter().any(|u| u == "value_embeds.1.weight"),
+        "{err}"
+    );
+    assert!(
+        wrong_shape
+            .iter()
+            .any(|w| w == "resid_lambdas (expected [3], found [2])"),
+        "{err}"
+    );
+    let wide = ModelConfig {
+        n_embd: 128,
+        ..small(2)
+    };
+    let mut m = Gpt::<B>::init(&wide, &Default::default()).unwrap();
+    let err = load_safetensors(&mut m, &bytes, "w.safetensors".as_ref()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("transformer.wte.weight (expected [320, 128], found [320, 64])"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("transformer.h.0.mlp.c_fc.weight (expected [512, 128], found [256, 64])"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn upstream_checkpoint_imports_with_fixture_logits() {
+    let fixtures = fixture_dir();
+    let (model, meta) =
+        import_upstream::<B>(&fixtures.join("upstream_ckpt"), None, &Default::default()).unwrap();
+    assert_eq!(meta.step, 0);
+    let bytes = fs::read(fixtures.join("gpt_sssl_gqa.safetensors")).unwrap();
+    let tensors: std::collections::BTreeMap<_, _> = read_safetensors(&bytes, "", "f".as_ref())
+        .unwrap()
+        .into_iter()
+        .collect();
+    let idx = tensors["input.idx"].clone();
+    let shape = idx.shape.clone();
+    let idx = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(idx.to_vec::<i64>().unwrap(), [shape[0], shape[1]]),
+        &Default::default(),
+    );
+    let got = model
+        .forward(idx, None)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let want = tensors["output.logits"].clone().to_vec::<f32>().unwrap();
+    let err = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    let scale = want.iter().map(|b| b.abs()).fold(0.0, f32::max);
+    assert!(err / scale < 1e-4, "rel err {}", err / scale);
+}
