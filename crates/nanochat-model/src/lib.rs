@@ -15,6 +15,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod flash_attention;
 pub mod gpt;
+pub mod hf_export;
 pub mod init;
 pub mod kv_cache;
 pub mod rotary;
