@@ -23,10 +23,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run every check CI runs: fmt, clippy, tests, docs, and a lint of the wgpu, cuda and
-    /// ndarray backend builds.
+    /// Run every check CI runs: fmt, clippy, tests, docs, a lint of the wgpu, cuda and ndarray
+    /// backend builds, and a model forward on WGPU (software Vulkan) against the CPU.
     Ci {
-        /// Skip the backend checks (they check burn's GPU stacks, about 2 minutes).
+        /// Skip the backend checks (burn's GPU stacks and the WGPU forward, several minutes).
         #[arg(long)]
         skip_backends: bool,
     },
@@ -126,6 +126,21 @@ fn ci(skip_backends: bool) -> Result<()> {
                 "--",
                 "-D",
                 "warnings",
+            ],
+            env: &[],
+        });
+        // The WGPU path for real: one fixture forward through Mesa's software Vulkan driver
+        // (lavapipe; `.ci/run` installs it), compared with the CPU logits.
+        steps.push(Step {
+            name: "wgpu forward",
+            args: &[
+                "test",
+                "-p",
+                "nanochat-model",
+                "--features",
+                "wgpu",
+                "--test",
+                "wgpu_forward",
             ],
             env: &[],
         });

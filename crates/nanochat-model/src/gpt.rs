@@ -411,12 +411,15 @@ pub fn cross_entropy<B: Backend>(
     }
 }
 
+/// Two per-layer scalar vectors (resid and x0 lambdas).
+type ScalarPair<B> = (Param<Tensor<B, 1>>, Param<Tensor<B, 1>>);
+
 impl<B: Backend> Gpt<B> {
     pub(crate) fn assemble(
         config: ModelConfig,
         transformer: Transformer<B>,
         lm_head: Linear<B>,
-        lambdas: Option<(Param<Tensor<B, 1>>, Param<Tensor<B, 1>>)>,
+        lambdas: Option<ScalarPair<B>>,
         smear: Option<(Linear<B>, Param<Tensor<B, 1>>)>,
         backout_lambda: Option<Param<Tensor<B, 1>>>,
         value_embeds: Vec<Option<Embedding<B>>>,

@@ -22,6 +22,8 @@ pub mod rotary;
 pub mod weights;
 
 pub use backend::{BackendError, BackendTask, compiled_backends, dispatch};
+/// The burn version this crate is built on, for code that names backend types.
+pub use burn;
 pub use gpt::{ComputeDtype, Gpt, Reduction, cross_entropy};
 pub use kv_cache::KvCache;
 

@@ -292,3 +292,41 @@ pub fn named_grads<B: burn::tensor::backend::AutodiffBackend>(
     }
     Ok(out)
 }
+
+/// Where a parameter sits in the model, for optimizers and state files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamInfo {
+    /// Upstream `state_dict` name (`transformer.h.0.attn.c_q.weight`).
+    pub name: String,
+    /// burn's id of the parameter (gradients are keyed by it).
+    pub id: ParamId,
+    /// Shape in PyTorch layout (`[out, in]` for linear weights).
+    pub shape: Vec<usize>,
+    /// Whether burn stores it transposed (`nn::Linear` weights are `[in, out]`).
+    pub transposed: bool,
+}
+
+/// Every parameter of `model`, in module order, with its upstream name and layout.
+pub fn param_infos<B: Backend>(model: &Gpt<B>) -> Vec<ParamInfo> {
+    model
+        .collect(None, None, false)
+        .into_iter()
+        .filter_map(|s| {
+            let id = s.tensor_id?;
+            let name = s.full_path();
+            let transposed = s.module_type().as_deref() == Some("Struct:Linear")
+                && name.ends_with("weight")
+                && s.shape.num_dims() == 2;
+            let mut shape = s.shape.as_slice().to_vec();
+            if transposed {
+                shape.reverse();
+            }
+            Some(ParamInfo {
+                name,
+                id,
+                shape,
+                transposed,
+            })
+        })
+        .collect()
+}

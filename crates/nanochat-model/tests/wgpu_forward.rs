@@ -1,0 +1,89 @@
+//! The WGPU path for real: a forward of the smallest model fixture on a WGPU device (in CI,
+//! Mesa's software Vulkan driver, lavapipe) must match the CPU backend's logits within float32
+//! tolerance. Runs only with `--features wgpu`; a watchdog fails the test instead of letting a
+//! stuck driver hang CI.
+#![cfg(feature = "wgpu")]
+
+use std::time::{Duration, Instant};
+
+use burn::backend::wgpu::WgpuDevice;
+use burn::backend::{Flex, Wgpu};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use nanochat_core::ModelConfig;
+use nanochat_core::paths::fixture_dir;
+use nanochat_model::Gpt;
+use nanochat_model::weights::{load_named, read_safetensors};
+
+const LIMIT: Duration = Duration::from_secs(600);
+
+fn logits<B: Backend>(
+    config: &ModelConfig,
+    params: Vec<(String, TensorData)>,
+    idx: &TensorData,
+    device: &B::Device,
+) -> Vec<f32> {
+    let mut m = Gpt::<B>::init(config, device).unwrap();
+    load_named(&mut m, params, "fixture".as_ref()).unwrap();
+    let shape = idx.shape.clone();
+    let idx = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(idx.clone().to_vec::<i64>().unwrap(), [shape[0], shape[1]]),
+        device,
+    );
+    m.forward(idx, None)
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn wgpu_forward_matches_cpu() {
+    let watchdog = std::thread::spawn(|| {
+        std::thread::sleep(LIMIT);
+        eprintln!("wgpu forward did not finish within {LIMIT:?}: the WGPU driver is stuck");
+        std::process::exit(101);
+    });
+    let _ = watchdog;
+    // The smallest fixture pair.
+    let dir = fixture_dir();
+    let mut pairs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "safetensors") && p.with_extension("json").exists()
+        })
+        .collect();
+    pairs.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(u64::MAX));
+    let path = pairs.first().expect("a model fixture").clone();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path.with_extension("json")).unwrap()).unwrap();
+    let config: ModelConfig = serde_json::from_value(json["config"].clone()).unwrap();
+    let tensors = read_safetensors(&std::fs::read(&path).unwrap(), "", &path).unwrap();
+    let params: Vec<_> = tensors
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("param.").map(|n| (n.to_string(), v.clone())))
+        .collect();
+    let idx = tensors
+        .iter()
+        .find(|(k, _)| k == "input.idx")
+        .unwrap()
+        .1
+        .clone();
+
+    let cpu = logits::<Flex>(&config, params.clone(), &idx, &Default::default());
+    let start = Instant::now();
+    let gpu = logits::<Wgpu>(&config, params, &idx, &WgpuDevice::DefaultDevice);
+    eprintln!(
+        "wgpu forward of {} took {:.1?}",
+        path.display(),
+        start.elapsed()
+    );
+    let err = cpu
+        .iter()
+        .zip(&gpu)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    let scale = cpu.iter().map(|a| a.abs()).fold(0.0, f32::max);
+    assert!(err / scale < 1e-4, "wgpu vs cpu rel err {}", err / scale);
+}
