@@ -1,7 +1,9 @@
 //! Argument parsing for the `nanochat` binary; each subcommand lives in its own file and only
 //! turns flags into a call of a library function.
 
+mod base_train;
 mod bench;
+mod download;
 mod tok_eval;
 mod tok_train;
 
@@ -30,6 +32,10 @@ enum Command {
     TokTrain(tok_train::Args),
     /// Compare the tokenizer's compression with GPT-2's and GPT-4's (upstream tok_eval.py).
     TokEval(tok_eval::Args),
+    /// Download pretraining shards (upstream `python -m nanochat.dataset`).
+    Download(download::Args),
+    /// Pretrain a base model (upstream base_train.py).
+    BaseTrain(Box<base_train::Args>),
     /// Measure hot paths (tokenizer encode throughput, …) and print JSON.
     Bench(bench::Args),
 }
@@ -63,6 +69,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::TokTrain(a) => tok_train::run(a, &base),
         Command::TokEval(a) => tok_eval::run(a, &base),
         Command::Bench(a) => bench::run(a, &base),
+        Command::Download(a) => download::run(a, &base),
+        Command::BaseTrain(a) => base_train::run(*a, &base),
     }
 }
 

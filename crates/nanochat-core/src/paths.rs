@@ -20,6 +20,10 @@ pub const FIXTURE_DIR_ENV: &str = "NANOCHAT_FIXTURE_DIR";
 pub const TOKENIZER_FIXTURE_DIR_ENV: &str = "NANOCHAT_TOKENIZER_FIXTURE_DIR";
 /// Default tokenizer fixture dir, relative to the repository root.
 pub const DEFAULT_TOKENIZER_FIXTURE_DIR: &str = "../shared/fixtures/tokenizer";
+/// Environment variable overriding the CORE fixture dir.
+pub const CORE_FIXTURE_DIR_ENV: &str = "NANOCHAT_CORE_FIXTURE_DIR";
+/// Default CORE fixture dir, relative to the repository root.
+pub const DEFAULT_CORE_FIXTURE_DIR: &str = "../shared/fixtures/core";
 /// Default offline data dir, relative to the repository root.
 pub const DEFAULT_DATA_DIR: &str = "../shared/data";
 /// Default model fixture dir, relative to the repository root.
@@ -70,6 +74,16 @@ pub fn fixture_dir() -> PathBuf {
 /// `../shared/fixtures/tokenizer`.
 pub fn tokenizer_fixture_dir() -> PathBuf {
     from_env_or(TOKENIZER_FIXTURE_DIR_ENV, DEFAULT_TOKENIZER_FIXTURE_DIR)
+}
+
+/// The CORE fixture dir: `$NANOCHAT_CORE_FIXTURE_DIR`, else `../shared/fixtures/core`.
+pub fn core_fixture_dir() -> PathBuf {
+    from_env_or(CORE_FIXTURE_DIR_ENV, DEFAULT_CORE_FIXTURE_DIR)
+}
+
+/// The CORE eval bundle: `$NANOCHAT_DATA_DIR/eval_bundle` (default `../shared/data/eval_bundle`).
+pub fn eval_bundle_dir() -> PathBuf {
+    data_dir().join("eval_bundle")
 }
 
 /// Where pretraining shards are read from when no `--data-dir` is given:

@@ -5,7 +5,23 @@
 //! (`dataloader.py`), the combined MuonAdamW optimizer (`optim.py`), and the loops of
 //! `base_train.py`, midtraining (v0 `mid_train.py`), `chat_sft.py` and `chat_rl.py`.
 //!
-//! **Status: skeleton.** Configuration types (training, optimizer, LR schedule, datasets) are
-//! in [`nanochat_core`]; the loops are being ported here next.
+//! Ported so far: [`optim::MuonAdamW`] ([`muon`], [`adamw`]), [`dataloader::BestFitLoader`], [`base_train()`](base_train::base_train) with
+//! [`schedule::RunPlan`], [`loss_eval`] (bits per byte).
 
 #![warn(missing_docs)]
+
+pub mod adamw;
+pub mod base_train;
+pub mod dataloader;
+pub mod download;
+pub mod error;
+pub mod loss_eval;
+pub mod muon;
+pub mod optim;
+pub mod peak_flops;
+pub mod schedule;
+
+pub use base_train::{BaseTrainArgs, TrainSummary, base_train};
+pub use error::TrainError;
+pub use optim::{GroupLrs, MuonAdamW, OptimError, StepScalars};
+pub use schedule::RunPlan;

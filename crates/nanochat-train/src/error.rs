@@ -1,0 +1,45 @@
+//! The training crate's error type: each variant keeps the failing layer's error, which names
+//! the file, field or tensor involved.
+
+use nanochat_core::{CheckpointError, ValidationError};
+use nanochat_model::checkpoint::ModelError;
+use nanochat_model::weights::WeightsError;
+use nanochat_tokenizer::dataset::DataError;
+
+use crate::dataloader::LoaderError;
+use crate::optim::OptimError;
+
+/// Why a training run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The configuration breaks a rule.
+    #[error(transparent)]
+    Config(#[from] ValidationError),
+    /// Data missing or unusable.
+    #[error("{0}")]
+    Data(String),
+    /// A shard could not be read.
+    #[error(transparent)]
+    Shard(#[from] DataError),
+    /// The loader failed.
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    /// The optimizer failed.
+    #[error(transparent)]
+    Optim(#[from] OptimError),
+    /// Saving or loading the model failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Tensor files.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    /// Checkpoint files.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// File system.
+    #[error(transparent)]
+    Io(#[from] nanochat_core::fs::IoError),
+    /// A checkpoint that cannot be resumed from.
+    #[error("cannot resume: {0}")]
+    Resume(String),
+}

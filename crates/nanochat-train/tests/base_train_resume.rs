@@ -1,0 +1,155 @@
+//! Pretraining resumes bit-identically on the CPU: 2k steps straight and k steps + resume + k
+//! steps give identical parameters, optimizer state and loss log (tiny model, generated shards,
+//! gradient accumulation 2, an eval at the resume point).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, RecordBatch, StringArray};
+use burn::backend::{Autodiff, Flex};
+use nanochat_core::checkpoint_manager::{self as files, checkpoint_dir};
+use nanochat_core::tokenizer_config::Vocabulary;
+use nanochat_core::{LRSchedule, Source, TrainingConfiguration};
+use nanochat_model::ComputeDtype;
+use nanochat_tokenizer::{SPLIT_PATTERN, Tokenizer};
+use nanochat_train::{BaseTrainArgs, base_train};
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
+
+type B = Autodiff<Flex>;
+
+fn write_shards(dir: &Path) {
+    let words = [
+        "the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away", "home",
+    ];
+    for s in 0..3 {
+        let docs: Vec<String> = (0..40)
+            .map(|d| {
+                let n = 5 + (d * 7 + s * 3) % 30;
+                (0..n)
+                    .map(|i| words[(i * 5 + d + s) % words.len()])
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        let array: ArrayRef = Arc::new(StringArray::from(docs));
+        let batch = RecordBatch::try_from_iter([("text", array)]).unwrap();
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(8))
+            .build();
+        let f = std::fs::File::create(dir.join(format!("shard_{s:05}.parquet"))).unwrap();
+        let mut w = ArrowWriter::try_new(f, batch.schema(), Some(props)).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+}
+
+fn config(k: u64) -> TrainingConfiguration {
+    TrainingConfiguration {
+        depth: 2,
+        aspect_ratio: 32,
+        head_dim: 32,
+        max_seq_len: 32,
+        window_pattern: "SL".into(),
+        num_iterations: Some(2 * k),
+        device_batch_size: 2,
+        total_batch_size: Some(128),
+        schedule: LRSchedule {
+            warmup_steps: 1,
+            ..LRSchedule::default()
+        },
+        eval_every: Some(k),
+        eval_tokens: 128,
+        core_metric_every: None,
+        sample_every: None,
+        save_every: None,
+        ..TrainingConfiguration::default()
+    }
+}
+
+fn args(base: &Path, data: &Path, cfg: TrainingConfiguration, stop: Option<u64>) -> BaseTrainArgs {
+    BaseTrainArgs {
+        config: cfg,
+        base_dir: base.to_path_buf(),
+        data_dir: data.to_path_buf(),
+        compute_dtype: ComputeDtype::F32,
+        peak_flops: None,
+        stop_after: stop,
+        progress: false,
+    }
+}
+
+fn final_files(base: &Path, step: u64) -> (Vec<u8>, Vec<u8>) {
+    let dir = checkpoint_dir(base, Source::Base, "d2");
+    let meta = files::load_meta(&dir, step).unwrap();
+    (
+        files::read_file(&dir, &meta, &files::model_file_name(step)).unwrap(),
+        files::read_file(&dir, &meta, &files::optim_file_name(step, 0)).unwrap(),
+    )
+}
+
+#[test]
+fn resume_is_bit_identical() {
+    let k = 3;
+    let data = tempfile::tempdir().unwrap();
+    write_shards(data.path());
+    let tok = Arc::new(
+        Tokenizer::from_vocab(Vocabulary::from_merges(&[]).unwrap(), SPLIT_PATTERN).unwrap(),
+    );
+    let dev = Default::default();
+
+    let straight_dir = tempfile::tempdir().unwrap();
+    let straight = base_train::<B>(
+        &args(straight_dir.path(), data.path(), config(k), None),
+        tok.clone(),
+        &dev,
+    )
+    .unwrap();
+    assert_eq!(straight.step, 2 * k);
+
+    let split_dir = tempfile::tempdir().unwrap();
+    let first = base_train::<B>(
+        &args(split_dir.path(), data.path(), config(k), Some(k)),
+        tok.clone(),
+        &dev,
+    )
+    .unwrap();
+    assert_eq!(first.step, k);
+    let resumed_cfg = TrainingConfiguration {
+        resume_from_step: Some(k),
+        ..config(k)
+    };
+    let second = base_train::<B>(
+        &args(split_dir.path(), data.path(), resumed_cfg, None),
+        tok,
+        &dev,
+    )
+    .unwrap();
+    assert_eq!(second.step, 2 * k);
+
+    let losses = |m: &[nanochat_train::base_train::StepMetrics]| {
+        m.iter()
+            .map(|m| (m.step, m.loss.to_bits(), m.smooth_loss.to_bits()))
+            .collect::<Vec<_>>()
+    };
+    let mut joined = losses(&first.metrics);
+    joined.extend(losses(&second.metrics));
+    assert_eq!(losses(&straight.metrics), joined, "loss log");
+    assert_eq!(
+        straight.val_bpb.map(f64::to_bits),
+        second.val_bpb.map(f64::to_bits),
+        "final val bpb"
+    );
+    let (m1, o1) = final_files(straight_dir.path(), 2 * k);
+    let (m2, o2) = final_files(split_dir.path(), 2 * k);
+    assert!(m1 == m2, "model weights differ after resume");
+    assert!(o1 == o2, "optimizer state differs after resume");
+    // metrics.jsonl of the resumed run has each step once.
+    let text = std::fs::read_to_string(
+        checkpoint_dir(split_dir.path(), Source::Base, "d2").join("metrics.jsonl"),
+    )
+    .unwrap();
+    assert_eq!(text.lines().count() as u64, 2 * k);
+    // The loss fell.
+    assert!(straight.metrics.last().unwrap().loss < straight.metrics[0].loss);
+}

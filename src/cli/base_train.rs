@@ -1,0 +1,255 @@
+//! `nanochat base-train`: pretraining (upstream `scripts/base_train.py`, same flag names).
+//! Flags override a TOML/JSON preset given with `--config`; the result is validated as a
+//! TrainingConfiguration before anything runs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use nanochat::core::paths::{pretrain_data_dir, tokenizer_dir};
+use nanochat::core::{DeviceSpec, TrainingConfiguration};
+use nanochat::model::{BackendTask, ComputeDtype, dispatch};
+use nanochat::tokenizer::Tokenizer;
+use nanochat::train::peak_flops::peak_flops;
+use nanochat::train::{BaseTrainArgs, TrainSummary, base_train};
+
+/// Flags of `base-train` (unset flags keep the preset's or upstream's default).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// TOML or JSON preset (a TrainingConfiguration); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// wandb-style run name ("dummy" = no external logging; metrics.jsonl is always written).
+    #[arg(long)]
+    run: Option<String>,
+    /// Device: auto, cpu, wgpu[:N], cuda[:N].
+    #[arg(long, default_value = "auto")]
+    device: DeviceSpec,
+    /// Compute dtype: auto (bf16 on CUDA, f32 elsewhere), f32 or bf16.
+    #[arg(long, default_value = "auto")]
+    dtype: String,
+    /// Accelerator name for the MFU peak-FLOPs table (e.g. "H100 SXM"); detected with
+    /// nvidia-smi on CUDA when unset.
+    #[arg(long)]
+    device_name: Option<String>,
+    /// Folder of parquet shards (last = validation); default $NANOCHAT_DATA_DIR/pretrain, else
+    /// <base-dir>/base_data_climbmix, else ../shared/data/pretrain.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Depth of the Transformer (the one dial: width, heads, horizon, batch follow).
+    #[arg(long)]
+    depth: Option<usize>,
+    /// model_dim = depth × aspect_ratio (rounded up to head_dim).
+    #[arg(long)]
+    aspect_ratio: Option<usize>,
+    /// Target head dimension.
+    #[arg(long)]
+    head_dim: Option<usize>,
+    /// Context length.
+    #[arg(long)]
+    max_seq_len: Option<usize>,
+    /// Sliding-window pattern tiled over layers (L = full, S = quarter context), e.g. SSSL.
+    #[arg(long)]
+    window_pattern: Option<String>,
+    /// Explicit number of optimizer steps (-1 = derive from FLOPs or data:param ratio).
+    #[arg(long, allow_hyphen_values = true)]
+    num_iterations: Option<i64>,
+    /// Derive the steps from a FLOPs budget (-1 = off).
+    #[arg(long, allow_hyphen_values = true)]
+    target_flops: Option<f64>,
+    /// Derive the steps from tokens = ratio × scaling params (default 12; -1 = off).
+    #[arg(long, allow_hyphen_values = true)]
+    target_param_data_ratio: Option<f64>,
+    /// Rows per micro-batch (lower it if you run out of memory).
+    #[arg(long)]
+    device_batch_size: Option<usize>,
+    /// Tokens per optimizer step (-1 = automatic from the depth).
+    #[arg(long, allow_hyphen_values = true)]
+    total_batch_size: Option<i64>,
+    /// AdamW lr of the token embedding.
+    #[arg(long)]
+    embedding_lr: Option<f64>,
+    /// AdamW lr of lm_head.
+    #[arg(long)]
+    unembedding_lr: Option<f64>,
+    /// Cautious weight decay of Muon (scaled with batch and horizon).
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Muon lr of the block matrices.
+    #[arg(long)]
+    matrix_lr: Option<f64>,
+    /// AdamW lr of the per-layer scalars.
+    #[arg(long)]
+    scalar_lr: Option<f64>,
+    /// Linear LR warmup steps.
+    #[arg(long)]
+    warmup_steps: Option<u64>,
+    /// Fraction of steps in the final linear warmdown.
+    #[arg(long)]
+    warmdown_ratio: Option<f64>,
+    /// LR multiplier at the end of the warmdown.
+    #[arg(long)]
+    final_lr_frac: Option<f64>,
+    /// Resume from this step's checkpoint (bit-identical continuation).
+    #[arg(long)]
+    resume_from_step: Option<u64>,
+    /// Validation bpb every N steps (-1 = only at the end… of nothing: off).
+    #[arg(long, allow_hyphen_values = true)]
+    eval_every: Option<i64>,
+    /// Tokens per validation.
+    #[arg(long, value_parser = super::parse_count)]
+    eval_tokens: Option<u64>,
+    /// Greedy samples of the fixed prompts every N steps (-1 = off).
+    #[arg(long, allow_hyphen_values = true)]
+    sample_every: Option<i64>,
+    /// Checkpoint every N steps (-1 = only at the end).
+    #[arg(long, allow_hyphen_values = true)]
+    save_every: Option<i64>,
+    /// Checkpoint folder name (default d<depth>).
+    #[arg(long)]
+    model_tag: Option<String>,
+    /// Seed of the initialisation.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop after this step (with a checkpoint) without finishing the schedule.
+    #[arg(long)]
+    stop_after: Option<u64>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn opt_u64(v: i64) -> Option<u64> {
+    (v >= 0).then_some(v as u64)
+}
+
+fn opt_f64(v: f64) -> Option<f64> {
+    (v >= 0.0).then_some(v)
+}
+
+impl Args {
+    /// The preset (or defaults) with the flags applied.
+    fn configuration(&self) -> anyhow::Result<TrainingConfiguration> {
+        let mut c: TrainingConfiguration = match &self.config {
+            Some(p) => nanochat::core::config_file::load(p)?,
+            None => TrainingConfiguration::default(),
+        };
+        macro_rules! set {
+            ($($flag:ident => $field:expr),* $(,)?) => {$(
+                if let Some(v) = self.$flag.clone() { $field = v; }
+            )*};
+        }
+        set!(run => c.run, depth => c.depth, aspect_ratio => c.aspect_ratio,
+             head_dim => c.head_dim, max_seq_len => c.max_seq_len,
+             window_pattern => c.window_pattern, device_batch_size => c.device_batch_size,
+             embedding_lr => c.optimizer.embedding_lr, unembedding_lr => c.optimizer.unembedding_lr,
+             weight_decay => c.optimizer.weight_decay, matrix_lr => c.optimizer.matrix_lr,
+             scalar_lr => c.optimizer.scalar_lr, warmup_steps => c.schedule.warmup_steps,
+             warmdown_ratio => c.schedule.warmdown_ratio, final_lr_frac => c.schedule.final_lr_frac,
+             eval_tokens => c.eval_tokens, seed => c.seed);
+        if let Some(v) = self.num_iterations {
+            c.num_iterations = opt_u64(v);
+        }
+        if let Some(v) = self.target_flops {
+            c.target_flops = opt_f64(v);
+        }
+        if let Some(v) = self.target_param_data_ratio {
+            c.target_param_data_ratio = opt_f64(v);
+        }
+        if let Some(v) = self.total_batch_size {
+            c.total_batch_size = opt_u64(v);
+        }
+        if let Some(v) = self.eval_every {
+            c.eval_every = opt_u64(v);
+        }
+        if let Some(v) = self.sample_every {
+            c.sample_every = opt_u64(v);
+        }
+        if let Some(v) = self.save_every {
+            c.save_every = opt_u64(v);
+        }
+        if self.resume_from_step.is_some() {
+            c.resume_from_step = self.resume_from_step;
+        }
+        if self.model_tag.is_some() {
+            c.model_tag = self.model_tag.clone();
+        }
+        nanochat::core::Validate::validate(&c)?;
+        Ok(c)
+    }
+}
+
+/// The GPU's name from nvidia-smi (None when absent).
+fn nvidia_name() -> Option<String> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader"])
+        .output()
+        .ok()?;
+    String::from_utf8(out.stdout)
+        .ok()?
+        .lines()
+        .next()
+        .map(str::to_string)
+}
+
+struct Task(BaseTrainArgs, Arc<Tokenizer>);
+
+impl BackendTask for Task {
+    type Output = Result<TrainSummary, nanochat::train::TrainError>;
+    fn run<B: nanochat::model::burn::tensor::backend::AutodiffBackend>(
+        self,
+        device: B::Device,
+    ) -> Self::Output {
+        base_train::<B>(&self.0, self.1, &device)
+    }
+}
+
+pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
+    let config = args.configuration()?;
+    let device = match args.device {
+        DeviceSpec::Auto => nanochat::model::backend::resolve_auto(),
+        d => d,
+    };
+    let compute_dtype = match (args.dtype.as_str(), device) {
+        ("auto", DeviceSpec::Cuda(_)) | ("bf16", _) => ComputeDtype::BF16,
+        ("auto" | "f32", _) => ComputeDtype::F32,
+        (other, _) => anyhow::bail!("--dtype {other}: expected auto, f32 or bf16"),
+    };
+    let name = args.device_name.clone().or_else(|| match device {
+        DeviceSpec::Cuda(_) => nvidia_name(),
+        _ => None,
+    });
+    let peak = name.as_deref().and_then(peak_flops);
+    let tok_dir = tokenizer_dir(base);
+    let tokenizer = Tokenizer::load(&tok_dir).with_context(|| {
+        format!(
+            "loading the tokenizer from {} (run `nanochat tok-train` first)",
+            tok_dir.display()
+        )
+    })?;
+    tracing::info!(
+        "device {device} ({}), compute {compute_dtype:?}, peak FLOP/s {}",
+        name.as_deref().unwrap_or("unnamed"),
+        peak.map_or("unknown (MFU not shown)".into(), |p| format!("{p:.3e}"))
+    );
+    let train_args = BaseTrainArgs {
+        config,
+        base_dir: base.to_path_buf(),
+        data_dir: args.data_dir.clone().unwrap_or_else(pretrain_data_dir),
+        compute_dtype,
+        peak_flops: peak,
+        stop_after: args.stop_after,
+        progress: !args.no_progress,
+    };
+    let summary = dispatch(device, Task(train_args, Arc::new(tokenizer)))??;
+    println!(
+        "Finished at step {} of {} | val bpb {} (min {:.6}) | total training time {:.2}m | {}",
+        summary.step,
+        summary.plan.num_iterations,
+        summary.val_bpb.map_or("-".into(), |b| format!("{b:.6}")),
+        summary.loop_state.min_val_bpb,
+        summary.loop_state.total_training_time / 60.0,
+        summary.checkpoint_dir.display()
+    );
+    Ok(())
+}
