@@ -1,8 +1,10 @@
 //! Argument parsing for the `nanochat` binary; each subcommand lives in its own file and only
 //! turns flags into a call of a library function.
 
+mod base_eval;
 mod base_train;
 mod bench;
+mod chat_cli;
 mod download;
 mod tok_eval;
 mod tok_train;
@@ -36,6 +38,10 @@ enum Command {
     Download(download::Args),
     /// Pretrain a base model (upstream base_train.py).
     BaseTrain(Box<base_train::Args>),
+    /// Evaluate a base model: CORE and bits per byte (upstream base_eval.py).
+    BaseEval(Box<base_eval::Args>),
+    /// Chat with a model in the terminal (upstream chat_cli.py).
+    ChatCli(Box<chat_cli::Args>),
     /// Measure hot paths (tokenizer encode throughput, …) and print JSON.
     Bench(bench::Args),
 }
@@ -71,6 +77,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a, &base),
         Command::Download(a) => download::run(a, &base),
         Command::BaseTrain(a) => base_train::run(*a, &base),
+        Command::BaseEval(a) => base_eval::run(*a, &base),
+        Command::ChatCli(a) => chat_cli::run(*a, &base),
     }
 }
 

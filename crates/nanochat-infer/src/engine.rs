@@ -1,0 +1,285 @@
+//! The inference engine (upstream `nanochat/engine.py`, `Engine`): one batch-1 prefill of the
+//! prompt, its KV cache replicated to `num_samples` rows, then token-by-token decoding where
+//! every row runs upstream's state machine — forced tokens first, the calculator tool on
+//! `<|python_end|>` (its result injected as `<|output_start|>…<|output_end|>`), completion on
+//! `<|assistant_end|>` or `<|bos|>` — plus stop strings and `max_tokens`.
+//!
+//! [`Engine::generate`] streams: the callback sees each step's token column (and whether each
+//! token was sampled or forced) and can stop early. [`Engine::generate_batch`] collects.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use nanochat_core::{GenerationParams, Validate, ValidationError};
+use nanochat_model::Gpt;
+use nanochat_tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
+
+use crate::calculator::use_calculator;
+use crate::sampling::Sampler;
+
+/// Why generation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Bad sampling parameters (or a prompt too long for them).
+    #[error(transparent)]
+    Params(#[from] ValidationError),
+    /// Tokenizer failure.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    /// Empty prompt.
+    #[error("the prompt has no tokens")]
+    EmptyPrompt,
+}
+
+/// Why a row stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// `<|assistant_end|>`, `<|bos|>` or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+}
+
+/// One decoding step: the token chosen for every row, and 1 if it was sampled, 0 if forced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Next token per row.
+    pub tokens: Vec<u32>,
+    /// 1 = sampled, 0 = forced (tool output).
+    pub masks: Vec<u8>,
+}
+
+/// What one row produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowOutput {
+    /// Generated tokens (the terminal token excluded).
+    pub tokens: Vec<u32>,
+    /// Their masks (1 sampled, 0 forced).
+    pub masks: Vec<u8>,
+    /// Decoded text of `tokens`.
+    pub text: String,
+    /// Why it stopped.
+    pub finish_reason: FinishReason,
+}
+
+#[derive(Default)]
+struct RowState {
+    forced: VecDeque<u32>,
+    in_python: bool,
+    python_expr: Vec<u32>,
+    completed: bool,
+    out: Vec<u32>,
+    masks: Vec<u8>,
+    recent: Vec<u32>,
+    text: String,
+    decoder: StreamDecoder,
+    finish: Option<FinishReason>,
+}
+
+/// The special tokens the state machine reacts to.
+#[derive(Debug, Clone, Copy)]
+struct Specials {
+    bos: u32,
+    assistant_end: u32,
+    python_start: u32,
+    python_end: u32,
+    output_start: u32,
+    output_end: u32,
+}
+
+/// A model and its tokenizer, ready to generate.
+pub struct Engine<B: Backend> {
+    model: Gpt<B>,
+    tokenizer: Arc<Tokenizer>,
+    specials: Specials,
+}
+
+fn to_ids<B: Backend>(v: &[u32], rows: usize, device: &B::Device) -> Tensor<B, 2, Int> {
+    let data: Vec<i64> = v.iter().map(|&x| x as i64).collect();
+    let cols = data.len() / rows.max(1);
+    Tensor::from_data(TensorData::new(data, [rows, cols]), device)
+}
+
+fn last_logits<B: Backend>(logits: Tensor<B, 3>) -> Vec<Vec<f32>> {
+    let [b, t, v] = logits.dims();
+    let flat: Vec<f32> = logits
+        .narrow(1, t - 1, 1)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("float logits");
+    (0..b).map(|i| flat[i * v..(i + 1) * v].to_vec()).collect()
+}
+
+impl<B: Backend> Engine<B> {
+    /// An engine over `model` (inference backend) and `tokenizer`.
+    pub fn new(model: Gpt<B>, tokenizer: Arc<Tokenizer>) -> Result<Self, EngineError> {
+        let s = |n: &str| tokenizer.encode_special(n);
+        let specials = Specials {
+            bos: tokenizer.bos_token_id(),
+            assistant_end: s("<|assistant_end|>")?,
+            python_start: s("<|python_start|>")?,
+            python_end: s("<|python_end|>")?,
+            output_start: s("<|output_start|>")?,
+            output_end: s("<|output_end|>")?,
+        };
+        Ok(Self {
+            model,
+            tokenizer,
+            specials,
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Gpt<B> {
+        &self.model
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    /// The tokens forced after `<|python_end|>` for the expression tokens between
+    /// `<|python_start|>` and it: `<|output_start|>result<|output_end|>`, or nothing when the
+    /// calculator refuses the expression.
+    pub fn tool_response(&self, expr_tokens: &[u32]) -> Result<Vec<u32>, EngineError> {
+        if expr_tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let expr = self.tokenizer.decode(expr_tokens)?;
+        Ok(match use_calculator(&expr) {
+            Some(result) => {
+                let mut v = vec![self.specials.output_start];
+                v.extend(self.tokenizer.encode(&result));
+                v.push(self.specials.output_end);
+                v
+            }
+            None => Vec::new(),
+        })
+    }
+
+    /// Generates `params.num_samples` continuations of `prompt`, calling `on_step` after every
+    /// step (return `false` to stop). Returns every row's output.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        params: &GenerationParams,
+        mut on_step: impl FnMut(&Step) -> bool,
+    ) -> Result<Vec<RowOutput>, EngineError> {
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        params.validate()?;
+        let cfg = self.model.config();
+        let remaining = cfg.sequence_len.saturating_sub(prompt.len());
+        params.validate_for(self.tokenizer.vocab_size(), remaining)?;
+        let device = self.model.device();
+        let n = params.num_samples.max(1);
+        let sp = self.specials;
+
+        // Prefill once at batch 1, then replicate the cache to n rows.
+        let mut prefill = self.model.new_kv_cache(1, prompt.len());
+        let logits = self
+            .model
+            .forward(to_ids::<B>(prompt, 1, &device), Some(&mut prefill));
+        let first = last_logits(logits).remove(0);
+        let mut cache = prefill.replicate(n, prompt.len() + params.max_tokens);
+        drop(prefill);
+        let mut logits: Vec<Vec<f32>> = vec![first; n];
+
+        let seed = params.seed.unwrap_or(42);
+        let mut samplers: Vec<Sampler> = (0..n as u64)
+            .map(|i| Sampler::new(seed.wrapping_add(i)))
+            .collect();
+        let mut rows: Vec<RowState> = (0..n)
+            .map(|_| RowState {
+                recent: prompt.to_vec(),
+                ..RowState::default()
+            })
+            .collect();
+        let mut generated = 0;
+        while generated < params.max_tokens && !rows.iter().all(|r| r.completed) {
+            let mut step = Step {
+                tokens: Vec::with_capacity(n),
+                masks: Vec::with_capacity(n),
+            };
+            for (i, row) in rows.iter_mut().enumerate() {
+                let (token, mask) = match row.forced.pop_front() {
+                    Some(t) => (t, 0),
+                    None => (samplers[i].sample(&logits[i], &row.recent, params), 1),
+                };
+                step.tokens.push(token);
+                step.masks.push(mask);
+                if row.completed {
+                    continue;
+                }
+                row.recent.push(token);
+                if token == sp.assistant_end || token == sp.bos {
+                    row.completed = true;
+                    row.finish = Some(FinishReason::Stop);
+                    continue;
+                }
+                row.out.push(token);
+                row.masks.push(mask);
+                row.text
+                    .push_str(&row.decoder.push(&self.tokenizer, token)?);
+                if token == sp.python_start {
+                    row.in_python = true;
+                    row.python_expr.clear();
+                } else if token == sp.python_end && row.in_python {
+                    row.in_python = false;
+                    row.forced.extend(self.tool_response(&row.python_expr)?);
+                    row.python_expr.clear();
+                } else if row.in_python {
+                    row.python_expr.push(token);
+                }
+                if let Some(stop) = params
+                    .stop
+                    .iter()
+                    .find(|s| !s.is_empty() && row.text.contains(s.as_str()))
+                {
+                    let cut = row.text.find(stop.as_str()).unwrap_or(row.text.len());
+                    row.text.truncate(cut);
+                    row.completed = true;
+                    row.finish = Some(FinishReason::Stop);
+                }
+            }
+            generated += 1;
+            if !on_step(&step) {
+                break;
+            }
+            if generated >= params.max_tokens || rows.iter().all(|r| r.completed) {
+                break;
+            }
+            let out = self
+                .model
+                .forward(to_ids::<B>(&step.tokens, n, &device), Some(&mut cache));
+            logits = last_logits(out);
+        }
+        Ok(rows
+            .into_iter()
+            .map(|mut r| {
+                r.text.push_str(&r.decoder.finish());
+                RowOutput {
+                    tokens: r.out,
+                    masks: r.masks,
+                    text: r.text,
+                    finish_reason: r.finish.unwrap_or(FinishReason::Length),
+                }
+            })
+            .collect())
+    }
+
+    /// Non-streaming generation (upstream `generate_batch`): every row's tokens and masks.
+    pub fn generate_batch(
+        &self,
+        prompt: &[u32],
+        params: &GenerationParams,
+    ) -> Result<Vec<RowOutput>, EngineError> {
+        self.generate(prompt, params, |_| true)
+    }
+}

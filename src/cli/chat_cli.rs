@@ -1,0 +1,154 @@
+//! `nanochat chat-cli`: talk to a trained model in the terminal (upstream
+//! `scripts/chat_cli.py`): an interactive loop (`quit`/`exit` to leave, `clear` for a new
+//! conversation) or one answer with `-p`.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use nanochat::core::paths::tokenizer_dir;
+use nanochat::core::{DeviceSpec, GenerationParams, Source};
+use nanochat::infer::{Chat, Engine};
+use nanochat::model::burn::tensor::backend::AutodiffBackend;
+use nanochat::model::checkpoint::load_model;
+use nanochat::model::{BackendTask, ComputeDtype, dispatch};
+use nanochat::tokenizer::Tokenizer;
+
+/// Flags of `chat-cli`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Which checkpoints: base, mid, sft or rl.
+    #[arg(short = 'i', long, default_value = "sft")]
+    source: Source,
+    /// Model tag (folder under <source>_checkpoints/); default: the largest d<N>.
+    #[arg(short = 'g', long)]
+    model_tag: Option<String>,
+    /// Checkpoint step; default: the last.
+    #[arg(short = 's', long)]
+    step: Option<u64>,
+    /// Answer this one prompt and exit.
+    #[arg(short = 'p', long)]
+    prompt: Option<String>,
+    /// Sampling temperature (0 = greedy).
+    #[arg(short = 't', long, default_value_t = 0.6)]
+    temperature: f64,
+    /// Top-k sampling (0 = off).
+    #[arg(short = 'k', long, default_value_t = 50)]
+    top_k: usize,
+    /// Nucleus sampling threshold (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Most tokens per answer.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Random seed (answers are reproducible for a given seed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Device: auto, cpu, wgpu[:N], cuda[:N].
+    #[arg(long, default_value = "auto")]
+    device: DeviceSpec,
+}
+
+struct Task {
+    args: Args,
+    base: PathBuf,
+    tokenizer: Arc<Tokenizer>,
+    dtype: ComputeDtype,
+}
+
+impl BackendTask for Task {
+    type Output = anyhow::Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
+        let a = &self.args;
+        let (model, meta, dir) = load_model::<B::InnerBackend>(
+            &self.base,
+            a.source,
+            a.model_tag.as_deref(),
+            a.step,
+            &device,
+        )?;
+        anyhow::ensure!(
+            model.config().vocab_size == self.tokenizer.vocab_size(),
+            "{}: the model's vocabulary ({}) is not the tokenizer's ({})",
+            dir.display(),
+            model.config().vocab_size,
+            self.tokenizer.vocab_size()
+        );
+        let model = model.with_compute_dtype(self.dtype);
+        eprintln!("loaded {} step {}", dir.display(), meta.step());
+        let engine = Engine::new(model, self.tokenizer.clone())?;
+        let params = GenerationParams {
+            temperature: a.temperature,
+            top_k: (a.top_k > 0).then_some(a.top_k),
+            top_p: a.top_p,
+            max_tokens: a.max_tokens,
+            seed: a.seed,
+            ..GenerationParams::default()
+        };
+        let mut chat = Chat::new(&engine);
+        let answer = |chat: &mut Chat<'_, B::InnerBackend>, text: &str| -> anyhow::Result<()> {
+            let mut out = std::io::stdout();
+            chat.send(text, &params, |piece| {
+                let _ = out.write_all(piece.as_bytes());
+                let _ = out.flush();
+            })?;
+            println!();
+            Ok(())
+        };
+        if let Some(p) = &a.prompt {
+            return answer(&mut chat, p);
+        }
+        println!(
+            "nanochat interactive mode: `quit` or `exit` to leave, `clear` for a new conversation"
+        );
+        let stdin = std::io::stdin();
+        loop {
+            print!("\nUser: ");
+            std::io::stdout().flush()?;
+            let mut line = String::new();
+            if stdin.lock().read_line(&mut line)? == 0 {
+                break;
+            }
+            let line = line.trim();
+            match line {
+                "quit" | "exit" => break,
+                "clear" => {
+                    chat.clear();
+                    println!("Conversation cleared.");
+                }
+                "" => {}
+                text => {
+                    print!("\nAssistant: ");
+                    if let Err(e) = answer(&mut chat, text) {
+                        // A too-long conversation is an error for this turn, not the session.
+                        println!("\n[{e}]");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
+    let tok_dir = tokenizer_dir(base);
+    let tokenizer = Tokenizer::load(&tok_dir)
+        .with_context(|| format!("loading the tokenizer from {}", tok_dir.display()))?;
+    let device = match args.device {
+        DeviceSpec::Auto => nanochat::model::backend::resolve_auto(),
+        d => d,
+    };
+    let dtype = if matches!(device, DeviceSpec::Cuda(_)) {
+        ComputeDtype::BF16
+    } else {
+        ComputeDtype::F32
+    };
+    let task = Task {
+        args,
+        base: base.to_path_buf(),
+        tokenizer: Arc::new(tokenizer),
+        dtype,
+    };
+    dispatch(device, task)?
+}
