@@ -6,6 +6,7 @@ mod base_train;
 mod bench;
 mod chat_cli;
 mod download;
+mod serve;
 mod tok_eval;
 mod tok_train;
 
@@ -42,6 +43,8 @@ enum Command {
     BaseEval(Box<base_eval::Args>),
     /// Chat with a model in the terminal (upstream chat_cli.py).
     ChatCli(Box<chat_cli::Args>),
+    /// Serve the chat web UI and the OpenAI-compatible API (upstream chat_web.py).
+    Serve(Box<serve::Args>),
     /// Measure hot paths (tokenizer encode throughput, …) and print JSON.
     Bench(bench::Args),
 }
@@ -79,6 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BaseTrain(a) => base_train::run(*a, &base),
         Command::BaseEval(a) => base_eval::run(*a, &base),
         Command::ChatCli(a) => chat_cli::run(*a, &base),
+        Command::Serve(a) => serve::run(*a, &base),
     }
 }
 

@@ -48,38 +48,85 @@ impl<'e, B: Backend> Chat<'e, B> {
         prompt.push(tok.encode_special("<|user_end|>")?);
         prompt.push(tok.encode_special("<|assistant_start|>")?);
         let end = tok.encode_special("<|assistant_end|>")?;
-        let bos = tok.bos_token_id();
-        let single = GenerationParams {
-            num_samples: 1,
-            ..params.clone()
-        };
-        let mut decoder = StreamDecoder::new();
-        let mut failed = None;
-        let mut done = false;
-        let out = self.engine.generate(&prompt, &single, |step| {
-            let t = step.tokens[0];
-            if done || t == end || t == bos {
-                done = true;
-                return false;
-            }
-            match decoder.push(&tok, t) {
-                Ok(piece) if !piece.is_empty() => on_text(&piece),
-                Ok(_) => {}
-                Err(e) => failed = Some(e),
-            }
+        let row = stream_reply(self.engine, &prompt, params, |piece| {
+            on_text(piece);
             true
         })?;
-        if let Some(e) = failed {
-            return Err(e.into());
-        }
-        let tail = decoder.finish();
-        if !tail.is_empty() {
-            on_text(&tail);
-        }
-        let row = out.into_iter().next().expect("one row");
         self.tokens = prompt;
         self.tokens.extend(&row.tokens);
         self.tokens.push(end);
         Ok(row)
     }
+}
+
+/// Generates one reply to `prompt` (which ends with `<|assistant_start|>`), calling `on_text`
+/// with each whole-character piece of text as it is produced (return `false` to stop, e.g.
+/// when the client went away). The reply ends at `<|assistant_end|>`/`<|bos|>`, a stop string
+/// or `max_tokens`.
+pub fn stream_reply<B: Backend>(
+    engine: &Engine<B>,
+    prompt: &[u32],
+    params: &GenerationParams,
+    mut on_text: impl FnMut(&str) -> bool,
+) -> Result<RowOutput, EngineError> {
+    let tok = engine.tokenizer().clone();
+    let end = tok.encode_special("<|assistant_end|>")?;
+    let bos = tok.bos_token_id();
+    let single = GenerationParams {
+        num_samples: 1,
+        ..params.clone()
+    };
+    let mut decoder = StreamDecoder::new();
+    let mut failed = None;
+    let mut sent = 0usize;
+    let mut text = String::new();
+    let out = engine.generate(prompt, &single, |step| {
+        let t = step.tokens[0];
+        if t == end || t == bos {
+            return false;
+        }
+        match decoder.push(&tok, t) {
+            Ok(piece) => text.push_str(&piece),
+            Err(e) => {
+                failed = Some(e);
+                return false;
+            }
+        }
+        // Hold back text that could be the start of a stop string.
+        let hold = single
+            .stop
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                (1..s.len())
+                    .rev()
+                    .find(|&k| text.ends_with(&s[..k]) && s.is_char_boundary(k))
+                    .unwrap_or(0)
+            })
+            .max()
+            .unwrap_or(0);
+        let cut = single
+            .stop
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| text.find(s.as_str()))
+            .min();
+        let limit = cut.unwrap_or(text.len() - hold);
+        if limit > sent {
+            let keep_going = on_text(&text[sent..limit]);
+            sent = limit;
+            if !keep_going {
+                return false;
+            }
+        }
+        cut.is_none()
+    })?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    let row = out.into_iter().next().expect("one row");
+    if row.text.len() > sent {
+        on_text(&row.text[sent..]);
+    }
+    Ok(row)
 }

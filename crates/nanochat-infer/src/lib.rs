@@ -3,10 +3,11 @@
 //! nanochat's inference: the [`engine::Engine`] (upstream `nanochat/engine.py`: KV-cache
 //! prefill and replicated decoding, the tool-use state machine, sampling), the safe
 //! [`calculator`] tool, [`sampling`] (temperature, top-k, top-p, min-p, repetition penalty,
-//! seeds) and a token-level [`chat::Chat`] used by `nanochat chat-cli`.
+//! seeds), a token-level [`chat::Chat`] used by `nanochat chat-cli`, and the HTTP
+//! [`server`] (web chat page, upstream's streaming endpoint, OpenAI-compatible API, health,
+//! stats and Prometheus metrics) used by `nanochat serve`.
 //!
-//! Not yet here: the HTTP server with the web UI and the OpenAI-compatible API, and the
-//! inference benchmark.
+//! Not yet here: the inference benchmark.
 
 #![warn(missing_docs)]
 
@@ -14,6 +15,7 @@ pub mod calculator;
 pub mod chat;
 pub mod engine;
 pub mod sampling;
+pub mod server;
 
 pub use calculator::use_calculator;
 pub use chat::Chat;

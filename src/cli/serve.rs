@@ -1,0 +1,143 @@
+//! `nanochat serve`: the chat web UI and the HTTP API (upstream v0 `scripts/chat_web.py`, plus
+//! OpenAI-compatible endpoints). Listens at once (health says 503 until the model is loaded),
+//! loads one model worker per `--num-workers`, and shuts down gracefully on Ctrl-C.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use nanochat::core::paths::tokenizer_dir;
+use nanochat::core::{DeviceSpec, Source};
+use nanochat::infer::Engine;
+use nanochat::infer::server::{AppState, WorkerPool, serve};
+use nanochat::model::burn::tensor::backend::AutodiffBackend;
+use nanochat::model::checkpoint::load_model;
+use nanochat::model::{BackendTask, ComputeDtype, dispatch};
+use nanochat::tokenizer::Tokenizer;
+
+/// Flags of `serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Which checkpoints: base, mid, sft or rl.
+    #[arg(short = 'i', long, default_value = "sft")]
+    source: Source,
+    /// Model tag; default: the largest d<N>.
+    #[arg(short = 'g', long)]
+    model_tag: Option<String>,
+    /// Checkpoint step; default: the last.
+    #[arg(short = 's', long)]
+    step: Option<u64>,
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port.
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Model workers (each holds a copy of the model; one per GPU, or more on a big CPU).
+    #[arg(long, default_value_t = 1)]
+    num_workers: usize,
+    /// Device: auto, cpu, wgpu[:N], cuda[:N].
+    #[arg(long, default_value = "auto")]
+    device: DeviceSpec,
+}
+
+struct Load {
+    args: Args,
+    base: PathBuf,
+    tokenizer: Arc<Tokenizer>,
+    state: Arc<AppState>,
+    dtype: ComputeDtype,
+}
+
+impl BackendTask for Load {
+    type Output = anyhow::Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
+        let mut engines = Vec::new();
+        for _ in 0..self.args.num_workers.max(1) {
+            let (model, meta, dir) = load_model::<B::InnerBackend>(
+                &self.base,
+                self.args.source,
+                self.args.model_tag.as_deref(),
+                self.args.step,
+                &device,
+            )?;
+            tracing::info!(
+                "worker {} loaded {} step {}",
+                engines.len(),
+                dir.display(),
+                meta.step()
+            );
+            engines.push(Engine::new(
+                model.with_compute_dtype(self.dtype),
+                self.tokenizer.clone(),
+            )?);
+        }
+        self.state
+            .set_pool(WorkerPool::start(engines, self.state.stats.clone()));
+        tracing::info!("ready");
+        Ok(())
+    }
+}
+
+pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
+    let tok_dir = tokenizer_dir(base);
+    let tokenizer = Arc::new(
+        Tokenizer::load(&tok_dir)
+            .with_context(|| format!("loading the tokenizer from {}", tok_dir.display()))?,
+    );
+    // The model config (for the context length and the model id) comes from the meta.
+    let root = base.join(args.source.dir_name());
+    let tag = match &args.model_tag {
+        Some(t) => t.clone(),
+        None => nanochat::core::checkpoint_manager::find_largest_model(&root)?,
+    };
+    let dir = root.join(&tag);
+    let step = match args.step {
+        Some(s) => s,
+        None => nanochat::core::checkpoint_manager::find_last_step(&dir)?,
+    };
+    let meta = nanochat::core::checkpoint_manager::load_meta(&dir, step)?;
+    let state = AppState::new(
+        format!("nanochat-{tag}-{}", args.source.as_str()),
+        tokenizer.clone(),
+        meta.model_config.sequence_len,
+    );
+    let device = match args.device {
+        DeviceSpec::Auto => nanochat::model::backend::resolve_auto(),
+        d => d,
+    };
+    let dtype = if matches!(device, DeviceSpec::Cuda(_)) {
+        ComputeDtype::BF16
+    } else {
+        ComputeDtype::F32
+    };
+    let addr = format!("{}:{}", args.host, args.port);
+    let rt = tokio::runtime::Runtime::new()?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(&addr))
+        .with_context(|| format!("binding {addr}"))?;
+    println!("nanochat serving at http://{addr}/ (OpenAI API at http://{addr}/v1)");
+    let load = Load {
+        args: Args {
+            model_tag: Some(tag),
+            step: Some(step),
+            ..args
+        },
+        base: base.to_path_buf(),
+        tokenizer,
+        state: state.clone(),
+        dtype,
+    };
+    std::thread::spawn(move || {
+        let result = dispatch(device, load)
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r);
+        if let Err(e) = result {
+            tracing::error!("model loading failed (the server keeps answering 503): {e:#}");
+        }
+    });
+    rt.block_on(serve(state, listener, async {
+        let _ = tokio::signal::ctrl_c().await;
+    }))?;
+    Ok(())
+}
