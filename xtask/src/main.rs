@@ -3,8 +3,10 @@
 //! - `cargo xtask ci`: every check CI runs (format, lints, tests, docs, backend builds).
 //! - `cargo xtask bench-tokenizer`: our tokenizer training and encoding against upstream's
 //!   rustbpe and Python tiktoken on this machine, in one run.
+//! - `cargo xtask ui-test`: the web chat page in headless Chromium against `nanochat serve`.
 
 mod bench_tokenizer;
+mod ui_test;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,6 +36,9 @@ enum Cmd {
     /// the merges are identical, and compare encode throughput with Python tiktoken. Installs
     /// rustbpe, tiktoken and pyarrow into target/bench-venv on first use (needs PyPI).
     BenchTokenizer(bench_tokenizer::Args),
+    /// Drive the web chat page in headless Chromium against a real `nanochat serve` (needs
+    /// chromium, node/npm and a checkpoint).
+    UiTest(ui_test::Args),
 }
 
 fn workspace_root() -> PathBuf {
@@ -176,5 +181,6 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Ci { skip_backends } => ci(skip_backends),
         Cmd::BenchTokenizer(args) => bench_tokenizer::run(&workspace_root(), args),
+        Cmd::UiTest(args) => ui_test::run(&workspace_root(), args),
     }
 }
