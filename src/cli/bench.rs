@@ -28,6 +28,86 @@ enum What {
         #[arg(long, default_value_t = 3)]
         repeats: usize,
     },
+    /// Inference speed (upstream infer_bench.py): prefill tok/s and TTFT for one prompt, then
+    /// decode tok/s and ms/step per batch size. Uses a checkpoint when `--source` is given,
+    /// else a freshly initialised model of `--depth` (weights do not change the speed).
+    Infer(Box<InferArgs>),
+}
+
+/// Flags of `bench infer`.
+#[derive(clap::Args, Debug)]
+pub struct InferArgs {
+    /// Checkpoint source (base, mid, sft, rl); none = a random model of --depth.
+    #[arg(short = 'i', long)]
+    source: Option<nanochat::core::Source>,
+    /// Model tag (with --source).
+    #[arg(short = 'g', long)]
+    model_tag: Option<String>,
+    /// Depth of the random model (without --source).
+    #[arg(long, default_value_t = 12)]
+    depth: usize,
+    /// Prompt length for prefill.
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    /// Tokens decoded per row.
+    #[arg(long, default_value_t = 64)]
+    decode_tokens: usize,
+    /// Comma-separated decode batch sizes.
+    #[arg(long, default_value = "1,8,32")]
+    batch_sizes: String,
+    /// Device: auto, cpu, wgpu[:N], cuda[:N].
+    #[arg(long, default_value = "auto")]
+    device: nanochat::core::DeviceSpec,
+}
+
+struct InferTask(InferArgs, PathBuf);
+
+impl nanochat::model::BackendTask for InferTask {
+    type Output = anyhow::Result<serde_json::Value>;
+    fn run<B: nanochat::model::burn::tensor::backend::AutodiffBackend>(
+        self,
+        device: B::Device,
+    ) -> Self::Output {
+        let a = self.0;
+        let sizes: Vec<usize> = a
+            .batch_sizes
+            .split(',')
+            .map(|s| s.trim().parse())
+            .collect::<Result<_, _>>()
+            .context("--batch-sizes: comma-separated positive integers")?;
+        let model = match a.source {
+            Some(src) => {
+                nanochat::model::checkpoint::load_model::<B::InnerBackend>(
+                    &self.1,
+                    src,
+                    a.model_tag.as_deref(),
+                    None,
+                    &device,
+                )?
+                .0
+            }
+            None => {
+                let cfg = nanochat::core::ModelConfig::from_depth(a.depth)?;
+                nanochat::model::Gpt::<B::InnerBackend>::init(&cfg, &device)?
+            }
+        };
+        let dtype = if matches!(a.device, nanochat::core::DeviceSpec::Cuda(_)) {
+            nanochat::model::ComputeDtype::BF16
+        } else {
+            nanochat::model::ComputeDtype::F32
+        };
+        let model = model.with_compute_dtype(dtype);
+        let len = a.prompt_tokens.min(
+            model
+                .config()
+                .sequence_len
+                .saturating_sub(a.decode_tokens + 1),
+        );
+        let r = nanochat::infer::infer_bench::bench_inference(&model, len, a.decode_tokens, &sizes);
+        Ok(
+            serde_json::json!({"device": a.device.to_string(), "config": model.config(), "result": r}),
+        )
+    }
 }
 
 fn best_of(repeats: usize, mut f: impl FnMut() -> usize) -> (f64, usize) {
@@ -43,6 +123,15 @@ fn best_of(repeats: usize, mut f: impl FnMut() -> usize) -> (f64, usize) {
 
 pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
     match args.what {
+        What::Infer(a) => {
+            let device = match a.device {
+                nanochat::core::DeviceSpec::Auto => nanochat::model::backend::resolve_auto(),
+                d => d,
+            };
+            let a = InferArgs { device, ..*a };
+            let out = nanochat::model::dispatch(device, InferTask(a, base.to_path_buf()))??;
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
         What::Tokenizer { data_dir, repeats } => {
             let dir = tokenizer_dir(base);
             let tok =

@@ -6,14 +6,14 @@
 //! seeds), a token-level [`chat::Chat`] used by `nanochat chat-cli`, and the HTTP
 //! [`server`] (web chat page, upstream's streaming endpoint, OpenAI-compatible API, health,
 //! stats and Prometheus metrics) used by `nanochat serve`.
-//!
-//! Not yet here: the inference benchmark.
+//! [`infer_bench`] measures prefill, time to first token and decode throughput per batch size.
 
 #![warn(missing_docs)]
 
 pub mod calculator;
 pub mod chat;
 pub mod engine;
+pub mod infer_bench;
 pub mod sampling;
 pub mod server;
 

@@ -124,7 +124,7 @@ mod tests {
             target_param_data_ratio: Some(ratio),
             ..TrainingConfiguration::default()
         };
-        RunPlan::new(&cfg, 32768, 8).unwrap()
+        RunPlan::new(&cfg, 32768, 1).unwrap()
     }
 
     #[test]
