@@ -9,7 +9,7 @@
 use anyhow::{Context, Result};
 use nanochat::core::ModelConfig;
 use nanochat::model::Gpt;
-use nanochat::model::burn::backend::Flex;
+use nanochat::model::backend::CpuBackend as Cpu;
 use nanochat::model::weights::named_tensors;
 
 fn main() -> Result<()> {
@@ -25,7 +25,7 @@ fn main() -> Result<()> {
     } else {
         ModelConfig::from_depth(depth)?
     };
-    let model = Gpt::<Flex>::init(&config, &Default::default())?;
+    let model = Gpt::<Cpu>::init(&config, &Default::default())?;
 
     let mut groups: Vec<(&str, u64)> = vec![
         ("wte", 0),

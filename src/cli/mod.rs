@@ -5,7 +5,9 @@ mod base_eval;
 mod base_train;
 mod bench;
 mod chat_cli;
+mod doctor;
 mod download;
+mod interop;
 mod serve;
 mod tok_eval;
 mod tok_train;
@@ -45,6 +47,12 @@ enum Command {
     ChatCli(Box<chat_cli::Args>),
     /// Serve the chat web UI and the OpenAI-compatible API (upstream chat_web.py).
     Serve(Box<serve::Args>),
+    /// Import an upstream PyTorch checkpoint folder (model_XXXXXX.pt + meta_XXXXXX.json).
+    Import(interop::ImportArgs),
+    /// Export a checkpoint as a Hugging Face folder for transformers' NanoChat class.
+    Export(interop::ExportArgs),
+    /// What this build and machine can do, and what is missing (data, tokenizer, checkpoints).
+    Doctor,
     /// Measure hot paths (tokenizer encode throughput, …) and print JSON.
     Bench(bench::Args),
 }
@@ -83,6 +91,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BaseEval(a) => base_eval::run(*a, &base),
         Command::ChatCli(a) => chat_cli::run(*a, &base),
         Command::Serve(a) => serve::run(*a, &base),
+        Command::Doctor => doctor::run(&base),
+        Command::Import(a) => interop::import(a, &base),
+        Command::Export(a) => interop::export(a, &base),
     }
 }
 

@@ -3,9 +3,11 @@
 //! - `cargo xtask ci`: every check CI runs (format, lints, tests, docs, backend builds).
 //! - `cargo xtask bench-tokenizer`: our tokenizer training and encoding against upstream's
 //!   rustbpe and Python tiktoken on this machine, in one run.
+//! - `cargo xtask speedrun`: the pipeline, stage by stage, resumable.
 //! - `cargo xtask ui-test`: the web chat page in headless Chromium against `nanochat serve`.
 
 mod bench_tokenizer;
+mod speedrun;
 mod ui_test;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +38,8 @@ enum Cmd {
     /// the merges are identical, and compare encode throughput with Python tiktoken. Installs
     /// rustbpe, tiktoken and pyarrow into target/bench-venv on first use (needs PyPI).
     BenchTokenizer(bench_tokenizer::Args),
+    /// Run the pipeline stage by stage (resumable): tokenizer, tok-eval, base-train, base-eval.
+    Speedrun(speedrun::Args),
     /// Drive the web chat page in headless Chromium against a real `nanochat serve` (needs
     /// chromium, node/npm and a checkpoint).
     UiTest(ui_test::Args),
@@ -182,5 +186,6 @@ fn main() -> Result<()> {
         Cmd::Ci { skip_backends } => ci(skip_backends),
         Cmd::BenchTokenizer(args) => bench_tokenizer::run(&workspace_root(), args),
         Cmd::UiTest(args) => ui_test::run(&workspace_root(), args),
+        Cmd::Speedrun(args) => speedrun::run(&workspace_root(), args),
     }
 }

@@ -1,0 +1,152 @@
+//! `nanochat doctor`: what this build and machine can do and what is missing — backends
+//! compiled in and working, cores and memory, the tokenizer, pretraining shards, the CORE eval
+//! bundle, and checkpoints — each missing piece with the command that provides it.
+
+use std::path::Path;
+
+use nanochat::core::Source;
+use nanochat::core::checkpoint_manager::{list_steps, load_meta};
+use nanochat::core::paths::{eval_bundle_dir, pretrain_data_dir, tokenizer_dir};
+use nanochat::tokenizer::Tokenizer;
+use nanochat::tokenizer::dataset::list_parquet_files;
+
+fn line(ok: bool, what: &str, detail: impl std::fmt::Display) {
+    println!(
+        "{} {what:<18} {detail}",
+        if ok { "[ok]  " } else { "[miss]" }
+    );
+}
+
+fn mem_gib(key: &str) -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: f64 = text
+        .lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0 / 1024.0)
+}
+
+pub fn run(base: &Path) -> anyhow::Result<()> {
+    println!(
+        "nanochat {} — base dir {}",
+        env!("CARGO_PKG_VERSION"),
+        base.display()
+    );
+    let compiled = nanochat::model::compiled_backends();
+    line(
+        true,
+        "backends",
+        format!("compiled in: {}", compiled.join(", ")),
+    );
+    let auto = nanochat::model::backend::resolve_auto();
+    let gpu = !matches!(auto, nanochat::core::DeviceSpec::Cpu);
+    line(
+        gpu,
+        "accelerator",
+        if gpu {
+            format!("`--device auto` uses {auto}")
+        } else if compiled.iter().any(|b| *b == "cuda" || *b == "wgpu") {
+            "GPU backend compiled in but no working device found: `--device auto` uses the CPU"
+                .to_string()
+        } else {
+            "none compiled in (rebuild with `--features cuda` or `--features wgpu` for a GPU); the CPU works".to_string()
+        },
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mem = match (mem_gib("MemTotal:"), mem_gib("MemAvailable:")) {
+        (Some(t), Some(a)) => format!(", {a:.1} of {t:.1} GiB memory free"),
+        _ => String::new(),
+    };
+    line(true, "machine", format!("{cores} cores{mem}"));
+
+    let tok_dir = tokenizer_dir(base);
+    match Tokenizer::load(&tok_dir) {
+        Ok(t) => line(
+            true,
+            "tokenizer",
+            format!("vocab {} in {}", t.vocab_size(), tok_dir.display()),
+        ),
+        Err(e) => line(
+            false,
+            "tokenizer",
+            format!("{e} — run `nanochat tok-train`"),
+        ),
+    }
+    let data = pretrain_data_dir();
+    match list_parquet_files(&data) {
+        Ok(f) if f.len() >= 2 => line(
+            true,
+            "pretrain shards",
+            format!(
+                "{} ({} train + 1 val) in {}",
+                f.len(),
+                f.len() - 1,
+                data.display()
+            ),
+        ),
+        Ok(f) => line(
+            false,
+            "pretrain shards",
+            format!(
+                "{} in {}: need ≥ 2 (train + val) — `nanochat download -n 8` or set NANOCHAT_DATA_DIR",
+                f.len(),
+                data.display()
+            ),
+        ),
+        Err(e) => line(false, "pretrain shards", format!("{e}")),
+    }
+    let bundle = eval_bundle_dir();
+    match nanochat::eval::Bundle::open(&bundle) {
+        Ok(b) => {
+            let present = b.tasks.iter().filter(|t| b.data_path(t).exists()).count();
+            line(
+                present == b.tasks.len(),
+                "CORE bundle",
+                format!(
+                    "{present} of {} tasks in {} (reported as CORE-{present})",
+                    b.tasks.len(),
+                    bundle.display()
+                ),
+            );
+        }
+        Err(e) => line(
+            false,
+            "CORE bundle",
+            format!("{e} — base-eval's CORE needs the eval bundle (set NANOCHAT_DATA_DIR)"),
+        ),
+    }
+    for source in [Source::Base, Source::Mid, Source::Sft, Source::Rl] {
+        let root = base.join(source.dir_name());
+        let mut found = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for e in entries.flatten() {
+                let dir = e.path();
+                if let Ok(steps) = list_steps(&dir)
+                    && let Some(&last) = steps.last()
+                {
+                    let ok = load_meta(&dir, last).is_ok();
+                    found.push(format!(
+                        "{} (step {last}{})",
+                        e.file_name().to_string_lossy(),
+                        if ok { "" } else { ", meta unreadable" }
+                    ));
+                }
+            }
+        }
+        found.sort();
+        let what = format!("{} checkpoints", source.as_str());
+        if found.is_empty() {
+            let hint = match source {
+                Source::Base => "`nanochat base-train`",
+                _ => "not ported yet",
+            };
+            line(false, &what, format!("none in {} — {hint}", root.display()));
+        } else {
+            line(true, &what, found.join(", "));
+        }
+    }
+    Ok(())
+}
