@@ -23,7 +23,7 @@ pub struct Args {
     /// ../shared/data.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Device: auto, cpu, wgpu[:N], cuda[:N].
+    /// Device: `auto`, `cpu`, `wgpu[:N]`, `cuda[:N]`.
     #[arg(long, default_value = "auto")]
     device: String,
     /// Artifacts folder (default $NANOCHAT_BASE_DIR or ~/.cache/nanochat).
