@@ -6,8 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
-use nanochat::core::paths::{eval_bundle_dir, pretrain_data_dir, tokenizer_dir};
+use nanochat::core::paths::{eval_bundle_dir, pretrain_data_dir};
 use nanochat::core::{DeviceSpec, Source};
 use nanochat::eval::{Bundle, evaluate_core};
 use nanochat::model::burn::tensor::backend::AutodiffBackend;
@@ -122,13 +121,10 @@ impl BackendTask for Task {
 }
 
 pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
-    let tok_dir = tokenizer_dir(base);
-    let tokenizer = Tokenizer::load(&tok_dir)
-        .with_context(|| format!("loading the tokenizer from {}", tok_dir.display()))?;
     let task = Task {
         args: args.clone(),
         base: base.to_path_buf(),
-        tokenizer: Arc::new(tokenizer),
+        tokenizer: Arc::new(super::load_tokenizer(base)?),
     };
     let out = dispatch(args.device, task)??;
     let tag = out["checkpoint"]

@@ -5,8 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
-use nanochat::core::paths::{pretrain_data_dir, tokenizer_dir};
+use nanochat::core::paths::pretrain_data_dir;
 use nanochat::core::{DeviceSpec, TrainingConfiguration};
 use nanochat::model::{BackendTask, ComputeDtype, dispatch};
 use nanochat::tokenizer::Tokenizer;
@@ -206,27 +205,19 @@ impl BackendTask for Task {
 
 pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
     let config = args.configuration()?;
-    let device = match args.device {
-        DeviceSpec::Auto => nanochat::model::backend::resolve_auto(),
-        d => d,
-    };
-    let compute_dtype = match (args.dtype.as_str(), device) {
-        ("auto", DeviceSpec::Cuda(_)) | ("bf16", _) => ComputeDtype::BF16,
-        ("auto" | "f32", _) => ComputeDtype::F32,
-        (other, _) => anyhow::bail!("--dtype {other}: expected auto, f32 or bf16"),
+    let device = super::resolve_device(args.device);
+    let compute_dtype = match args.dtype.as_str() {
+        "auto" => super::default_dtype(device),
+        "bf16" => ComputeDtype::BF16,
+        "f32" => ComputeDtype::F32,
+        other => anyhow::bail!("--dtype {other}: expected auto, f32 or bf16"),
     };
     let name = args.device_name.clone().or_else(|| match device {
         DeviceSpec::Cuda(_) => nvidia_name(),
         _ => None,
     });
     let peak = name.as_deref().and_then(peak_flops);
-    let tok_dir = tokenizer_dir(base);
-    let tokenizer = Tokenizer::load(&tok_dir).with_context(|| {
-        format!(
-            "loading the tokenizer from {} (run `nanochat tok-train` first)",
-            tok_dir.display()
-        )
-    })?;
+    let tokenizer = super::load_tokenizer(base)?;
     tracing::info!(
         "device {device} ({}), compute {compute_dtype:?}, peak FLOP/s {}",
         name.as_deref().unwrap_or("unnamed"),

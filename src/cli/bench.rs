@@ -91,12 +91,7 @@ impl nanochat::model::BackendTask for InferTask {
                 nanochat::model::Gpt::<B::InnerBackend>::init(&cfg, &device)?
             }
         };
-        let dtype = if matches!(a.device, nanochat::core::DeviceSpec::Cuda(_)) {
-            nanochat::model::ComputeDtype::BF16
-        } else {
-            nanochat::model::ComputeDtype::F32
-        };
-        let model = model.with_compute_dtype(dtype);
+        let model = model.with_compute_dtype(super::default_dtype(a.device));
         let len = a.prompt_tokens.min(
             model
                 .config()
@@ -124,10 +119,7 @@ fn best_of(repeats: usize, mut f: impl FnMut() -> usize) -> (f64, usize) {
 pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
     match args.what {
         What::Infer(a) => {
-            let device = match a.device {
-                nanochat::core::DeviceSpec::Auto => nanochat::model::backend::resolve_auto(),
-                d => d,
-            };
+            let device = super::resolve_device(a.device);
             let a = InferArgs { device, ..*a };
             let out = nanochat::model::dispatch(device, InferTask(a, base.to_path_buf()))??;
             println!("{}", serde_json::to_string_pretty(&out)?);

@@ -6,27 +6,17 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
-use nanochat::core::paths::tokenizer_dir;
-use nanochat::core::{DeviceSpec, GenerationParams, Source};
+use nanochat::core::{DeviceSpec, GenerationParams};
 use nanochat::infer::{Chat, Engine};
 use nanochat::model::burn::tensor::backend::AutodiffBackend;
-use nanochat::model::checkpoint::load_model;
 use nanochat::model::{BackendTask, ComputeDtype, dispatch};
 use nanochat::tokenizer::Tokenizer;
 
 /// Flags of `chat-cli`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// Which checkpoints: base, mid, sft or rl.
-    #[arg(short = 'i', long, default_value = "sft")]
-    source: Source,
-    /// Model tag (folder under <source>_checkpoints/); default: the largest d<N>.
-    #[arg(short = 'g', long)]
-    model_tag: Option<String>,
-    /// Checkpoint step; default: the last.
-    #[arg(short = 's', long)]
-    step: Option<u64>,
+    #[command(flatten)]
+    checkpoint: super::CheckpointArgs,
     /// Answer this one prompt and exit.
     #[arg(short = 'p', long)]
     prompt: Option<String>,
@@ -61,13 +51,7 @@ impl BackendTask for Task {
     type Output = anyhow::Result<()>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
         let a = &self.args;
-        let (model, meta, dir) = load_model::<B::InnerBackend>(
-            &self.base,
-            a.source,
-            a.model_tag.as_deref(),
-            a.step,
-            &device,
-        )?;
+        let (model, meta, dir) = a.checkpoint.load::<B::InnerBackend>(&self.base, &device)?;
         anyhow::ensure!(
             model.config().vocab_size == self.tokenizer.vocab_size(),
             "{}: the model's vocabulary ({}) is not the tokenizer's ({})",
@@ -132,23 +116,12 @@ impl BackendTask for Task {
 }
 
 pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
-    let tok_dir = tokenizer_dir(base);
-    let tokenizer = Tokenizer::load(&tok_dir)
-        .with_context(|| format!("loading the tokenizer from {}", tok_dir.display()))?;
-    let device = match args.device {
-        DeviceSpec::Auto => nanochat::model::backend::resolve_auto(),
-        d => d,
-    };
-    let dtype = if matches!(device, DeviceSpec::Cuda(_)) {
-        ComputeDtype::BF16
-    } else {
-        ComputeDtype::F32
-    };
+    let device = super::resolve_device(args.device);
     let task = Task {
         args,
         base: base.to_path_buf(),
-        tokenizer: Arc::new(tokenizer),
-        dtype,
+        tokenizer: Arc::new(super::load_tokenizer(base)?),
+        dtype: super::default_dtype(device),
     };
     dispatch(device, task)?
 }

@@ -6,12 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use nanochat::core::checkpoint_manager::checkpoint_dir;
-use nanochat::core::paths::tokenizer_dir;
 use nanochat::core::{CheckpointMetadata, Source};
 use nanochat::model::backend::CpuBackend as Cpu;
-use nanochat::model::checkpoint::{import_upstream, load_model, save_checkpoint};
+use nanochat::model::checkpoint::{import_upstream, save_checkpoint};
 use nanochat::model::hf_export::export_hf;
-use nanochat::tokenizer::Tokenizer;
 
 /// Flags of `import`.
 #[derive(clap::Args, Debug)]
@@ -34,15 +32,8 @@ pub struct ImportArgs {
 pub struct ExportArgs {
     /// Output folder (config.json, model.safetensors, tokenizer files, chat template).
     out: PathBuf,
-    /// Which checkpoints: base, mid, sft or rl.
-    #[arg(short = 'i', long, default_value = "sft")]
-    source: Source,
-    /// Model tag (default: the largest d<N>).
-    #[arg(short = 'g', long)]
-    model_tag: Option<String>,
-    /// Step (default: the last).
-    #[arg(short = 's', long)]
-    step: Option<u64>,
+    #[command(flatten)]
+    checkpoint: super::CheckpointArgs,
 }
 
 pub fn import(args: ImportArgs, base: &Path) -> anyhow::Result<()> {
@@ -73,16 +64,8 @@ pub fn import(args: ImportArgs, base: &Path) -> anyhow::Result<()> {
 }
 
 pub fn export(args: ExportArgs, base: &Path) -> anyhow::Result<()> {
-    let (model, meta, dir) = load_model::<Cpu>(
-        base,
-        args.source,
-        args.model_tag.as_deref(),
-        args.step,
-        &Default::default(),
-    )?;
-    let tok_dir = tokenizer_dir(base);
-    let tok = Tokenizer::load(&tok_dir)
-        .with_context(|| format!("loading the tokenizer from {}", tok_dir.display()))?;
+    let (model, meta, dir) = args.checkpoint.load::<Cpu>(base, &Default::default())?;
+    let tok = super::load_tokenizer(base)?;
     export_hf(&model, tok.config(), tok.vocab(), &args.out)?;
     println!(
         "exported {} step {} to {}",

@@ -110,3 +110,70 @@ pub fn parse_count(s: &str) -> Result<u64, String> {
         )),
     }
 }
+
+/// Which checkpoint to load (upstream's `-i/--source`, `-g/--model-tag`, `-s/--step`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct CheckpointArgs {
+    /// Which checkpoints: base, mid, sft or rl.
+    #[arg(short = 'i', long, default_value = "sft")]
+    pub source: nanochat::core::Source,
+    /// Model tag (folder under <source>_checkpoints/); default: the largest d<N>.
+    #[arg(short = 'g', long)]
+    pub model_tag: Option<String>,
+    /// Checkpoint step; default: the last.
+    #[arg(short = 's', long)]
+    pub step: Option<u64>,
+}
+
+impl CheckpointArgs {
+    /// Loads the model, its meta and its folder.
+    pub fn load<B: nanochat::model::burn::tensor::backend::Backend>(
+        &self,
+        base: &std::path::Path,
+        device: &B::Device,
+    ) -> Result<
+        (
+            nanochat::model::Gpt<B>,
+            nanochat::core::CheckpointMeta,
+            PathBuf,
+        ),
+        nanochat::model::checkpoint::ModelError,
+    > {
+        nanochat::model::checkpoint::load_model::<B>(
+            base,
+            self.source,
+            self.model_tag.as_deref(),
+            self.step,
+            device,
+        )
+    }
+}
+
+/// The trained tokenizer of `base`, with an error that says how to get one.
+fn load_tokenizer(base: &std::path::Path) -> anyhow::Result<nanochat::tokenizer::Tokenizer> {
+    use anyhow::Context;
+    let dir = nanochat::core::paths::tokenizer_dir(base);
+    nanochat::tokenizer::Tokenizer::load(&dir).with_context(|| {
+        format!(
+            "loading the tokenizer from {} (run `nanochat tok-train` first)",
+            dir.display()
+        )
+    })
+}
+
+/// `--device auto` resolved to the device that will run.
+fn resolve_device(spec: nanochat::core::DeviceSpec) -> nanochat::core::DeviceSpec {
+    match spec {
+        nanochat::core::DeviceSpec::Auto => nanochat::model::backend::resolve_auto(),
+        d => d,
+    }
+}
+
+/// Upstream's compute-dtype policy: bfloat16 on CUDA, float32 elsewhere.
+fn default_dtype(device: nanochat::core::DeviceSpec) -> nanochat::model::ComputeDtype {
+    if matches!(device, nanochat::core::DeviceSpec::Cuda(_)) {
+        nanochat::model::ComputeDtype::BF16
+    } else {
+        nanochat::model::ComputeDtype::F32
+    }
+}

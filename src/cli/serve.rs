@@ -6,27 +6,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use nanochat::core::paths::tokenizer_dir;
-use nanochat::core::{DeviceSpec, Source};
+use nanochat::core::DeviceSpec;
 use nanochat::infer::Engine;
 use nanochat::infer::server::{AppState, WorkerPool, serve};
 use nanochat::model::burn::tensor::backend::AutodiffBackend;
-use nanochat::model::checkpoint::load_model;
 use nanochat::model::{BackendTask, ComputeDtype, dispatch};
 use nanochat::tokenizer::Tokenizer;
 
 /// Flags of `serve`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// Which checkpoints: base, mid, sft or rl.
-    #[arg(short = 'i', long, default_value = "sft")]
-    source: Source,
-    /// Model tag; default: the largest d<N>.
-    #[arg(short = 'g', long)]
-    model_tag: Option<String>,
-    /// Checkpoint step; default: the last.
-    #[arg(short = 's', long)]
-    step: Option<u64>,
+    #[command(flatten)]
+    checkpoint: super::CheckpointArgs,
     /// Address to bind.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -54,13 +45,10 @@ impl BackendTask for Load {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
         let mut engines = Vec::new();
         for _ in 0..self.args.num_workers.max(1) {
-            let (model, meta, dir) = load_model::<B::InnerBackend>(
-                &self.base,
-                self.args.source,
-                self.args.model_tag.as_deref(),
-                self.args.step,
-                &device,
-            )?;
+            let (model, meta, dir) = self
+                .args
+                .checkpoint
+                .load::<B::InnerBackend>(&self.base, &device)?;
             tracing::info!(
                 "worker {} loaded {} step {}",
                 engines.len(),
@@ -79,50 +67,39 @@ impl BackendTask for Load {
     }
 }
 
-pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
-    let tok_dir = tokenizer_dir(base);
-    let tokenizer = Arc::new(
-        Tokenizer::load(&tok_dir)
-            .with_context(|| format!("loading the tokenizer from {}", tok_dir.display()))?,
-    );
+pub fn run(mut args: Args, base: &Path) -> anyhow::Result<()> {
+    let tokenizer = Arc::new(super::load_tokenizer(base)?);
     // The model config (for the context length and the model id) comes from the meta.
-    let root = base.join(args.source.dir_name());
-    let tag = match &args.model_tag {
+    let source = args.checkpoint.source;
+    let root = base.join(source.dir_name());
+    let tag = match &args.checkpoint.model_tag {
         Some(t) => t.clone(),
         None => nanochat::core::checkpoint_manager::find_largest_model(&root)?,
     };
     let dir = root.join(&tag);
-    let step = match args.step {
+    let step = match args.checkpoint.step {
         Some(s) => s,
         None => nanochat::core::checkpoint_manager::find_last_step(&dir)?,
     };
     let meta = nanochat::core::checkpoint_manager::load_meta(&dir, step)?;
     let state = AppState::new(
-        format!("nanochat-{tag}-{}", args.source.as_str()),
+        format!("nanochat-{tag}-{}", source.as_str()),
         tokenizer.clone(),
         meta.model_config.sequence_len,
     );
-    let device = match args.device {
-        DeviceSpec::Auto => nanochat::model::backend::resolve_auto(),
-        d => d,
-    };
-    let dtype = if matches!(device, DeviceSpec::Cuda(_)) {
-        ComputeDtype::BF16
-    } else {
-        ComputeDtype::F32
-    };
+    let device = super::resolve_device(args.device);
+    let dtype = super::default_dtype(device);
     let addr = format!("{}:{}", args.host, args.port);
     let rt = tokio::runtime::Runtime::new()?;
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(&addr))
         .with_context(|| format!("binding {addr}"))?;
     println!("nanochat serving at http://{addr}/ (OpenAI API at http://{addr}/v1)");
+    // Every worker loads the checkpoint resolved above, even if a newer one appears meanwhile.
+    args.checkpoint.model_tag = Some(tag);
+    args.checkpoint.step = Some(step);
     let load = Load {
-        args: Args {
-            model_tag: Some(tag),
-            step: Some(step),
-            ..args
-        },
+        args,
         base: base.to_path_buf(),
         tokenizer,
         state: state.clone(),

@@ -78,7 +78,13 @@ const MC: &str = "{%- for example in fewshot_examples -%}\n{{ example.query }}{{
 const SCHEMA: &str = "{%- for example in fewshot_examples -%}\n{{ example.context_options[example.gold] }}{{ continuation_delimiter }}{{ example.continuation }}\n\n{% endfor -%}\n{{ context }}{{ continuation_delimiter }}{{ item.continuation }}";
 const LM: &str = "{%- for example in fewshot_examples -%}\n{{ example.context | trim }}{{ continuation_delimiter }}{{ example.continuation }}\n\n{% endfor -%}\n{{ item.context | trim }}{{ continuation_delimiter }}{% if include_continuation %}{{ item.continuation }}{% endif %}";
 
-fn env() -> Environment<'static> {
+/// The three templates, parsed once.
+fn env() -> &'static Environment<'static> {
+    static ENV: std::sync::OnceLock<Environment<'static>> = std::sync::OnceLock::new();
+    ENV.get_or_init(build_env)
+}
+
+fn build_env() -> Environment<'static> {
     let mut env = Environment::new();
     env.add_filter("trim", |s: String| py_strip(&s).to_string());
     env.add_template("mc", MC).expect("static template");
@@ -124,20 +130,20 @@ pub fn render_prompts(
             .into_iter()
             .map(|choice| {
                 let ctx = context! { fewshot_examples => fewshot.clone(), continuation_delimiter => delim, item => item_v.clone(), choice => Value::from_serialize(&choice) };
-                render(&env, "mc", ctx, idx)
+                render(env, "mc", ctx, idx)
             })
             .collect(),
         TaskType::Schema => strings(item, "context_options", idx)?
             .into_iter()
             .map(|option| {
                 let ctx = context! { fewshot_examples => fewshot.clone(), continuation_delimiter => delim, item => item_v.clone(), context => Value::from_serialize(&option) };
-                render(&env, "schema", ctx, idx)
+                render(env, "schema", ctx, idx)
             })
             .collect(),
         TaskType::LanguageModeling => {
             let r = |with: bool| {
                 let ctx = context! { fewshot_examples => fewshot.clone(), continuation_delimiter => delim, item => item_v.clone(), include_continuation => with };
-                render(&env, "lm", ctx, idx)
+                render(env, "lm", ctx, idx)
             };
             let without = r(false)?;
             Ok(vec![py_strip(&without).to_string(), r(true)?])

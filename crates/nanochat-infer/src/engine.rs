@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use nanochat_core::{GenerationParams, Validate, ValidationError};
+use nanochat_core::{GenerationParams, ValidationError};
 use nanochat_model::Gpt;
 use nanochat_tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
 
@@ -97,13 +97,15 @@ pub struct Engine<B: Backend> {
     specials: Specials,
 }
 
-fn to_ids<B: Backend>(v: &[u32], rows: usize, device: &B::Device) -> Tensor<B, 2, Int> {
+/// Token ids as a `[rows, len / rows]` int tensor.
+pub(crate) fn to_ids<B: Backend>(v: &[u32], rows: usize, device: &B::Device) -> Tensor<B, 2, Int> {
     let data: Vec<i64> = v.iter().map(|&x| x as i64).collect();
     let cols = data.len() / rows.max(1);
     Tensor::from_data(TensorData::new(data, [rows, cols]), device)
 }
 
-fn last_logits<B: Backend>(logits: Tensor<B, 3>) -> Vec<Vec<f32>> {
+/// The last position's logits of every row, read back to the host.
+pub(crate) fn last_logits<B: Backend>(logits: Tensor<B, 3>) -> Vec<Vec<f32>> {
     let [b, t, v] = logits.dims();
     let flat: Vec<f32> = logits
         .narrow(1, t - 1, 1)
@@ -173,7 +175,6 @@ impl<B: Backend> Engine<B> {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
-        params.validate()?;
         let cfg = self.model.config();
         let remaining = cfg.sequence_len.saturating_sub(prompt.len());
         params.validate_for(self.tokenizer.vocab_size(), remaining)?;

@@ -5,11 +5,12 @@
 
 use std::time::Instant;
 
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
 use nanochat_model::Gpt;
 use serde::Serialize;
 
+use crate::engine::{last_logits, to_ids};
 use crate::sampling::argmax;
 
 /// One batch size's decode numbers.
@@ -38,22 +39,9 @@ pub struct InferBench {
     pub decode: Vec<DecodeRow>,
 }
 
-fn ids<B: Backend>(v: Vec<i64>, rows: usize, device: &B::Device) -> Tensor<B, 2, Int> {
-    let cols = v.len() / rows;
-    Tensor::from_data(TensorData::new(v, [rows, cols]), device)
-}
-
-fn read_last<B: Backend>(logits: Tensor<B, 3>) -> Vec<i64> {
-    let [b, t, v] = logits.dims();
-    let flat: Vec<f32> = logits
-        .narrow(1, t - 1, 1)
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .expect("float logits");
-    (0..b)
-        .map(|i| argmax(&flat[i * v..(i + 1) * v]) as i64)
-        .collect()
+/// The greedy next token of every row (the readback ends the timed work).
+fn read_last<B: Backend>(logits: Tensor<B, 3>) -> Vec<u32> {
+    last_logits(logits).iter().map(|row| argmax(row)).collect()
 }
 
 /// Runs the benchmark on `model` with a deterministic pseudo-random prompt (one warm-up pass
@@ -65,13 +53,13 @@ pub fn bench_inference<B: Backend>(
     batch_sizes: &[usize],
 ) -> InferBench {
     let device = model.device();
-    let vocab = model.config().vocab_size as i64;
-    let prompt: Vec<i64> = (0..prompt_tokens as i64)
-        .map(|i| (i * 7919 + 13) % (vocab - 16).max(1))
+    let vocab = model.config().vocab_size as u32;
+    let prompt: Vec<u32> = (0..prompt_tokens as u32)
+        .map(|i| (i * 7919 + 13) % vocab.saturating_sub(16).max(1))
         .collect();
     let prefill = |max_len: usize| {
         let mut cache = model.new_kv_cache(1, max_len);
-        let next = read_last(model.forward(ids::<B>(prompt.clone(), 1, &device), Some(&mut cache)));
+        let next = read_last(model.forward(to_ids::<B>(&prompt, 1, &device), Some(&mut cache)));
         (cache, next[0])
     };
     let _ = prefill(prompt_tokens + 1); // warm-up (kernel compilation, autotune)
@@ -84,10 +72,10 @@ pub fn bench_inference<B: Backend>(
         let mut cache = cache.replicate(b, prompt_tokens + decode_tokens + 1);
         let mut tokens = vec![first; b];
         // One untimed step per batch size (shapes change → kernels may compile).
-        tokens = read_last(model.forward(ids::<B>(tokens, b, &device), Some(&mut cache)));
+        tokens = read_last(model.forward(to_ids::<B>(&tokens, b, &device), Some(&mut cache)));
         let t = Instant::now();
         for _ in 1..decode_tokens {
-            tokens = read_last(model.forward(ids::<B>(tokens, b, &device), Some(&mut cache)));
+            tokens = read_last(model.forward(to_ids::<B>(&tokens, b, &device), Some(&mut cache)));
         }
         let secs = t.elapsed().as_secs_f64();
         let steps = decode_tokens.saturating_sub(1).max(1) as f64;
