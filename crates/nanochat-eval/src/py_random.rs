@@ -49,6 +49,18 @@ impl PyRandom {
         }
     }
 
+    /// `random()`: a float in [0, 1) with 53 random bits, as CPython draws it.
+    pub fn random(&mut self) -> f64 {
+        let a = self.getrandbits(27);
+        let b = self.getrandbits(26);
+        (a as f64 * 67_108_864.0 + b as f64) / 9_007_199_254_740_992.0
+    }
+
+    /// `choice(seq)` (`seq` must not be empty).
+    pub fn choice<'a, T>(&mut self, seq: &'a [T]) -> &'a T {
+        &seq[self.randbelow(seq.len() as u64) as usize]
+    }
+
     /// `shuffle(x)` in place (Fisher–Yates from the end).
     pub fn shuffle<T>(&mut self, x: &mut [T]) {
         for i in (1..x.len()).rev() {
@@ -120,5 +132,10 @@ mod tests {
         assert_eq!(PyRandom::new(1234).sample(&pop, 10), PY_SAMPLE_1234);
         let pop: Vec<u32> = (0..10).collect();
         assert_eq!(PyRandom::new(7).sample(&pop, 3), PY_SAMPLE_7);
+        // random.Random(5): [r.random() for _ in range(2)], r.choice("hello")
+        let mut r = PyRandom::new(5);
+        assert_eq!(r.random(), 0.6229016948897019);
+        assert_eq!(r.random(), 0.7417869892607294);
+        assert_eq!(*r.choice(&['h', 'e', 'l', 'l', 'o']), 'o');
     }
 }
