@@ -30,7 +30,7 @@ use crate::tasks::{EvalKind, Take, Task, TaskError, TaskSpec, TaskSplit};
 pub enum ChatEvalError {
     /// A task could not be loaded.
     #[error(transparent)]
-    Task(#[from] TaskError),
+    Task(Box<TaskError>),
     /// Generation failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -53,6 +53,12 @@ pub enum ChatEvalError {
     /// Saving failed.
     #[error(transparent)]
     Io(#[from] nanochat_core::fs::IoError),
+}
+
+impl From<TaskError> for ChatEvalError {
+    fn from(e: TaskError) -> Self {
+        ChatEvalError::Task(Box::new(e))
+    }
 }
 
 /// Settings of a chat evaluation (upstream's flags).

@@ -106,7 +106,8 @@ pub fn plot_curves(curves: &Curves, title: &str, out: &Path) -> Result<(), PlotE
             .titled(title, ("sans-serif", 22))
             .map_err(|e| err(&e))?;
         let panels = root.split_evenly((1, 2));
-        let series: [(&str, &str, &[(f64, f64)], RGBColor); 2] = [
+        type Panel<'a> = (&'a str, &'a str, &'a [(f64, f64)], RGBColor);
+        let series: [Panel; 2] = [
             ("training loss (EMA)", "loss", &curves.loss, BLUE),
             ("validation bits per byte", "bpb", &curves.val_bpb, RED),
         ];

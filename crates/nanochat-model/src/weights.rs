@@ -268,6 +268,14 @@ pub fn named_grads<B: burn::tensor::backend::AutodiffBackend>(
     grads: &mut B::Gradients,
 ) -> Result<Vec<(String, TensorData)>, WeightsError> {
     let params = burn::optim::GradientsParams::from_module(grads, model);
+    named_grad_params(model, &params)
+}
+
+/// Like [`named_grads`], from gradients already collected per parameter (e.g. accumulated).
+pub fn named_grad_params<B: burn::tensor::backend::AutodiffBackend>(
+    model: &Gpt<B>,
+    params: &burn::optim::GradientsParams,
+) -> Result<Vec<(String, TensorData)>, WeightsError> {
     let mut out = Vec::new();
     for snap in model.collect(None, None, false) {
         let Some(id) = snap.tensor_id else { continue };

@@ -159,7 +159,7 @@ fn metrics_path(dir: &std::path::Path) -> PathBuf {
 }
 
 /// Keeps the metrics lines of steps before `step` (a resume rewrites what follows).
-fn truncate_metrics(dir: &std::path::Path, step: u64) -> Result<(), TrainError> {
+pub(crate) fn truncate_metrics(dir: &std::path::Path, step: u64) -> Result<(), TrainError> {
     let path = metrics_path(dir);
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(());

@@ -39,7 +39,28 @@ pub enum TrainError {
     /// File system.
     #[error(transparent)]
     Io(#[from] nanochat_core::fs::IoError),
+    /// Rendering conversations failed.
+    #[error(transparent)]
+    Tokenizer(#[from] nanochat_tokenizer::TokenizerError),
+    /// Generation (RL rollouts, evaluation) failed.
+    #[error(transparent)]
+    Engine(Box<nanochat_infer::EngineError>),
+    /// Evaluation inside training failed.
+    #[error(transparent)]
+    Eval(Box<nanochat_eval::chat_eval::ChatEvalError>),
     /// A checkpoint that cannot be resumed from.
     #[error("cannot resume: {0}")]
     Resume(String),
+}
+
+impl From<nanochat_infer::EngineError> for TrainError {
+    fn from(e: nanochat_infer::EngineError) -> Self {
+        TrainError::Engine(Box::new(e))
+    }
+}
+
+impl From<nanochat_eval::chat_eval::ChatEvalError> for TrainError {
+    fn from(e: nanochat_eval::chat_eval::ChatEvalError) -> Self {
+        TrainError::Eval(Box::new(e))
+    }
 }

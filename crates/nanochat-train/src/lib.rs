@@ -12,6 +12,9 @@
 
 pub mod adamw;
 pub mod base_train;
+pub mod chat_loader;
+pub mod chat_rl;
+pub mod chat_train;
 pub mod dataloader;
 pub mod download;
 pub mod error;
@@ -22,6 +25,8 @@ pub mod peak_flops;
 pub mod schedule;
 
 pub use base_train::{BaseTrainArgs, TrainSummary, base_train};
+pub use chat_rl::{ChatRlArgs, chat_rl};
+pub use chat_train::{ChatStage, ChatTrainArgs, chat_train};
 pub use error::TrainError;
 pub use optim::{GroupLrs, MuonAdamW, OptimError, StepScalars};
 pub use schedule::RunPlan;

@@ -23,7 +23,7 @@ fn check(path: &Path, line: usize, c: &Conversation) -> Result<(), TaskError> {
     c.validate().map_err(|error| TaskError::Invalid {
         path: path.to_path_buf(),
         line,
-        error,
+        error: Box::new(error),
     })?;
     if c.messages.last().map(|m| m.role) != Some(MessageRole::Assistant) {
         return Err(TaskError::parse(

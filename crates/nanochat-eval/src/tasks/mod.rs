@@ -50,7 +50,7 @@ pub enum TaskError {
         /// 1-based line number.
         line: usize,
         /// The rule broken.
-        error: ValidationError,
+        error: Box<ValidationError>,
     },
     /// An unknown task name.
     #[error("unknown task `{0}` (known: {known})", known = TaskSpec::KNOWN.join(", "))]

@@ -1,0 +1,733 @@
+//! Midtraining and supervised fine-tuning on conversation mixtures (upstream v0
+//! `scripts/mid_train.py` and HEAD `scripts/chat_sft.py`).
+//!
+//! Both stages load a checkpoint (mid: base; SFT: mid, else base), **inherit** its sequence
+//! length, device batch, total batch and learning rates from the checkpoint's meta (flags
+//! override), and train one epoch of a [`TaskMixture`] packed by the [`ChatLoader`]:
+//! - **mid**: crop packing, all tokens trained; LR multiplier 1 for 80 % of the epoch, then
+//!   linear to 0; writes `mid_checkpoints/<tag>/`;
+//! - **SFT**: pad packing with assistant-only targets; LR multiplier `init_lr_frac` (0.8),
+//!   constant, then linear to 0 over the last `warmdown_ratio` (0.5); optionally starts from
+//!   the source's optimizer state; periodic validation bpb and ChatCORE; writes
+//!   `chatsft_checkpoints/<tag>/`.
+//!
+//! The loss of one optimizer step is **token-weighted** across its micro-batches: every
+//! micro-batch's summed loss is divided by the number of trained targets in the whole step,
+//! so gradient accumulation gives the same gradient as one big batch. Muon momentum ramps
+//! 0.85 → 0.95 over 300 steps; weight decay is 0. `--resume-from-step` restores the model,
+//! the optimizer, the loader (exactly) and the loop state.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::ElementConversion;
+use burn::tensor::backend::AutodiffBackend;
+use indicatif::{ProgressBar, ProgressStyle};
+use nanochat_core::checkpoint_manager::{self as files, checkpoint_dir, optim_file_name};
+use nanochat_core::{CheckpointMetadata, OptimizerConfig, Source, TrainingConfiguration};
+use nanochat_eval::TaskMixture;
+use nanochat_eval::chat_eval::{ChatEvalOptions, load_tasks, run_chat_eval};
+use nanochat_eval::tasks::{CustomJson, Take, Task, TaskSpec, TaskSplit};
+use nanochat_infer::Engine;
+use nanochat_model::checkpoint::{load_checkpoint, load_model, save_checkpoint};
+use nanochat_model::weights::{read_safetensors, to_safetensors};
+use nanochat_model::{ComputeDtype, Gpt, Reduction};
+use nanochat_tokenizer::Tokenizer;
+use serde::{Deserialize, Serialize};
+
+use crate::chat_loader::{ChatBatch, ChatLoader, ChatLoaderState, PackMode};
+use crate::error::TrainError;
+use crate::loss_eval::{evaluate_bpb, token_bytes_tensor};
+use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
+use crate::schedule::B_REF;
+
+/// Which conversation stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatStage {
+    /// Midtraining (`mid_checkpoints`).
+    Mid,
+    /// Supervised fine-tuning (`chatsft_checkpoints`).
+    Sft,
+}
+
+impl ChatStage {
+    /// Where its checkpoints go.
+    pub fn source(self) -> Source {
+        match self {
+            ChatStage::Mid => Source::Mid,
+            ChatStage::Sft => Source::Sft,
+        }
+    }
+}
+
+/// Settings of a mid/SFT run (upstream's flag names). `None` = inherit from the source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatTrainArgs {
+    /// Mid or SFT.
+    pub stage: ChatStage,
+    /// `$NANOCHAT_BASE_DIR`.
+    pub base_dir: PathBuf,
+    /// Offline data root (tasks, sft, words).
+    pub data_dir: PathBuf,
+    /// Checkpoint to start from (`base` for mid; `mid` or `base` for SFT).
+    pub source: Source,
+    /// Its model tag (default: the largest model).
+    pub model_tag: Option<String>,
+    /// Its step (default: the last).
+    pub model_step: Option<u64>,
+    /// Training mixture entries: task names (`GSM8K`, `GSM8K*4` for 4 epochs,
+    /// `SpellingBee:2000` for a size) or paths to `.jsonl` conversation files.
+    pub mixture: Vec<String>,
+    /// Validation entries (SFT), same syntax, test splits.
+    pub val_mixture: Vec<String>,
+    /// Device batch (rows per micro-batch).
+    pub device_batch_size: Option<usize>,
+    /// Sequence length.
+    pub max_seq_len: Option<usize>,
+    /// Tokens per optimizer step.
+    pub total_batch_size: Option<u64>,
+    /// Learning rates.
+    pub embedding_lr: Option<f64>,
+    /// lm_head learning rate.
+    pub unembedding_lr: Option<f64>,
+    /// Muon learning rate.
+    pub matrix_lr: Option<f64>,
+    /// Initial LR multiplier (mid 1.0, SFT 0.8).
+    pub init_lr_frac: f64,
+    /// Fraction of the run spent decaying the LR to 0 (mid 0.2, SFT 0.5).
+    pub warmdown_ratio: f64,
+    /// Stop after this many steps instead of one epoch of the mixture.
+    pub num_iterations: Option<u64>,
+    /// Start from the source's optimizer state (SFT `--load-optimizer 1`).
+    pub load_optimizer: bool,
+    /// Validation bpb every N steps (0/None = only at the end).
+    pub eval_every: Option<u64>,
+    /// Validation tokens.
+    pub eval_tokens: u64,
+    /// ChatCORE every N steps (SFT; None = never during training).
+    pub chatcore_every: Option<u64>,
+    /// Problems per task for the periodic ChatCORE.
+    pub chatcore_max_problems: usize,
+    /// Checkpoint every N steps (the last step is always saved).
+    pub save_every: Option<u64>,
+    /// Resume this stage's run from its checkpoint at this step.
+    pub resume_from_step: Option<u64>,
+    /// Stop (and save) at this step without finishing.
+    pub stop_after: Option<u64>,
+    /// Mixture shuffle seed (upstream 42).
+    pub seed: u64,
+    /// Compute dtype.
+    #[serde(skip, default = "default_dtype")]
+    pub compute_dtype: ComputeDtype,
+    /// Peak FLOP/s for MFU.
+    pub peak_flops: Option<f64>,
+    /// Progress bar.
+    pub progress: bool,
+}
+
+fn default_dtype() -> ComputeDtype {
+    ComputeDtype::F32
+}
+
+impl ChatTrainArgs {
+    /// Upstream's defaults for `stage` with the offline mixtures (sizes for a small run).
+    pub fn new(stage: ChatStage, base_dir: PathBuf, data_dir: PathBuf) -> Self {
+        let (source, mixture, init, warmdown): (Source, &[&str], f64, f64) = match stage {
+            ChatStage::Mid => (
+                Source::Base,
+                &[
+                    "HHRLHF",
+                    "MCExtra",
+                    "GSM8K",
+                    "Identity*2",
+                    "SimpleSpelling:2000",
+                    "SpellingBee:1000",
+                ],
+                1.0,
+                0.2,
+            ),
+            ChatStage::Sft => (
+                Source::Mid,
+                &[
+                    "HHRLHF",
+                    "MMLU*3",
+                    "GSM8K*4",
+                    "Identity*2",
+                    "SimpleSpelling:300",
+                    "SpellingBee:300",
+                ],
+                0.8,
+                0.5,
+            ),
+        };
+        Self {
+            stage,
+            base_dir,
+            data_dir,
+            source,
+            model_tag: None,
+            model_step: None,
+            mixture: mixture.iter().map(|s| s.to_string()).collect(),
+            val_mixture: vec!["GSM8K:420".into(), "MMLU:520".into()],
+            device_batch_size: None,
+            max_seq_len: None,
+            total_batch_size: None,
+            embedding_lr: None,
+            unembedding_lr: None,
+            matrix_lr: None,
+            init_lr_frac: init,
+            warmdown_ratio: warmdown,
+            num_iterations: None,
+            load_optimizer: false,
+            eval_every: None,
+            eval_tokens: 1 << 16,
+            chatcore_every: None,
+            chatcore_max_problems: 24,
+            save_every: None,
+            resume_from_step: None,
+            stop_after: None,
+            seed: 42,
+            compute_dtype: ComputeDtype::F32,
+            peak_flops: None,
+            progress: false,
+        }
+    }
+}
+
+/// Builds a mixture from entries like `GSM8K*4`, `SpellingBee:2000` or `mine.jsonl`.
+pub fn build_mixture(
+    entries: &[String],
+    split: TaskSplit,
+    data_dir: &Path,
+    seed: u64,
+    take_as_size: bool,
+) -> Result<TaskMixture, TrainError> {
+    let mut tasks: Vec<Arc<dyn Task>> = Vec::new();
+    for e in entries {
+        let bad = |why: &str| TrainError::Data(format!("mixture entry `{e}`: {why}"));
+        let (spec, times) = match e.rsplit_once('*') {
+            Some((s, k)) => (
+                s,
+                k.parse::<usize>().map_err(|_| bad("`*k` needs a count"))?,
+            ),
+            None => (e.as_str(), 1),
+        };
+        let (name, size) = match spec.rsplit_once(':') {
+            Some((s, n)) if !s.ends_with(".jsonl") && n.chars().all(|c| c.is_ascii_digit()) => (
+                s,
+                Some(n.parse::<usize>().map_err(|_| bad("`:n` needs a size"))?),
+            ),
+            _ => (spec, None),
+        };
+        let task: Arc<dyn Task> = if name.ends_with(".jsonl") || name.ends_with(".jsonl.gz") {
+            Arc::new(
+                CustomJson::load(Path::new(name)).map_err(|e| TrainError::Data(e.to_string()))?,
+            )
+        } else {
+            let t = TaskSpec::load(name, split, data_dir, size.unwrap_or(1000))
+                .map_err(|e| TrainError::Data(e.to_string()))?;
+            match size {
+                Some(n) if take_as_size || !name.to_ascii_lowercase().contains("spelling") => {
+                    Arc::new(Take::new(t, n))
+                }
+                _ => t,
+            }
+        };
+        for _ in 0..times {
+            tasks.push(task.clone());
+        }
+    }
+    if tasks.is_empty() {
+        return Err(TrainError::Data("the mixture is empty".into()));
+    }
+    Ok(TaskMixture::new(tasks, seed))
+}
+
+/// Loop state carried in the meta.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct ChatLoopState {
+    /// EMA of the training loss.
+    pub smooth_train_loss: f64,
+    /// Training seconds.
+    pub total_training_time: f64,
+    /// Last validation bpb.
+    pub val_bpb: Option<f64>,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatStepMetrics {
+    /// Step.
+    pub step: u64,
+    /// Token-weighted loss of the step.
+    pub loss: f64,
+    /// Debiased EMA.
+    pub smooth_loss: f64,
+    /// LR multiplier.
+    pub lrm: f64,
+    /// Seconds.
+    pub dt: f64,
+    /// Trained targets per second.
+    pub tok_per_sec: f64,
+    /// Epoch progress.
+    pub progress: f64,
+    /// Validation bpb measured before this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_bpb: Option<f64>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct ChatTrainSummary {
+    /// Steps done.
+    pub step: u64,
+    /// Checkpoint folder.
+    pub checkpoint_dir: PathBuf,
+    /// Last validation bpb.
+    pub val_bpb: Option<f64>,
+    /// Last ChatCORE, if measured.
+    pub chatcore: Option<f64>,
+    /// This invocation's metrics.
+    pub metrics: Vec<ChatStepMetrics>,
+    /// Conversations per epoch.
+    pub epoch_len: usize,
+    /// Tokens per step.
+    pub total_batch_size: u64,
+    /// Training seconds.
+    pub total_training_time: f64,
+}
+
+/// The LR multiplier at `progress` ∈ [0, 1]: `init` until `1 − warmdown`, then linear to 0.
+pub fn lr_multiplier(progress: f64, init: f64, warmdown: f64) -> f64 {
+    let p = progress.clamp(0.0, 1.0);
+    if warmdown <= 0.0 || p < 1.0 - warmdown {
+        init
+    } else {
+        init * (1.0 - p) / warmdown
+    }
+}
+
+struct Inherited {
+    cfg: TrainingConfiguration,
+    device_batch_size: usize,
+    max_seq_len: usize,
+    total_batch_size: u64,
+}
+
+fn inherit(meta: &CheckpointMetadata, args: &ChatTrainArgs) -> Result<Inherited, TrainError> {
+    let extra = &meta.extra;
+    let mut cfg: TrainingConfiguration = extra
+        .get("user_config")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    if let Some(lr) = args.embedding_lr {
+        cfg.optimizer.embedding_lr = lr;
+    }
+    if let Some(lr) = args.unembedding_lr {
+        cfg.optimizer.unembedding_lr = lr;
+    }
+    if let Some(lr) = args.matrix_lr {
+        cfg.optimizer.matrix_lr = lr;
+    }
+    cfg.optimizer.weight_decay = 0.0;
+    let get = |k: &str| extra.get(k).and_then(|v| v.as_u64());
+    let device_batch_size = args
+        .device_batch_size
+        .or(get("device_batch_size").map(|v| v as usize))
+        .unwrap_or(32);
+    let max_seq_len = args
+        .max_seq_len
+        .or(get("max_seq_len").map(|v| v as usize))
+        .unwrap_or(2048);
+    let total_batch_size = args
+        .total_batch_size
+        .or(get("total_batch_size"))
+        .unwrap_or((device_batch_size * max_seq_len) as u64);
+    Ok(Inherited {
+        cfg,
+        device_batch_size,
+        max_seq_len,
+        total_batch_size,
+    })
+}
+
+/// The loss and gradient of one optimizer step over `micro`-batches, every trained target
+/// weighted equally: each micro-batch contributes `Σ CE / N` with `N` the trained targets of
+/// the whole step, so accumulating gives exactly the gradient of one batch holding them all.
+pub fn token_weighted_grads<B: AutodiffBackend>(
+    model: &Gpt<B>,
+    micro: &[ChatBatch],
+    device: &B::Device,
+) -> (f64, GradientsParams) {
+    let n_valid: usize = micro.iter().map(ChatBatch::valid_targets).sum();
+    let mut accum = GradientsAccumulator::<Gpt<B>>::new();
+    let mut loss_sum = 0.0;
+    for mb in micro {
+        let (x, y) = mb.to_tensors::<B>(device);
+        let loss = model.forward_loss(x, y, Reduction::None).sum() / n_valid.max(1) as f64;
+        loss_sum += loss.clone().into_scalar().elem::<f64>();
+        let grads = loss.backward();
+        accum.accumulate(model, GradientsParams::from_grads(grads, model));
+    }
+    (loss_sum, accum.grads())
+}
+
+/// Runs (or resumes) midtraining or SFT.
+pub fn chat_train<B: AutodiffBackend>(
+    args: &ChatTrainArgs,
+    tokenizer: Arc<Tokenizer>,
+    device: &B::Device,
+) -> Result<ChatTrainSummary, TrainError> {
+    // The source checkpoint (for config inheritance, and the weights of a fresh run).
+    let (src_model, src_meta, src_dir) = load_model::<B>(
+        &args.base_dir,
+        args.source,
+        args.model_tag.as_deref(),
+        args.model_step,
+        device,
+    )?;
+    let tag = src_dir
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "d0".into());
+    let inh = inherit(&src_meta.metadata, args)?;
+    let (b, t) = (inh.device_batch_size, inh.max_seq_len);
+    if t > src_meta.model_config.sequence_len {
+        return Err(TrainError::Data(format!(
+            "max_seq_len {t} exceeds the model's sequence_len {}",
+            src_meta.model_config.sequence_len
+        )));
+    }
+    let grad_accum =
+        nanochat_core::training_config::grad_accum_steps(inh.total_batch_size, b, t, 1)?;
+    let dir = checkpoint_dir(&args.base_dir, args.stage.source(), &tag);
+    let mixture = build_mixture(
+        &args.mixture,
+        TaskSplit::Train,
+        &args.data_dir,
+        args.seed,
+        false,
+    )?;
+    tracing::info!(
+        "{:?} from {} step {} | mixture: {} = {} conversations | {} tok/step ({} × {}×{}) → {}",
+        args.stage,
+        src_dir.display(),
+        src_meta.metadata.step,
+        mixture.describe(),
+        mixture.len(),
+        inh.total_batch_size,
+        grad_accum,
+        b,
+        t,
+        dir.display()
+    );
+    let batch_lr_scale = (inh.total_batch_size as f64 / B_REF as f64).sqrt();
+    let lrs = GroupLrs::scaled(&inh.cfg.optimizer, batch_lr_scale);
+    let optimizer: OptimizerConfig = inh.cfg.optimizer.clone();
+
+    let (mut model, mut opt, loader_state, mut ls, start) = match args.resume_from_step {
+        None => {
+            let mut opt = MuonAdamW::new(&src_model, &optimizer, &lrs)?;
+            if args.load_optimizer {
+                let name = optim_file_name(src_meta.metadata.step, 0);
+                let bytes = files::read_file(&src_dir, &src_meta, &name)?;
+                opt.load_state_tensors(
+                    read_safetensors(&bytes, "", &src_dir.join(&name))?,
+                    device,
+                )?;
+            }
+            (src_model, opt, None, ChatLoopState::default(), 0)
+        }
+        Some(step) => {
+            drop(src_model);
+            let (model, meta) = load_checkpoint::<B>(&dir, step, device)?;
+            let mut opt = MuonAdamW::new(&model, &optimizer, &lrs)?;
+            let name = optim_file_name(step, 0);
+            let bytes = files::read_file(&dir, &meta, &name)?;
+            opt.load_state_tensors(read_safetensors(&bytes, "", &dir.join(&name))?, device)?;
+            let get = |k: &str| {
+                meta.metadata.extra.get(k).cloned().ok_or_else(|| {
+                    TrainError::Resume(format!("{}: meta has no `{k}`", dir.display()))
+                })
+            };
+            let st: ChatLoaderState = serde_json::from_value(get("loader_state")?)
+                .map_err(|e| TrainError::Resume(format!("loader_state: {e}")))?;
+            let ls: ChatLoopState = serde_json::from_value(get("loop_state")?)
+                .map_err(|e| TrainError::Resume(format!("loop_state: {e}")))?;
+            crate::base_train::truncate_metrics(&dir, step)?;
+            (model, opt, Some(st), ls, step)
+        }
+    };
+    model = model.with_compute_dtype(args.compute_dtype);
+    opt = opt.with_bf16_orthogonalization(args.compute_dtype == ComputeDtype::BF16);
+    let mode = match args.stage {
+        ChatStage::Mid => PackMode::Crop,
+        ChatStage::Sft => PackMode::Pad,
+    };
+    let epoch_len = mixture.len();
+    let mut loader = ChatLoader::new(
+        mixture,
+        tokenizer.clone(),
+        b,
+        t,
+        mode,
+        loader_state.as_ref(),
+    )?;
+    let val_mixture = if args.val_mixture.is_empty() {
+        None
+    } else {
+        Some(build_mixture(
+            &args.val_mixture,
+            TaskSplit::Test,
+            &args.data_dir,
+            args.seed,
+            true,
+        )?)
+    };
+    let inner = device.clone();
+    let token_bytes = token_bytes_tensor::<B::InnerBackend>(&tokenizer.token_bytes(), &inner);
+
+    // One epoch unless capped: the horizon in steps is known only approximately (packing),
+    // so the schedule runs on epoch progress; with --num-iterations on step / n.
+    let progress_of = |step: u64, loader: &ChatLoader| match args.num_iterations {
+        Some(n) => step as f64 / n.max(1) as f64,
+        None => loader.progress(),
+    };
+    let pb = if args.progress {
+        ProgressBar::new(1000)
+    } else {
+        ProgressBar::hidden()
+    };
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{bar:40} {percent}% of the epoch [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("static template"),
+    );
+    let log = |line: String| pb.suspend(|| tracing::info!("{line}"));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| nanochat_core::fs::IoError::new("create", &dir, e))?;
+    let mpath = dir.join("metrics.jsonl");
+    let mut mfile = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&mpath)
+        .map_err(|e| nanochat_core::fs::IoError::new("open", &mpath, e))?;
+    let mut metrics = Vec::new();
+    let mut chatcore = None;
+    let mut step = start;
+    let mut pending_val = None;
+    loop {
+        let progress = progress_of(step, &loader);
+        let last = progress >= 1.0 || args.num_iterations == Some(step);
+        if let Some(vm) = &val_mixture {
+            let every = args.eval_every.unwrap_or(0);
+            if last || (every > 0 && step % every == 0) {
+                let eval_model = model.valid();
+                let steps = (args.eval_tokens / (b * t) as u64).max(1) as usize;
+                let mut vl =
+                    ChatLoader::new(vm.clone(), tokenizer.clone(), b, t, PackMode::Pad, None)?;
+                let batches = (0..steps).map(|_| {
+                    vl.next_batch()
+                        .map(|bt| bt.to_tensors::<B::InnerBackend>(&inner))
+                });
+                let bpb = evaluate_bpb(&eval_model, batches, steps, &token_bytes)?;
+                if bpb.is_finite() {
+                    ls.val_bpb = Some(bpb);
+                    pending_val = Some(bpb);
+                    log(format!("Step {step:05} | Validation bpb: {bpb:.6}"));
+                } else {
+                    log(format!(
+                        "Step {step:05} | Validation bpb undefined: no assistant tokens within {t} tokens of the validation rows"
+                    ));
+                }
+            }
+        }
+        if let Some(every) = args.chatcore_every
+            && every > 0
+            && (last || (step > 0 && step % every == 0))
+        {
+            let engine = Engine::new(model.valid(), tokenizer.clone())?;
+            let opts = ChatEvalOptions {
+                max_problems: Some(args.chatcore_max_problems),
+                max_new_tokens: 128,
+                ..ChatEvalOptions::default()
+            };
+            let tasks =
+                load_tasks(&args.data_dir, &opts).map_err(|e| TrainError::Data(e.to_string()))?;
+            let (_, res) = run_chat_eval(
+                &engine,
+                &tasks,
+                &opts,
+                &format!("{}/{tag}@{step}", args.stage.source().as_str()),
+            )?;
+            chatcore = res.aggregate;
+            log(format!(
+                "Step {step:05} | {}: {:.4}",
+                res.metric,
+                res.aggregate.unwrap_or(0.0)
+            ));
+        }
+        let stop_here = args.stop_after == Some(step);
+        let periodic = step > 0
+            && Some(step) != args.resume_from_step
+            && args.save_every.is_some_and(|e| e > 0 && step % e == 0);
+        if last || periodic || (stop_here && Some(step) != args.resume_from_step) {
+            save_chat(
+                &dir,
+                &model,
+                &opt,
+                args,
+                &inh,
+                &loader.state(),
+                &ls,
+                step,
+                &src_meta.metadata,
+            )?;
+            log(format!("saved step {step} to {}", dir.display()));
+        }
+        if last || stop_here {
+            break;
+        }
+
+        // One optimizer step: gather the micro-batches, weight every trained token equally.
+        let t0 = Instant::now();
+        let mut micro = Vec::with_capacity(grad_accum as usize);
+        for _ in 0..grad_accum {
+            micro.push(loader.next_batch()?);
+        }
+        let n_valid: usize = micro.iter().map(|m| m.valid_targets()).sum();
+        let (loss_sum, grads) = token_weighted_grads(&model, &micro, device);
+        let lrm = lr_multiplier(progress, args.init_lr_frac, args.warmdown_ratio);
+        let frac = (step as f64 / 300.0).min(1.0);
+        let scalars = StepScalars {
+            lr_multiplier: lrm,
+            muon_momentum: (1.0 - frac) * 0.85 + frac * 0.95,
+            muon_weight_decay: 0.0,
+        };
+        model = opt.step(model, grads, &scalars)?;
+        B::sync(device).ok();
+        let dt = t0.elapsed().as_secs_f64();
+        ls.smooth_train_loss = 0.9 * ls.smooth_train_loss + 0.1 * loss_sum;
+        let smooth = ls.smooth_train_loss / (1.0 - 0.9f64.powi(step as i32 + 1));
+        ls.total_training_time += dt;
+        let tok_per_sec = (grad_accum as usize * b * t) as f64 / dt;
+        let p = progress_of(step + 1, &loader);
+        let eta = if p > 0.0 {
+            ls.total_training_time * (1.0 - p).max(0.0) / p / 60.0
+        } else {
+            0.0
+        };
+        let mfu = args.peak_flops.map_or("-".into(), |pk| {
+            format!(
+                "{:.2}",
+                100.0 * model.estimate_flops() as f64 * tok_per_sec / pk
+            )
+        });
+        log(format!(
+            "step {step:05} ({:.2}%) | loss: {smooth:.6} | lrm: {lrm:.3} | dt: {:.2}ms | tok/sec: {tok_per_sec:.0} | mfu: {mfu} | trained tokens: {n_valid} | total time: {:.2}m | eta: {eta:.1}m",
+            100.0 * p,
+            dt * 1000.0,
+            ls.total_training_time / 60.0
+        ));
+        pb.set_position((p * 1000.0) as u64);
+        let m = ChatStepMetrics {
+            step,
+            loss: loss_sum,
+            smooth_loss: smooth,
+            lrm,
+            dt,
+            tok_per_sec,
+            progress: p,
+            val_bpb: pending_val.take(),
+        };
+        writeln!(
+            mfile,
+            "{}",
+            serde_json::to_string(&m).expect("metrics serialise")
+        )
+        .map_err(|e| nanochat_core::fs::IoError::new("append", &mpath, e))?;
+        metrics.push(m);
+        step += 1;
+    }
+    pb.finish_and_clear();
+    Ok(ChatTrainSummary {
+        step,
+        checkpoint_dir: dir,
+        val_bpb: ls.val_bpb,
+        chatcore,
+        metrics,
+        epoch_len,
+        total_batch_size: inh.total_batch_size,
+        total_training_time: ls.total_training_time,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn save_chat<B: AutodiffBackend>(
+    dir: &Path,
+    model: &Gpt<B>,
+    opt: &MuonAdamW<B::InnerBackend>,
+    args: &ChatTrainArgs,
+    inh: &Inherited,
+    loader: &ChatLoaderState,
+    ls: &ChatLoopState,
+    step: u64,
+    source_meta: &CheckpointMetadata,
+) -> Result<(), TrainError> {
+    let mut meta = CheckpointMetadata::new(step, chrono::Utc::now());
+    meta.val_bpb = ls.val_bpb;
+    meta.timings.total_training_time = ls.total_training_time;
+    let v = |x: &dyn erased::Json| x.to_json();
+    // `user_config` stays the pretraining configuration (what SFT inherits from mid).
+    let mut cfg = inh.cfg.clone();
+    cfg.device_batch_size = inh.device_batch_size;
+    cfg.max_seq_len = inh.max_seq_len;
+    cfg.total_batch_size = Some(inh.total_batch_size);
+    meta.extra.insert("user_config".into(), v(&cfg));
+    meta.extra.insert("stage_config".into(), v(args));
+    meta.extra
+        .insert("device_batch_size".into(), inh.device_batch_size.into());
+    meta.extra
+        .insert("max_seq_len".into(), inh.max_seq_len.into());
+    meta.extra
+        .insert("total_batch_size".into(), inh.total_batch_size.into());
+    meta.extra.insert("loader_state".into(), v(loader));
+    meta.extra.insert("loop_state".into(), v(ls));
+    meta.extra
+        .insert("source_step".into(), source_meta.step.into());
+    let optim = to_safetensors(&opt.state_tensors(), None)?;
+    save_checkpoint(dir, model, meta, &[(optim_file_name(step, 0), optim)])?;
+    Ok(())
+}
+
+mod erased {
+    pub trait Json {
+        fn to_json(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules() {
+        assert_eq!(lr_multiplier(0.0, 0.8, 0.5), 0.8);
+        assert_eq!(lr_multiplier(0.49, 0.8, 0.5), 0.8);
+        assert!((lr_multiplier(0.75, 0.8, 0.5) - 0.4).abs() < 1e-12);
+        assert_eq!(lr_multiplier(1.0, 0.8, 0.5), 0.0);
+        assert_eq!(lr_multiplier(0.7, 1.0, 0.2), 1.0);
+        assert!((lr_multiplier(0.9, 1.0, 0.2) - 0.5).abs() < 1e-12);
+    }
+}
