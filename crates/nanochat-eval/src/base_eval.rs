@@ -239,11 +239,20 @@ pub fn evaluate_core<B: Backend>(
             continue;
         }
         let start = Instant::now();
-        let data = bundle.load_task(task, max_per_task)?;
+        let full = bundle.load_task(task, None)?;
+        let n = max_per_task.map_or(full.len(), |m| m.min(full.len()));
+        // Upstream draws few-shot examples from the kept examples (`data[:max_per_task]`);
+        // when they are too few for the task's shots (upstream would crash), draw from the
+        // whole shuffled task instead. The evaluated items are the same either way.
+        let data: &[serde_json::Value] = if task.meta.num_fewshot < n {
+            &full[..n]
+        } else {
+            &full
+        };
         let mut correct = 0usize;
-        for idx in 0..data.len() {
+        for idx in 0..n {
             let r =
-                evaluate_example(idx, model, tokenizer, &data, &task.meta).map_err(|source| {
+                evaluate_example(idx, model, tokenizer, data, &task.meta).map_err(|source| {
                     BundleError::Example {
                         task: task.label.clone(),
                         source,
@@ -251,7 +260,7 @@ pub fn evaluate_core<B: Backend>(
                 })?;
             correct += r.correct as usize;
         }
-        let accuracy = correct as f64 / data.len().max(1) as f64;
+        let accuracy = correct as f64 / n.max(1) as f64;
         let rb = bundle
             .random_baselines
             .get(&task.label)
@@ -259,7 +268,7 @@ pub fn evaluate_core<B: Backend>(
             .unwrap_or(0.0);
         let score = TaskScore {
             label: task.label.clone(),
-            examples: data.len(),
+            examples: n,
             accuracy,
             centered: centered(accuracy, rb),
             seconds: start.elapsed().as_secs_f64(),
