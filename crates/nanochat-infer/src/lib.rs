@@ -16,7 +16,13 @@ pub mod engine;
 pub mod infer_bench;
 pub mod sampling;
 pub mod server;
+pub mod sessions;
 
 pub use calculator::use_calculator;
 pub use chat::Chat;
 pub use engine::{Engine, EngineError, FinishReason, RowOutput, Step};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

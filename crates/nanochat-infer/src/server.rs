@@ -5,7 +5,8 @@
 //!   `GET /stats`; `GET /metrics` (Prometheus text);
 //! - `POST /chat/completions`: upstream's SSE stream `data: {"token": …, "gpu": n}` … `{"done": true}`;
 //! - `POST /v1/chat/completions` (OpenAI shape, `stream` true → `chat.completion.chunk` SSE
-//!   frames and `data: [DONE]`, false → one JSON with `usage`); `GET /v1/models`.
+//!   frames and `data: [DONE]`, false → one JSON with `usage`); `GET /v1/models`;
+//! - `/v1/sessions`: server-side conversations ([`crate::sessions`]).
 //!
 //! Requests are checked against upstream's limits (≤ 500 messages, ≤ 8000 characters per
 //! message, ≤ 32000 in all, temperature 0–2, top_k 0–200, max_tokens 1–4096); a violation is a
@@ -59,7 +60,7 @@ pub mod limits {
 
 /// What a worker sends back while generating.
 #[derive(Debug)]
-enum GenEvent {
+pub(crate) enum GenEvent {
     Text(String),
     Done {
         finish: FinishReason,
@@ -191,6 +192,8 @@ pub struct AppState {
     pub stats: Arc<Stats>,
     /// Set during shutdown.
     pub closing: AtomicBool,
+    /// Server-side conversations (`/v1/sessions`).
+    pub sessions: crate::sessions::Sessions,
     ids: AtomicU64,
 }
 
@@ -204,8 +207,13 @@ impl AppState {
             pool: OnceLock::new(),
             stats: Arc::new(Stats::default()),
             closing: AtomicBool::new(false),
+            sessions: crate::sessions::Sessions::default(),
             ids: AtomicU64::new(0),
         })
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Attaches the workers; `/health` turns ready.
@@ -223,7 +231,15 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn bad(param: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: String, param: Option<&'static str>) -> Self {
+        Self {
+            status,
+            message,
+            param,
+        }
+    }
+
+    pub(crate) fn bad(param: &'static str, message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
@@ -441,7 +457,7 @@ fn prepare(
     Ok((req, prompt, params))
 }
 
-fn start_job(
+pub(crate) fn start_job(
     state: &AppState,
     prompt: Vec<u32>,
     params: GenerationParams,
@@ -691,6 +707,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(models))
         .route("/chat/completions", post(upstream_chat))
         .route("/v1/chat/completions", post(openai_chat))
+        .merge(crate::sessions::routes())
         .layer(DefaultBodyLimit::max(limits::MAX_BODY))
         .with_state(state)
 }

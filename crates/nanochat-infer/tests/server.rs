@@ -218,3 +218,77 @@ fn endpoints_over_real_http() {
         .unwrap();
     assert!(page.contains("<title>nanochat</title>"));
 }
+
+#[test]
+fn sessions_keep_history_count_tokens_and_trim() {
+    let (url, state) = start();
+    let get = |path: &str| {
+        let mut r = agent().get(&format!("{url}{path}")).call().unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    };
+    // A small window so that the third exchange must drop the first.
+    let (status, body) = post(&format!("{url}/v1/sessions"), r#"{"context_window": 96}"#);
+    assert_eq!(status, 201, "{body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let send = |text: &str| {
+        let body = json!({"content": text, "max_tokens": 8, "seed": 3, "temperature": 0.0});
+        post(
+            &format!("{url}/v1/sessions/{id}/messages"),
+            &body.to_string(),
+        )
+    };
+    let (status, body) = send("Hi there");
+    assert_eq!(status, 200, "{body}");
+    let first: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(first["trimmed"], 0);
+    let (_, body) = get(&format!("/v1/sessions/{id}"));
+    let s: Value = serde_json::from_str(&body).unwrap();
+    let msgs = s["messages"].as_array().unwrap();
+    assert_eq!(msgs[0]["role"], "user");
+    assert_eq!(msgs[0]["content"], "Hi there");
+    // "Hi there" is 8 byte tokens + user_start/user_end.
+    assert_eq!(msgs[0]["token_count"], 10);
+    assert!(msgs[0]["timestamp"].is_string());
+    assert_eq!(s["state"], "complete");
+    assert_eq!(
+        s["tokens_used"].as_u64().unwrap() + s["remaining_context"].as_u64().unwrap(),
+        96
+    );
+    // Longer messages: the history outgrows the window and the oldest turns are trimmed.
+    let mut trimmed = 0;
+    for i in 0..4 {
+        let (status, body) = send(&format!("message number {i} with some more words"));
+        assert_eq!(status, 200, "{body}");
+        trimmed += serde_json::from_str::<Value>(&body).unwrap()["trimmed"]
+            .as_u64()
+            .unwrap();
+    }
+    assert!(trimmed >= 2, "nothing trimmed");
+    let (_, body) = get(&format!("/v1/sessions/{id}"));
+    let s: Value = serde_json::from_str(&body).unwrap();
+    assert_ne!(s["messages"][0]["content"], "Hi there");
+    // Bad input is a 4xx naming the field; unknown sessions are 404; delete works.
+    let (status, body) = post(
+        &format!("{url}/v1/sessions/{id}/messages"),
+        r#"{"content": "x", "temperature": 9}"#,
+    );
+    assert_eq!(status, 400);
+    assert!(body.contains("temperature"));
+    let (status, _) = post(
+        &format!("{url}/v1/sessions"),
+        r#"{"context_window": 100000}"#,
+    );
+    assert_eq!(status, 400);
+    let mut r = agent()
+        .delete(&format!("{url}/v1/sessions/{id}"))
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let _ = r.body_mut().read_to_string();
+    assert_eq!(get(&format!("/v1/sessions/{id}")).0, 404);
+    assert_eq!(send("hello?").0, 404);
+    assert!(state.sessions.is_empty());
+}
