@@ -139,5 +139,27 @@ pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(path.parent().expect("has parent"))?;
     nanochat::core::fs::write_atomic(&path, serde_json::to_string_pretty(&out)?.as_bytes())?;
     println!("wrote {}", path.display());
+    let mut entries: Vec<(String, serde_json::Value)> = Vec::new();
+    for k in ["train_bpb", "val_bpb"] {
+        if let Some(v) = out.get(k) {
+            entries.push((k.to_string(), v.clone()));
+        }
+    }
+    if let Some(core) = out.get("core") {
+        let label = core["label"].as_str().unwrap_or("CORE").to_string();
+        entries.push((label, core["core_metric"].clone()));
+        if let Some(g) = core.get("gpt2_same_tasks").filter(|g| !g.is_null()) {
+            entries.push(("GPT-2 124M on the same tasks".into(), g.clone()));
+        }
+        for t in core["tasks"].as_array().into_iter().flatten() {
+            let name = t["label"].as_str().unwrap_or("?");
+            entries.push((format!("centered {name}"), t["centered"].clone()));
+        }
+    }
+    let refs: Vec<(&str, serde_json::Value)> = entries
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    nanochat::eval::Report::new(base).log("base-model-evaluation", &refs)?;
     Ok(())
 }

@@ -242,5 +242,37 @@ pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
         summary.loop_state.total_training_time / 60.0,
         summary.checkpoint_dir.display()
     );
+    let report = nanochat::eval::Report::new(base);
+    let plot = super::plot_run(
+        &report,
+        &summary.checkpoint_dir,
+        "base-model-training",
+        "pretraining",
+    );
+    let p = &summary.plan;
+    let mut entries = vec![
+        ("depth", serde_json::json!(p.model.n_layer)),
+        ("parameters", p.model.param_counts().total.into()),
+        (
+            "FLOPs per token",
+            serde_json::json!(p.flops_per_token as f64),
+        ),
+        ("iterations", p.num_iterations.into()),
+        ("tokens per step", p.total_batch_size.into()),
+        (
+            "training tokens",
+            (p.num_iterations * p.total_batch_size).into(),
+        ),
+        ("final val bpb", serde_json::json!(summary.val_bpb)),
+        ("min val bpb", summary.loop_state.min_val_bpb.into()),
+        (
+            "training time (min)",
+            (summary.loop_state.total_training_time / 60.0).into(),
+        ),
+    ];
+    if let Some(p) = plot {
+        entries.push(("curves", p.into()));
+    }
+    report.log("base-model-training", &entries)?;
     Ok(())
 }

@@ -5,9 +5,12 @@ mod base_eval;
 mod base_train;
 mod bench;
 mod chat_cli;
+mod chat_eval;
+mod chat_train;
 mod doctor;
 mod download;
 mod interop;
+mod report;
 mod serve;
 mod tok_eval;
 mod tok_train;
@@ -43,6 +46,17 @@ enum Command {
     BaseTrain(Box<base_train::Args>),
     /// Evaluate a base model: CORE and bits per byte (upstream base_eval.py).
     BaseEval(Box<base_eval::Args>),
+    /// Midtrain a base model on conversations (upstream v0 mid_train.py).
+    MidTrain(Box<chat_train::Args>),
+    /// Supervised fine-tuning on conversations (upstream chat_sft.py).
+    ChatSft(Box<chat_train::Args>),
+    /// Reinforcement learning on GSM8K (upstream chat_rl.py).
+    ChatRl(Box<chat_train::RlArgs>),
+    /// Evaluate a chat model: ARC, MMLU, GSM8K, HumanEval, SpellingBee, ChatCORE (upstream
+    /// chat_eval.py).
+    ChatEval(Box<chat_eval::Args>),
+    /// Start (reset) or write (generate) the report card (upstream v0 report.py).
+    Report(report::Args),
     /// Chat with a model in the terminal (upstream chat_cli.py).
     ChatCli(Box<chat_cli::Args>),
     /// Serve the chat web UI and the OpenAI-compatible API (upstream chat_web.py).
@@ -89,6 +103,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Download(a) => download::run(a, &base),
         Command::BaseTrain(a) => base_train::run(*a, &base),
         Command::BaseEval(a) => base_eval::run(*a, &base),
+        Command::MidTrain(a) => chat_train::run(*a, nanochat::train::ChatStage::Mid, &base),
+        Command::ChatSft(a) => chat_train::run(*a, nanochat::train::ChatStage::Sft, &base),
+        Command::ChatRl(a) => chat_train::run_rl(*a, &base),
+        Command::ChatEval(a) => chat_eval::run(*a, &base),
+        Command::Report(a) => report::run(a, &base),
         Command::ChatCli(a) => chat_cli::run(*a, &base),
         Command::Serve(a) => serve::run(*a, &base),
         Command::Doctor => doctor::run(&base),
@@ -175,5 +194,31 @@ fn default_dtype(device: nanochat::core::DeviceSpec) -> nanochat::model::Compute
         nanochat::model::ComputeDtype::BF16
     } else {
         nanochat::model::ComputeDtype::F32
+    }
+}
+
+/// Draws `<checkpoint_dir>/metrics.jsonl` into `<report>/<slug>.png`; returns the file name
+/// for the report section (None, with a warning, when there is nothing to draw).
+fn plot_run(
+    report: &nanochat::eval::Report,
+    checkpoint_dir: &std::path::Path,
+    slug: &str,
+    title: &str,
+) -> Option<String> {
+    let name = format!("{slug}.png");
+    if let Err(e) = std::fs::create_dir_all(report.dir()) {
+        tracing::warn!("no plot: {e}");
+        return None;
+    }
+    match nanochat::eval::plot::plot_metrics(
+        &checkpoint_dir.join("metrics.jsonl"),
+        title,
+        &report.dir().join(&name),
+    ) {
+        Ok(()) => Some(name),
+        Err(e) => {
+            tracing::warn!("no plot: {e}");
+            None
+        }
     }
 }

@@ -47,5 +47,12 @@ pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
         &dir.join("tok_eval.json"),
         serde_json::to_string_pretty(&result)?.as_bytes(),
     )?;
+    nanochat::eval::Report::new(base).log(
+        "tokenizer-evaluation",
+        &[(
+            "comparison",
+            format!("\n\n```\n{}```", format_table(&result)).into(),
+        )],
+    )?;
     Ok(())
 }

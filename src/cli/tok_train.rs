@@ -87,5 +87,23 @@ pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
         mean,
         dir.display()
     );
+    nanochat::eval::Report::new(base).log(
+        "tokenizer-training",
+        &[
+            ("vocab_size", tokenizer.vocab_size().into()),
+            ("documents", report.documents.into()),
+            ("chars", report.chars.into()),
+            ("train_time (s)", report.train_seconds.into()),
+            (
+                "token_bytes min",
+                (*nonzero.iter().min().unwrap_or(&0)).into(),
+            ),
+            (
+                "token_bytes max",
+                (*nonzero.iter().max().unwrap_or(&0)).into(),
+            ),
+            ("token_bytes mean", mean.into()),
+        ],
+    )?;
     Ok(())
 }

@@ -38,7 +38,8 @@ enum Cmd {
     /// the merges are identical, and compare encode throughput with Python tiktoken. Installs
     /// rustbpe, tiktoken and pyarrow into target/bench-venv on first use (needs PyPI).
     BenchTokenizer(bench_tokenizer::Args),
-    /// Run the pipeline stage by stage (resumable): tokenizer, tok-eval, base-train, base-eval.
+    /// Run the whole pipeline stage by stage (resumable): tokenizer, base model, midtraining,
+    /// SFT, RL, their evaluations and the report card.
     Speedrun(speedrun::Args),
     /// Drive the web chat page in headless Chromium against a real `nanochat serve` (needs
     /// chromium, node/npm and a checkpoint).

@@ -3,9 +3,10 @@
 //! holding its wall time) so that rerunning continues where it stopped; an interrupted
 //! pretraining resumes from its last checkpoint.
 //!
-//! Stages today: tokenizer → tok-eval → base-train → base-eval. Midtraining, SFT, RL, chat
-//! evals and the report card are not ported yet; the run says so at the end instead of
-//! pretending.
+//! Stages (upstream v0 `speedrun.sh`): report reset → tok-train → tok-eval → base-train →
+//! base-eval → mid-train → chat-eval (mid) → chat-sft → chat-eval (sft) → chat-rl →
+//! chat-eval (rl) → report generate. The wall time of every stage is logged into the report
+//! (section `speedrun`), which ends the run with its summary table.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,6 +37,10 @@ struct Preset {
     depth: &'static str,
     train: Vec<&'static str>,
     eval: Vec<&'static str>,
+    mid: Vec<&'static str>,
+    sft: Vec<&'static str>,
+    rl: Vec<&'static str>,
+    chat_eval: Vec<&'static str>,
 }
 
 fn preset(name: &str) -> Result<Preset> {
@@ -53,19 +58,62 @@ fn preset(name: &str) -> Result<Preset> {
                 "--total-batch-size",
                 "2048",
                 "--num-iterations",
-                "200",
+                "120",
                 "--warmup-steps",
                 "10",
                 "--eval-every",
-                "50",
+                "40",
                 "--eval-tokens",
                 "32768",
                 "--sample-every",
-                "200",
+                "120",
                 "--save-every",
-                "50",
+                "40",
             ],
-            eval: vec!["--max-per-task", "16", "--split-tokens", "32768"],
+            eval: vec!["--max-per-task", "6", "--split-tokens", "32768"],
+            mid: vec![
+                "--mixture",
+                "HHRLHF:600,MCExtra:600,GSM8K:600,Identity,SimpleSpelling:400,SpellingBee:400",
+                "--num-iterations",
+                "60",
+                "--save-every",
+                "20",
+                "--eval-every",
+                "30",
+                "--eval-tokens",
+                "16384",
+            ],
+            sft: vec![
+                "--mixture",
+                "HHRLHF:400,MMLU:400,GSM8K:600,Identity,SimpleSpelling:300,SpellingBee:300",
+                "--num-iterations",
+                "60",
+                "--save-every",
+                "20",
+                "--eval-every",
+                "30",
+                "--eval-tokens",
+                "16384",
+            ],
+            rl: vec![
+                "--num-steps",
+                "12",
+                "--examples-per-step",
+                "4",
+                "--num-samples",
+                "4",
+                "--max-new-tokens",
+                "64",
+                "--eval-every",
+                "0",
+                "--eval-examples",
+                "16",
+                "--eval-k",
+                "2",
+                "--save-every",
+                "4",
+            ],
+            chat_eval: vec!["-x", "40", "-m", "96", "--spelling-size", "40"],
         },
         "d12" | "d20" | "d24" => Preset {
             vocab_size: "32768",
@@ -81,6 +129,10 @@ fn preset(name: &str) -> Result<Preset> {
                 if name == "d24" { "8" } else { "12" },
             ],
             eval: vec!["--max-per-task", "500"],
+            mid: vec!["--save-every", "200"],
+            sft: vec!["--save-every", "200"],
+            rl: vec![],
+            chat_eval: vec![],
         },
         other => bail!("--preset {other}: expected cpu, d12, d20 or d24"),
     })
@@ -132,45 +184,145 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     let target = std::env::var("CARGO_TARGET_DIR").map_or(root.join("target"), PathBuf::from);
     let bin = target.join("release/nanochat");
     let tag = format!("d{}", p.depth);
-    let ckpt = base.join("base_checkpoints").join(&tag);
     let total = Instant::now();
+    let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    let with = |head: &[&str], tail: &[&'static str]| {
+        let mut v = strs(head);
+        v.extend(strs(tail));
+        v
+    };
+    let dev = args.device.as_str();
+    let no_progress = "--no-progress";
     let stages: Vec<(&str, Vec<String>)> = vec![
+        ("report-reset", strs(&["report", "reset", "--device", dev])),
         (
             "tok-train",
-            vec![
-                "tok-train".into(),
-                "--vocab-size".into(),
-                p.vocab_size.into(),
-                "--no-progress".into(),
-            ],
+            strs(&["tok-train", "--vocab-size", p.vocab_size, no_progress]),
         ),
-        ("tok-eval", vec!["tok-eval".into()]),
-        ("base-train", {
-            let mut v: Vec<String> = [
-                "base-train",
-                "--depth",
-                p.depth,
-                "--model-tag",
-                &tag,
-                "--device",
-                &args.device,
-                "--no-progress",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            v.extend(p.train.iter().map(|s| s.to_string()));
-            v
-        }),
-        ("base-eval", {
-            let mut v: Vec<String> = ["base-eval", "--model-tag", &tag, "--device", &args.device]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            v.extend(p.eval.iter().map(|s| s.to_string()));
-            v
-        }),
+        ("tok-eval", strs(&["tok-eval"])),
+        (
+            "base-train",
+            with(
+                &[
+                    "base-train",
+                    "--depth",
+                    p.depth,
+                    "--model-tag",
+                    &tag,
+                    "--device",
+                    dev,
+                    no_progress,
+                ],
+                &p.train,
+            ),
+        ),
+        (
+            "base-eval",
+            with(
+                &["base-eval", "--model-tag", &tag, "--device", dev],
+                &p.eval,
+            ),
+        ),
+        (
+            "mid-train",
+            with(
+                &["mid-train", "-g", &tag, "--device", dev, no_progress],
+                &p.mid,
+            ),
+        ),
+        (
+            "chat-eval-mid",
+            with(
+                &[
+                    "chat-eval",
+                    "-i",
+                    "mid",
+                    "-g",
+                    &tag,
+                    "--device",
+                    dev,
+                    "--no-progress",
+                ],
+                &p.chat_eval,
+            ),
+        ),
+        (
+            "chat-sft",
+            with(
+                &[
+                    "chat-sft",
+                    "-i",
+                    "mid",
+                    "-g",
+                    &tag,
+                    "--device",
+                    dev,
+                    no_progress,
+                ],
+                &p.sft,
+            ),
+        ),
+        (
+            "chat-eval-sft",
+            with(
+                &[
+                    "chat-eval",
+                    "-i",
+                    "sft",
+                    "-g",
+                    &tag,
+                    "--device",
+                    dev,
+                    "--no-progress",
+                ],
+                &p.chat_eval,
+            ),
+        ),
+        (
+            "chat-rl",
+            with(
+                &[
+                    "chat-rl",
+                    "-i",
+                    "sft",
+                    "-g",
+                    &tag,
+                    "--device",
+                    dev,
+                    no_progress,
+                ],
+                &p.rl,
+            ),
+        ),
+        (
+            "chat-eval-rl",
+            with(
+                &[
+                    "chat-eval",
+                    "-i",
+                    "rl",
+                    "-g",
+                    &tag,
+                    "-a",
+                    "GSM8K",
+                    "--device",
+                    dev,
+                    "--no-progress",
+                ],
+                &p.chat_eval,
+            ),
+        ),
     ];
+    let resumable = |name: &str| -> Option<PathBuf> {
+        let dir = match name {
+            "base-train" => "base_checkpoints",
+            "mid-train" => "mid_checkpoints",
+            "chat-sft" => "chatsft_checkpoints",
+            "chat-rl" => "chatrl_checkpoints",
+            _ => return None,
+        };
+        Some(base.join(dir).join(&tag))
+    };
     for (name, mut cmd_args) in stages {
         let marker = markers.join(format!("{name}.done"));
         if marker.exists() {
@@ -180,10 +332,8 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
             );
             continue;
         }
-        if name == "base-train"
-            && let Some(step) = last_step(&ckpt)
-        {
-            println!("==> base-train: resuming from step {step}");
+        if let Some(step) = resumable(name).and_then(|d| last_step(&d)) {
+            println!("==> {name}: resuming from step {step}");
             cmd_args.extend(["--resume-from-step".to_string(), step.to_string()]);
         }
         println!("\n==> {name}: nanochat {}", cmd_args.join(" "));
@@ -208,17 +358,54 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         "\nSpeedrun stages finished in {:.0} s this invocation.",
         total.elapsed().as_secs_f64()
     );
-    for stage in ["tok-train", "tok-eval", "base-train", "base-eval"] {
-        if let Ok(t) = std::fs::read_to_string(markers.join(format!("{stage}.done"))) {
-            println!("  {stage:<12} {}", t.trim());
+    // Stage wall times into the report, then the report card.
+    let mut section = String::from("## Speedrun\n");
+    section.push_str(&format!("timestamp: {}\n\n", now_rfc3339()));
+    let mut sum = 0.0;
+    for (name, _) in STAGE_NAMES.iter().map(|n| (*n, ())) {
+        if let Ok(t) = std::fs::read_to_string(markers.join(format!("{name}.done"))) {
+            let secs: f64 = t.trim().trim_end_matches(" s").parse().unwrap_or(0.0);
+            sum += secs;
+            section.push_str(&format!("- {name} (s): {secs:.0}\n"));
+            println!("  {name:<14} {}", t.trim());
         }
     }
+    section.push_str(&format!("- all stages (min): {:.1}\n\n", sum / 60.0));
+    let report_dir = base.join("report");
+    std::fs::create_dir_all(&report_dir)?;
+    std::fs::write(report_dir.join("speedrun.md"), section)?;
+    let status = Command::new(&bin)
+        .args(["report", "generate", "--out"])
+        .arg(root.join("report.md"))
+        .env("NANOCHAT_BASE_DIR", &base)
+        .current_dir(root)
+        .status()?;
+    if !status.success() {
+        bail!("report generate failed ({status})");
+    }
     println!(
-        "Not ported yet: midtraining, SFT, RL, chat evals, report card.\n\
-         Talk to the base model:  {} chat-cli --source base -g {tag} -p \"The capital of France is\"\n\
-         Serve it:                {} serve --source base -g {tag}",
+        "\nTalk to the result:  {} chat-cli -i rl -g {tag}   (or -i sft)\n\
+         Serve it:            {} serve -i rl -g {tag}   then open http://localhost:8000",
         bin.display(),
         bin.display()
     );
     Ok(())
+}
+
+const STAGE_NAMES: [&str; 11] = [
+    "report-reset",
+    "tok-train",
+    "tok-eval",
+    "base-train",
+    "base-eval",
+    "mid-train",
+    "chat-eval-mid",
+    "chat-sft",
+    "chat-eval-sft",
+    "chat-rl",
+    "chat-eval-rl",
+];
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339()
 }

@@ -74,3 +74,8 @@ pub use optimizer_config::{AdamGroup, LRSchedule, OptimizerConfig, OptimizerType
 pub use tokenizer_config::{SpecialTokens, TokenizerConfig, Vocabulary};
 pub use training_config::TrainingConfiguration;
 pub use validation::{Interval, Rule, Validate, ValidationError};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

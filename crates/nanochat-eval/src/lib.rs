@@ -27,3 +27,8 @@ pub use chat_eval::{ChatEvalOptions, TaskOutcome, run_chat_eval};
 pub use execution::{ExecutionResult, Sandbox, SandboxLimits};
 pub use report::Report;
 pub use tasks::{Task, TaskMixture, TaskSpec};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -132,6 +132,7 @@ pub fn plot_curves(curves: &Curves, title: &str, out: &Path) -> Result<(), PlotE
             chart
                 .configure_mesh()
                 .x_desc("step")
+                .x_label_formatter(&|x| format!("{x:.0}"))
                 .y_desc(ylabel)
                 .label_style(("sans-serif", 13))
                 .draw()

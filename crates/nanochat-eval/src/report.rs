@@ -51,6 +51,17 @@ pub struct Report {
 }
 
 fn title(slug: &str) -> String {
+    let fixed = match slug {
+        "chat-sft" => Some("Chat SFT"),
+        "chat-rl" => Some("Chat RL"),
+        "chat-evaluation-mid" => Some("Chat evaluation (mid)"),
+        "chat-evaluation-sft" => Some("Chat evaluation (SFT)"),
+        "chat-evaluation-rl" => Some("Chat evaluation (RL)"),
+        _ => None,
+    };
+    if let Some(t) = fixed {
+        return t.to_string();
+    }
     let s = slug.replace('-', " ");
     let mut c = s.chars();
     match c.next() {

@@ -33,3 +33,8 @@ pub(crate) type TestBackend = burn::backend::Flex;
 /// The CPU backend used by this crate's tests.
 #[cfg(all(test, feature = "ndarray", not(feature = "flex")))]
 pub(crate) type TestBackend = burn::backend::NdArray;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

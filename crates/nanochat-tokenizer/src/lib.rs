@@ -43,3 +43,8 @@ pub use error::TokenizerError;
 pub use nanochat_core::tokenizer_config::{SPECIAL_TOKENS, SPLIT_PATTERN};
 pub use stream::StreamDecoder;
 pub use tokenizer::Tokenizer;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -415,6 +415,15 @@ pub fn base_train<B: AutodiffBackend>(
         step += 1;
         pb.set_position(step);
     }
+    // The last evaluation has no step after it to ride on: record it on its own line.
+    if let Some(v) = pending_val.take() {
+        writeln!(
+            metrics_file,
+            "{}",
+            serde_json::json!({"step": step, "val_bpb": v})
+        )
+        .map_err(|e| nanochat_core::fs::IoError::new("append", metrics_path(&dir), e))?;
+    }
     pb.finish_and_clear();
     Ok(TrainSummary {
         step,

@@ -655,6 +655,11 @@ pub fn chat_train<B: AutodiffBackend>(
         metrics.push(m);
         step += 1;
     }
+    // The last evaluation has no step after it to ride on: record it on its own line.
+    if let Some(v) = pending_val.take() {
+        writeln!(mfile, "{}", serde_json::json!({"step": step, "val_bpb": v}))
+            .map_err(|e| nanochat_core::fs::IoError::new("append", &mpath, e))?;
+    }
     pb.finish_and_clear();
     Ok(ChatTrainSummary {
         step,

@@ -30,3 +30,8 @@ pub use chat_train::{ChatStage, ChatTrainArgs, chat_train};
 pub use error::TrainError;
 pub use optim::{GroupLrs, MuonAdamW, OptimError, StepScalars};
 pub use schedule::RunPlan;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

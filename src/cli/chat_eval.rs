@@ -1,0 +1,144 @@
+//! `nanochat chat-eval` (upstream `scripts/chat_eval.py`): ARC, MMLU, GSM8K, HumanEval and
+//! SpellingBee on a chat model, ChatCORE, results as JSON + CSV in
+//! `<base>/chat_eval/<source>_<tag>_<step>.{json,csv}` and a report section.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nanochat::core::DeviceSpec;
+use nanochat::eval::chat_eval::{ChatEvalOptions, load_tasks, run_chat_eval, save_result};
+use nanochat::infer::Engine;
+use nanochat::model::burn::tensor::backend::AutodiffBackend;
+use nanochat::model::{BackendTask, dispatch};
+use nanochat::tokenizer::Tokenizer;
+use serde_json::json;
+
+/// Flags of `chat-eval`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    #[command(flatten)]
+    checkpoint: super::CheckpointArgs,
+    /// Tasks separated by `|` (default: ARC-Easy|ARC-Challenge|MMLU|GSM8K|HumanEval|SpellingBee).
+    #[arg(short = 'a', long)]
+    task_name: Option<String>,
+    /// Sampling temperature for generative tasks (0 = greedy).
+    #[arg(short = 't', long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Most new tokens per answer.
+    #[arg(short = 'm', long, default_value_t = 512)]
+    max_new_tokens: usize,
+    /// Samples per generative problem (pass@n).
+    #[arg(short = 'n', long, default_value_t = 1)]
+    num_samples: usize,
+    /// Top-k for sampling.
+    #[arg(short = 'k', long, default_value_t = 50)]
+    top_k: usize,
+    /// Rows per forward pass for categorical tasks.
+    #[arg(short = 'b', long, default_value_t = 8)]
+    batch_size: usize,
+    /// At most this many problems per task.
+    #[arg(short = 'x', long)]
+    max_problems: Option<usize>,
+    /// SpellingBee test examples.
+    #[arg(long, default_value_t = 256)]
+    spelling_size: usize,
+    /// Offline data root (default $NANOCHAT_DATA_DIR or ../shared/data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Device: auto, cpu, wgpu[:N], cuda[:N].
+    #[arg(long, default_value = "auto")]
+    device: DeviceSpec,
+    /// No progress bars.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+struct Task {
+    args: Args,
+    base: PathBuf,
+    tokenizer: Arc<Tokenizer>,
+}
+
+impl BackendTask for Task {
+    type Output = anyhow::Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
+        let a = &self.args;
+        let (model, meta, dir) = a.checkpoint.load::<B::InnerBackend>(&self.base, &device)?;
+        let tag = dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let step = meta.step();
+        let source = a.checkpoint.source.as_str();
+        let engine = Engine::new(model, self.tokenizer.clone())?;
+        let opts = ChatEvalOptions {
+            tasks: a
+                .task_name
+                .as_deref()
+                .map(|s| s.split('|').map(|t| t.trim().to_string()).collect())
+                .unwrap_or_default(),
+            max_problems: a.max_problems,
+            batch_size: a.batch_size,
+            num_samples: a.num_samples,
+            max_new_tokens: a.max_new_tokens,
+            temperature: a.temperature,
+            top_k: a.top_k,
+            seed: 42,
+            spelling_size: a.spelling_size,
+            progress: !a.no_progress,
+        };
+        let data = a
+            .data_dir
+            .clone()
+            .unwrap_or_else(nanochat::core::paths::data_dir);
+        let tasks = load_tasks(&data, &opts)?;
+        let (outcomes, result) =
+            run_chat_eval(&engine, &tasks, &opts, &format!("{source}/{tag}@{step}"))?;
+        for o in &outcomes {
+            println!(
+                "{:<14} {:>5}/{:<5} accuracy {:.4} | centered {:+.4} | {:.1}s",
+                o.name,
+                o.passed,
+                o.total,
+                o.accuracy(),
+                o.centered(),
+                o.seconds
+            );
+        }
+        println!("{}: {:.4}", result.metric, result.aggregate.unwrap_or(0.0));
+        let stem = self
+            .base
+            .join("chat_eval")
+            .join(format!("{source}_{tag}_{step:06}"));
+        std::fs::create_dir_all(stem.parent().expect("has parent"))?;
+        save_result(&result, &stem)?;
+        println!("wrote {}.{{json,csv}}", stem.display());
+        let mut entries: Vec<(&str, serde_json::Value)> = vec![
+            ("source", json!(format!("{source}/{tag}@{step}"))),
+            ("max problems per task", json!(a.max_problems)),
+        ];
+        for o in &outcomes {
+            entries.push((o.name.as_str(), json!(o.accuracy())));
+        }
+        let chatcore_key = if result.metric == "ChatCORE" {
+            "ChatCORE"
+        } else {
+            result.metric.as_str()
+        };
+        entries.push((chatcore_key, json!(result.aggregate)));
+        nanochat::eval::Report::new(&self.base)
+            .log(&format!("chat-evaluation-{source}"), &entries)?;
+        Ok(())
+    }
+}
+
+/// Runs `chat-eval`.
+pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
+    let device = super::resolve_device(args.device);
+    let task = Task {
+        args,
+        base: base.to_path_buf(),
+        tokenizer: Arc::new(super::load_tokenizer(base)?),
+    };
+    dispatch(device, task)?
+}
