@@ -113,7 +113,7 @@ fn preset(name: &str) -> Result<Preset> {
                 "--save-every",
                 "4",
             ],
-            chat_eval: vec!["-x", "40", "-m", "96", "--spelling-size", "40"],
+            chat_eval: vec!["-x", "100", "-m", "96", "--spelling-size", "100"],
         },
         "d12" | "d20" | "d24" => Preset {
             vocab_size: "32768",
