@@ -118,6 +118,42 @@ pub fn run(base: &Path) -> anyhow::Result<()> {
             format!("{e} — base-eval's CORE needs the eval bundle (set NANOCHAT_DATA_DIR)"),
         ),
     }
+    let data_root = nanochat::core::paths::data_dir();
+    let needed = [
+        "tasks/gsm8k/train.jsonl",
+        "tasks/gsm8k/test.jsonl",
+        "tasks/mmlu/test",
+        "tasks/humaneval/HumanEval.jsonl.gz",
+        "words/words_alpha.zip",
+        "sft/hh_rlhf_harmless_base_test.jsonl.gz",
+        "sft/mc_extra",
+        "eval_bundle/eval_data/world_knowledge/arc_easy.jsonl",
+    ];
+    let missing: Vec<&str> = needed
+        .iter()
+        .copied()
+        .filter(|p| !data_root.join(p).exists())
+        .collect();
+    line(
+        missing.is_empty(),
+        "task data",
+        if missing.is_empty() {
+            format!(
+                "mid/SFT/RL mixtures and chat evals in {}",
+                data_root.display()
+            )
+        } else {
+            format!(
+                "missing in {}: {} — set NANOCHAT_DATA_DIR to the offline data folder",
+                data_root.display(),
+                missing.join(", ")
+            )
+        },
+    );
+    match nanochat::eval::Sandbox::new(nanochat::eval::SandboxLimits::default()) {
+        Ok(sb) => line(true, "code sandbox", format!("python3, {}", sb.isolation())),
+        Err(e) => line(false, "code sandbox", format!("{e} — HumanEval cannot run")),
+    }
     for source in [Source::Base, Source::Mid, Source::Sft, Source::Rl] {
         let root = base.join(source.dir_name());
         let mut found = Vec::new();
@@ -141,7 +177,9 @@ pub fn run(base: &Path) -> anyhow::Result<()> {
         if found.is_empty() {
             let hint = match source {
                 Source::Base => "`nanochat base-train`",
-                _ => "not ported yet",
+                Source::Mid => "`nanochat mid-train`",
+                Source::Sft => "`nanochat chat-sft`",
+                Source::Rl => "`nanochat chat-rl`",
             };
             line(false, &what, format!("none in {} — {hint}", root.display()));
         } else {

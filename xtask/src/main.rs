@@ -5,7 +5,9 @@
 //!   rustbpe and Python tiktoken on this machine, in one run.
 //! - `cargo xtask speedrun`: the pipeline, stage by stage, resumable.
 //! - `cargo xtask ui-test`: the web chat page in headless Chromium against `nanochat serve`.
+//! - `cargo xtask api-test`: the official `openai` client and a `wrk` load test against it.
 
+mod api_test;
 mod bench_tokenizer;
 mod speedrun;
 mod ui_test;
@@ -41,6 +43,9 @@ enum Cmd {
     /// Run the whole pipeline stage by stage (resumable): tokenizer, base model, midtraining,
     /// SFT, RL, their evaluations and the report card.
     Speedrun(speedrun::Args),
+    /// Check `nanochat serve` with the official openai Python client and a bounded wrk load
+    /// test (needs python3-venv, wrk and a checkpoint).
+    ApiTest(api_test::Args),
     /// Drive the web chat page in headless Chromium against a real `nanochat serve` (needs
     /// chromium, node/npm and a checkpoint).
     UiTest(ui_test::Args),
@@ -188,5 +193,6 @@ fn main() -> Result<()> {
         Cmd::BenchTokenizer(args) => bench_tokenizer::run(&workspace_root(), args),
         Cmd::UiTest(args) => ui_test::run(&workspace_root(), args),
         Cmd::Speedrun(args) => speedrun::run(&workspace_root(), args),
+        Cmd::ApiTest(args) => api_test::run(&workspace_root(), args),
     }
 }
