@@ -5,19 +5,19 @@
 //! cargo run --release --example pretrain -- 50      # fewer steps
 //! ```
 //!
-//! Uses `$NANOCHAT_BASE_DIR/tokenizer` when present, else trains a 4096-token tokenizer on the
-//! first shard and saves it there; writes `base_checkpoints/d4-example/`. Prints the unigram
-//! baseline first so that the model's validation bits per byte have a yardstick.
+//! Uses `$NANOCHAT_BASE_DIR/tokenizer` (`nanochat tok-train`), writes
+//! `base_checkpoints/d4-example/`, and prints the unigram bits per byte as a yardstick.
 
 use std::sync::Arc;
+
+use anyhow::Context;
 
 use nanochat::core::paths::{base_dir, pretrain_data_dir, tokenizer_dir};
 use nanochat::core::{LRSchedule, TrainingConfiguration};
 use nanochat::model::ComputeDtype;
 use nanochat::model::backend::CpuBackend;
 use nanochat::tokenizer::Tokenizer;
-use nanochat::tokenizer::dataset::{Split, iter_batches, list_parquet_files, split_files};
-use nanochat::tokenizer::tok_train::{TokTrainOptions, train_tokenizer};
+use nanochat::tokenizer::dataset::{Split, list_parquet_files, split_files};
 use nanochat::train::dataloader::{BestFitLoader, LoaderOptions};
 use nanochat::train::loss_eval::unigram_bpb;
 use nanochat::train::{BaseTrainArgs, base_train};
@@ -27,22 +27,8 @@ fn main() -> anyhow::Result<()> {
     let steps: u64 = std::env::args().nth(1).map_or(Ok(200), |s| s.parse())?;
     let (base, data) = (base_dir(), pretrain_data_dir());
     let shards = list_parquet_files(&data)?;
-    let tokenizer = match Tokenizer::load(&tokenizer_dir(&base)) {
-        Ok(t) => t,
-        Err(_) => {
-            let docs = iter_batches(&shards[..1], 0, 1)
-                .flat_map(|b| b.map(|b| b.texts).unwrap_or_default())
-                .map(Ok::<_, std::convert::Infallible>);
-            let opts = TokTrainOptions {
-                vocab_size: 4096,
-                max_chars: 20_000_000,
-                ..Default::default()
-            };
-            let (t, _) = train_tokenizer(docs, &opts)?;
-            t.save(&tokenizer_dir(&base))?;
-            t
-        }
-    };
+    let tokenizer = Tokenizer::load(&tokenizer_dir(&base))
+        .context("no tokenizer: run `cargo run --release -- tok-train` first")?;
     let tokenizer = Arc::new(tokenizer);
     let config = TrainingConfiguration {
         depth: 4,
@@ -61,29 +47,25 @@ fn main() -> anyhow::Result<()> {
         model_tag: Some("d4-example".into()),
         ..TrainingConfiguration::default()
     };
-    let opts = LoaderOptions::new(8, 256);
-    let train = BestFitLoader::new(
-        split_files(&shards, Split::Train).to_vec(),
-        tokenizer.clone(),
-        opts.clone(),
-        None,
-    )?;
-    let val = BestFitLoader::new(
-        split_files(&shards, Split::Val).to_vec(),
-        tokenizer.clone(),
-        opts,
-        None,
-    )?;
-    let unigram = unigram_bpb(train.take(200), val.take(16), &tokenizer.token_bytes())?;
+    let loader = |split| {
+        let files = split_files(&shards, split).to_vec();
+        BestFitLoader::new(files, tokenizer.clone(), LoaderOptions::new(8, 256), None)
+    };
+    let (train, val) = (
+        loader(Split::Train)?.take(200),
+        loader(Split::Val)?.take(16),
+    );
+    let unigram = unigram_bpb(train, val, &tokenizer.token_bytes())?;
     println!("unigram baseline: {unigram:.4} bits per byte");
+    let (dtype, progress) = (ComputeDtype::F32, true);
     let args = BaseTrainArgs {
         config,
         base_dir: base,
         data_dir: data,
-        compute_dtype: ComputeDtype::F32,
+        compute_dtype: dtype,
         peak_flops: None,
         stop_after: None,
-        progress: true,
+        progress,
     };
     let s = base_train::<CpuBackend>(&args, tokenizer, &Default::default())?;
     println!(

@@ -314,7 +314,34 @@ pub fn evaluate_example<B: Backend>(
     let prompts = render_prompts(item, &fewshot, meta, idx)?;
     let rows = batch_sequences(tokenizer, &prompts, meta.task_type, idx)?;
     let (losses, preds) = forward_rows(model, &rows.tokens, tokenizer.bos_token_id());
-    let (mean_losses, correct) = match meta.task_type {
+    let gold = match meta.task_type {
+        TaskType::LanguageModeling => 0,
+        _ => item["gold"]
+            .as_u64()
+            .ok_or_else(|| bad(idx, "`gold` is not an integer"))?,
+    };
+    let (mean_losses, correct) = score_rows(meta.task_type, &rows, &losses, &preds, gold);
+    Ok(ExampleResult {
+        rows,
+        mean_losses,
+        correct,
+    })
+}
+
+/// Scores one example from the model's outputs on its rows (upstream `evaluate_example`'s
+/// tail). `losses[i][j]` is the loss of predicting token `j + 1` of row `i`, `preds[i][j]` the
+/// arg-max prediction there. Multiple choice and schema: the option with the lowest **mean**
+/// loss over its continuation span wins (the first on ties, like Python's
+/// `list.index(min(...))`) and must equal `gold`; language modelling: every continuation token
+/// must be the arg-max prediction. Returns the mean losses (empty for LM) and correctness.
+pub fn score_rows(
+    task_type: TaskType,
+    rows: &Rows,
+    losses: &[Vec<f32>],
+    preds: &[Vec<u32>],
+    gold: u64,
+) -> (Vec<f32>, bool) {
+    match task_type {
         TaskType::LanguageModeling => {
             let (s, e) = (rows.start[0], rows.end[0]);
             let ok = (s..e).all(|j| preds[0][j - 1] == rows.tokens[0][j]);
@@ -331,7 +358,6 @@ pub fn evaluate_example<B: Backend>(
                     span.iter().sum::<f32>() / span.len() as f32
                 })
                 .collect();
-            // First minimum, like Python's list.index(min(...)).
             let best = means
                 .iter()
                 .enumerate()
@@ -340,21 +366,143 @@ pub fn evaluate_example<B: Backend>(
                     |(bi, bv), (i, &v)| if v < bv { (i, v) } else { (bi, bv) },
                 )
                 .0;
-            let gold = item["gold"]
-                .as_u64()
-                .ok_or_else(|| bad(idx, "`gold` is not an integer"))?;
             (means, best as u64 == gold)
         }
-    };
-    Ok(ExampleResult {
-        rows,
-        mean_losses,
-        correct,
-    })
+    }
 }
 
 /// Centered accuracy `(acc − rb/100) / (1 − rb/100)` for a random baseline `rb` in percent.
 pub fn centered(accuracy: f64, random_baseline_pct: f64) -> f64 {
     let rb = 0.01 * random_baseline_pct;
     (accuracy - rb) / (1.0 - rb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Per-position losses and arg-max predictions from handcrafted logits `[t][vocab]`, the
+    /// way the model's outputs are reduced (cross-entropy against the next token).
+    fn outputs(rows: &[Vec<u32>], logits: &[Vec<Vec<f32>>]) -> (Vec<Vec<f32>>, Vec<Vec<u32>>) {
+        let mut losses = Vec::new();
+        let mut preds = Vec::new();
+        for (row, lg) in rows.iter().zip(logits) {
+            let mut l = Vec::new();
+            let mut p = Vec::new();
+            for (j, v) in lg.iter().enumerate() {
+                let max = v.iter().cloned().fold(f32::MIN, f32::max);
+                let lse = v.iter().map(|x| (x - max).exp()).sum::<f32>().ln() + max;
+                let next = row.get(j + 1).copied().unwrap_or(0) as usize;
+                l.push(lse - v[next]);
+                let arg = v
+                    .iter()
+                    .enumerate()
+                    .fold(
+                        (0, f32::MIN),
+                        |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) },
+                    )
+                    .0;
+                p.push(arg as u32);
+            }
+            losses.push(l);
+            preds.push(p);
+        }
+        (losses, preds)
+    }
+
+    /// Logits that put `weight` on token `favour[j]` at position `j` (vocab 4).
+    fn favouring(favour: &[u32], weight: f32) -> Vec<Vec<f32>> {
+        favour
+            .iter()
+            .map(|&f| (0..4).map(|k| if k == f { weight } else { 0.0 }).collect())
+            .collect()
+    }
+
+    #[test]
+    fn multiple_choice_picks_the_lowest_mean_continuation_loss() {
+        // Shared context [0, 1], continuations [2, 3] (option 0) and [3] (option 1).
+        let rows = Rows {
+            tokens: vec![vec![0, 1, 2, 3], vec![0, 1, 3]],
+            start: vec![2, 2],
+            end: vec![4, 3],
+        };
+        // Option 0's tokens are predicted confidently, option 1's not.
+        let logits = vec![favouring(&[1, 2, 3, 0], 5.0), favouring(&[1, 2, 0], 5.0)];
+        let (losses, preds) = outputs(&rows.tokens, &logits);
+        let (means, ok) = score_rows(TaskType::MultipleChoice, &rows, &losses, &preds, 0);
+        assert!(means[0] < means[1] && ok);
+        let (_, ok) = score_rows(TaskType::MultipleChoice, &rows, &losses, &preds, 1);
+        assert!(!ok);
+        // The mean, not the sum: a long continuation is not penalised for its length.
+        let rows_len = Rows {
+            tokens: vec![vec![0, 1, 2, 2, 2, 2], vec![0, 1, 3]],
+            start: vec![2, 2],
+            end: vec![6, 3],
+        };
+        let logits = vec![
+            favouring(&[1, 2, 2, 2, 2, 0], 1.0),
+            favouring(&[1, 3, 0], 0.3),
+        ];
+        let (losses, preds) = outputs(&rows_len.tokens, &logits);
+        let (means, ok) = score_rows(TaskType::MultipleChoice, &rows_len, &losses, &preds, 0);
+        let sum0: f32 = losses[0][1..5].iter().sum();
+        assert!(sum0 > losses[1][1] && means[0] < means[1] && ok);
+        // Ties go to the first option.
+        let tie = vec![favouring(&[1, 0, 0, 0], 0.0), favouring(&[1, 0, 0], 0.0)];
+        let rows_tie = Rows {
+            tokens: vec![vec![0, 1, 2], vec![0, 1, 3]],
+            start: vec![2, 2],
+            end: vec![3, 3],
+        };
+        let (losses, preds) = outputs(&rows_tie.tokens, &tie);
+        assert!(score_rows(TaskType::MultipleChoice, &rows_tie, &losses, &preds, 0).1);
+    }
+
+    #[test]
+    fn schema_scores_the_shared_continuation_under_each_context() {
+        // Contexts [0, 1] and [0, 2, 2]; shared continuation [3, 3].
+        let rows = Rows {
+            tokens: vec![vec![0, 1, 3, 3], vec![0, 2, 2, 3, 3]],
+            start: vec![2, 3],
+            end: vec![4, 5],
+        };
+        // Under context 1 the continuation is likely; under context 2 it is not.
+        let logits = vec![
+            favouring(&[1, 3, 3, 0], 4.0),
+            favouring(&[2, 2, 0, 0, 0], 4.0),
+        ];
+        let (losses, preds) = outputs(&rows.tokens, &logits);
+        let (means, ok) = score_rows(TaskType::Schema, &rows, &losses, &preds, 0);
+        assert!(means[0] < means[1] && ok, "{means:?}");
+        assert!(!score_rows(TaskType::Schema, &rows, &losses, &preds, 1).1);
+    }
+
+    #[test]
+    fn language_modelling_needs_every_continuation_token_as_argmax() {
+        let rows = Rows {
+            tokens: vec![vec![0, 1, 2, 3]],
+            start: vec![2],
+            end: vec![4],
+        };
+        let good = vec![favouring(&[1, 2, 3, 0], 2.0)];
+        let (losses, preds) = outputs(&rows.tokens, &good);
+        assert!(score_rows(TaskType::LanguageModeling, &rows, &losses, &preds, 0).1);
+        // One wrong prediction inside the continuation fails the example…
+        let bad = vec![favouring(&[1, 2, 1, 0], 2.0)];
+        let (losses, preds) = outputs(&rows.tokens, &bad);
+        assert!(!score_rows(TaskType::LanguageModeling, &rows, &losses, &preds, 0).1);
+        // …one in the context does not.
+        let ctx = vec![favouring(&[3, 2, 3, 0], 2.0)];
+        let (losses, preds) = outputs(&rows.tokens, &ctx);
+        assert!(score_rows(TaskType::LanguageModeling, &rows, &losses, &preds, 0).1);
+    }
+
+    #[test]
+    fn centering() {
+        assert_eq!(centered(0.25, 25.0), 0.0);
+        assert_eq!(centered(1.0, 25.0), 1.0);
+        assert!((centered(0.5, 50.0)).abs() < 1e-12);
+        assert!((centered(0.1, 25.0) + 0.2).abs() < 1e-12);
+        assert_eq!(centered(0.3, 0.0), 0.3);
+    }
 }

@@ -3,7 +3,7 @@
 //!
 //! Both stages load a checkpoint (mid: base; SFT: mid, else base), **inherit** its sequence
 //! length, device batch, total batch and learning rates from the checkpoint's meta (flags
-//! override), and train one epoch of a [`TaskMixture`] packed by the [`ChatLoader`]:
+//! override), and train one epoch of a [`TaskMixture`](nanochat_eval::TaskMixture) packed by the [`ChatLoader`]:
 //! - **mid**: crop packing, all tokens trained; LR multiplier 1 for 80 % of the epoch, then
 //!   linear to 0; writes `mid_checkpoints/<tag>/`;
 //! - **SFT**: pad packing with assistant-only targets; LR multiplier `init_lr_frac` (0.8),
@@ -28,10 +28,9 @@ use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use nanochat_core::checkpoint_manager::{self as files, checkpoint_dir, optim_file_name};
-use nanochat_core::{CheckpointMetadata, OptimizerConfig, Source, TrainingConfiguration};
-use nanochat_eval::TaskMixture;
+use nanochat_core::{CheckpointMetadata, OptimizerConfig, TrainingConfiguration};
 use nanochat_eval::chat_eval::{ChatEvalOptions, load_tasks, run_chat_eval};
-use nanochat_eval::tasks::{CustomJson, Take, Task, TaskSpec, TaskSplit};
+use nanochat_eval::tasks::TaskSplit;
 use nanochat_infer::Engine;
 use nanochat_model::checkpoint::{load_checkpoint, load_model, save_checkpoint};
 use nanochat_model::weights::{read_safetensors, to_safetensors};
@@ -39,214 +38,12 @@ use nanochat_model::{ComputeDtype, Gpt, Reduction};
 use nanochat_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 
+pub use crate::chat_args::{ChatStage, ChatTrainArgs, build_mixture, lr_multiplier};
 use crate::chat_loader::{ChatBatch, ChatLoader, ChatLoaderState, PackMode};
 use crate::error::TrainError;
 use crate::loss_eval::{evaluate_bpb, token_bytes_tensor};
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
 use crate::schedule::B_REF;
-
-/// Which conversation stage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChatStage {
-    /// Midtraining (`mid_checkpoints`).
-    Mid,
-    /// Supervised fine-tuning (`chatsft_checkpoints`).
-    Sft,
-}
-
-impl ChatStage {
-    /// Where its checkpoints go.
-    pub fn source(self) -> Source {
-        match self {
-            ChatStage::Mid => Source::Mid,
-            ChatStage::Sft => Source::Sft,
-        }
-    }
-}
-
-/// Settings of a mid/SFT run (upstream's flag names). `None` = inherit from the source.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ChatTrainArgs {
-    /// Mid or SFT.
-    pub stage: ChatStage,
-    /// `$NANOCHAT_BASE_DIR`.
-    pub base_dir: PathBuf,
-    /// Offline data root (tasks, sft, words).
-    pub data_dir: PathBuf,
-    /// Checkpoint to start from (`base` for mid; `mid` or `base` for SFT).
-    pub source: Source,
-    /// Its model tag (default: the largest model).
-    pub model_tag: Option<String>,
-    /// Its step (default: the last).
-    pub model_step: Option<u64>,
-    /// Training mixture entries: task names (`GSM8K`, `GSM8K*4` for 4 epochs,
-    /// `SpellingBee:2000` for a size) or paths to `.jsonl` conversation files.
-    pub mixture: Vec<String>,
-    /// Validation entries (SFT), same syntax, test splits.
-    pub val_mixture: Vec<String>,
-    /// Device batch (rows per micro-batch).
-    pub device_batch_size: Option<usize>,
-    /// Sequence length.
-    pub max_seq_len: Option<usize>,
-    /// Tokens per optimizer step.
-    pub total_batch_size: Option<u64>,
-    /// Learning rates.
-    pub embedding_lr: Option<f64>,
-    /// lm_head learning rate.
-    pub unembedding_lr: Option<f64>,
-    /// Muon learning rate.
-    pub matrix_lr: Option<f64>,
-    /// Initial LR multiplier (mid 1.0, SFT 0.8).
-    pub init_lr_frac: f64,
-    /// Fraction of the run spent decaying the LR to 0 (mid 0.2, SFT 0.5).
-    pub warmdown_ratio: f64,
-    /// Stop after this many steps instead of one epoch of the mixture.
-    pub num_iterations: Option<u64>,
-    /// Start from the source's optimizer state (SFT `--load-optimizer 1`).
-    pub load_optimizer: bool,
-    /// Validation bpb every N steps (0/None = only at the end).
-    pub eval_every: Option<u64>,
-    /// Validation tokens.
-    pub eval_tokens: u64,
-    /// ChatCORE every N steps (SFT; None = never during training).
-    pub chatcore_every: Option<u64>,
-    /// Problems per task for the periodic ChatCORE.
-    pub chatcore_max_problems: usize,
-    /// Checkpoint every N steps (the last step is always saved).
-    pub save_every: Option<u64>,
-    /// Resume this stage's run from its checkpoint at this step.
-    pub resume_from_step: Option<u64>,
-    /// Stop (and save) at this step without finishing.
-    pub stop_after: Option<u64>,
-    /// Mixture shuffle seed (upstream 42).
-    pub seed: u64,
-    /// Compute dtype.
-    #[serde(skip, default = "default_dtype")]
-    pub compute_dtype: ComputeDtype,
-    /// Peak FLOP/s for MFU.
-    pub peak_flops: Option<f64>,
-    /// Progress bar.
-    pub progress: bool,
-}
-
-fn default_dtype() -> ComputeDtype {
-    ComputeDtype::F32
-}
-
-impl ChatTrainArgs {
-    /// Upstream's defaults for `stage` with the offline mixtures (sizes for a small run).
-    pub fn new(stage: ChatStage, base_dir: PathBuf, data_dir: PathBuf) -> Self {
-        let (source, mixture, init, warmdown): (Source, &[&str], f64, f64) = match stage {
-            ChatStage::Mid => (
-                Source::Base,
-                &[
-                    "HHRLHF",
-                    "MCExtra",
-                    "GSM8K",
-                    "Identity*2",
-                    "SimpleSpelling:2000",
-                    "SpellingBee:1000",
-                ],
-                1.0,
-                0.2,
-            ),
-            ChatStage::Sft => (
-                Source::Mid,
-                &[
-                    "HHRLHF",
-                    "MMLU*3",
-                    "GSM8K*4",
-                    "Identity*2",
-                    "SimpleSpelling:300",
-                    "SpellingBee:300",
-                ],
-                0.8,
-                0.5,
-            ),
-        };
-        Self {
-            stage,
-            base_dir,
-            data_dir,
-            source,
-            model_tag: None,
-            model_step: None,
-            mixture: mixture.iter().map(|s| s.to_string()).collect(),
-            val_mixture: vec!["GSM8K:420".into(), "MMLU:520".into()],
-            device_batch_size: None,
-            max_seq_len: None,
-            total_batch_size: None,
-            embedding_lr: None,
-            unembedding_lr: None,
-            matrix_lr: None,
-            init_lr_frac: init,
-            warmdown_ratio: warmdown,
-            num_iterations: None,
-            load_optimizer: false,
-            eval_every: None,
-            eval_tokens: 1 << 16,
-            chatcore_every: None,
-            chatcore_max_problems: 24,
-            save_every: None,
-            resume_from_step: None,
-            stop_after: None,
-            seed: 42,
-            compute_dtype: ComputeDtype::F32,
-            peak_flops: None,
-            progress: false,
-        }
-    }
-}
-
-/// Builds a mixture from entries like `GSM8K*4`, `SpellingBee:2000` or `mine.jsonl`.
-pub fn build_mixture(
-    entries: &[String],
-    split: TaskSplit,
-    data_dir: &Path,
-    seed: u64,
-    take_as_size: bool,
-) -> Result<TaskMixture, TrainError> {
-    let mut tasks: Vec<Arc<dyn Task>> = Vec::new();
-    for e in entries {
-        let bad = |why: &str| TrainError::Data(format!("mixture entry `{e}`: {why}"));
-        let (spec, times) = match e.rsplit_once('*') {
-            Some((s, k)) => (
-                s,
-                k.parse::<usize>().map_err(|_| bad("`*k` needs a count"))?,
-            ),
-            None => (e.as_str(), 1),
-        };
-        let (name, size) = match spec.rsplit_once(':') {
-            Some((s, n)) if !s.ends_with(".jsonl") && n.chars().all(|c| c.is_ascii_digit()) => (
-                s,
-                Some(n.parse::<usize>().map_err(|_| bad("`:n` needs a size"))?),
-            ),
-            _ => (spec, None),
-        };
-        let task: Arc<dyn Task> = if name.ends_with(".jsonl") || name.ends_with(".jsonl.gz") {
-            Arc::new(
-                CustomJson::load(Path::new(name)).map_err(|e| TrainError::Data(e.to_string()))?,
-            )
-        } else {
-            let t = TaskSpec::load(name, split, data_dir, size.unwrap_or(1000))
-                .map_err(|e| TrainError::Data(e.to_string()))?;
-            match size {
-                Some(n) if take_as_size || !name.to_ascii_lowercase().contains("spelling") => {
-                    Arc::new(Take::new(t, n))
-                }
-                _ => t,
-            }
-        };
-        for _ in 0..times {
-            tasks.push(task.clone());
-        }
-    }
-    if tasks.is_empty() {
-        return Err(TrainError::Data("the mixture is empty".into()));
-    }
-    Ok(TaskMixture::new(tasks, seed))
-}
 
 /// Loop state carried in the meta.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
@@ -300,16 +97,6 @@ pub struct ChatTrainSummary {
     pub total_batch_size: u64,
     /// Training seconds.
     pub total_training_time: f64,
-}
-
-/// The LR multiplier at `progress` ∈ [0, 1]: `init` until `1 − warmdown`, then linear to 0.
-pub fn lr_multiplier(progress: f64, init: f64, warmdown: f64) -> f64 {
-    let p = progress.clamp(0.0, 1.0);
-    if warmdown <= 0.0 || p < 1.0 - warmdown {
-        init
-    } else {
-        init * (1.0 - p) / warmdown
-    }
 }
 
 struct Inherited {
@@ -719,20 +506,5 @@ mod erased {
         fn to_json(&self) -> serde_json::Value {
             serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schedules() {
-        assert_eq!(lr_multiplier(0.0, 0.8, 0.5), 0.8);
-        assert_eq!(lr_multiplier(0.49, 0.8, 0.5), 0.8);
-        assert!((lr_multiplier(0.75, 0.8, 0.5) - 0.4).abs() < 1e-12);
-        assert_eq!(lr_multiplier(1.0, 0.8, 0.5), 0.0);
-        assert_eq!(lr_multiplier(0.7, 1.0, 0.2), 1.0);
-        assert!((lr_multiplier(0.9, 1.0, 0.2) - 0.5).abs() < 1e-12);
     }
 }

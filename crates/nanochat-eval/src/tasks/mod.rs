@@ -169,7 +169,7 @@ impl TaskMixture {
     }
 }
 
-/// The first `n` examples of a task (upstream's `stop=` slicing, e.g. GSM8K test[:420]).
+/// The first `n` examples of a task (upstream's `stop=` slicing, e.g. `GSM8K test[:420]`).
 pub struct Take {
     inner: Arc<dyn Task>,
     n: usize,
