@@ -17,6 +17,7 @@ pub mod infer_bench;
 pub mod sampling;
 pub mod server;
 pub mod sessions;
+pub mod workers;
 
 pub use calculator::use_calculator;
 pub use chat::Chat;

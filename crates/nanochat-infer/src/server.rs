@@ -14,10 +14,9 @@
 //! the client disconnects.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -26,7 +25,6 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use burn::tensor::backend::Backend;
 use nanochat_core::GenerationParams;
 use nanochat_core::conversation::{Conversation, Message, MessageRole};
 use nanochat_tokenizer::Tokenizer;
@@ -36,8 +34,9 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::chat::stream_reply;
-use crate::engine::{Engine, FinishReason};
+use crate::engine::FinishReason;
+pub(crate) use crate::workers::{GenEvent, Job};
+pub use crate::workers::{Stats, WorkerPool};
 
 /// The bundled chat page.
 pub const UI_HTML: &str = include_str!("ui.html");
@@ -56,126 +55,6 @@ pub mod limits {
     pub const MAX_TOKENS: usize = 4096;
     /// Largest request body (bytes).
     pub const MAX_BODY: usize = 1 << 20;
-}
-
-/// What a worker sends back while generating.
-#[derive(Debug)]
-pub(crate) enum GenEvent {
-    Text(String),
-    Done {
-        finish: FinishReason,
-        prompt_tokens: usize,
-        completion_tokens: usize,
-    },
-    Error(String),
-}
-
-struct Job {
-    prompt: Vec<u32>,
-    params: GenerationParams,
-    events: mpsc::UnboundedSender<(usize, GenEvent)>,
-}
-
-/// Counters behind `/stats` and `/metrics`.
-#[derive(Default)]
-pub struct Stats {
-    requests: AtomicU64,
-    errors: AtomicU64,
-    prompt_tokens: AtomicU64,
-    completion_tokens: AtomicU64,
-    queue_depth: AtomicUsize,
-    ttft_micros: AtomicU64,
-    ttft_count: AtomicU64,
-    decode_micros: AtomicU64,
-}
-
-/// A pool of engines, one thread each, sharing one queue.
-pub struct WorkerPool {
-    tx: Mutex<std_mpsc::Sender<Job>>,
-    workers: usize,
-}
-
-impl WorkerPool {
-    /// Starts one worker thread per engine.
-    pub fn start<B: Backend>(engines: Vec<Engine<B>>, stats: Arc<Stats>) -> Self
-    where
-        Engine<B>: Send + 'static,
-    {
-        let (tx, rx) = std_mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
-        let workers = engines.len();
-        for (idx, engine) in engines.into_iter().enumerate() {
-            let rx = rx.clone();
-            let stats = stats.clone();
-            std::thread::Builder::new()
-                .name(format!("nanochat-worker-{idx}"))
-                .spawn(move || {
-                    loop {
-                        let job = match rx.lock().expect("queue lock").recv() {
-                            Ok(j) => j,
-                            Err(_) => return, // server gone
-                        };
-                        stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                        run_job(idx, &engine, job, &stats);
-                    }
-                })
-                .expect("spawn worker");
-        }
-        Self {
-            tx: Mutex::new(tx),
-            workers,
-        }
-    }
-
-    fn submit(&self, job: Job, stats: &Stats) -> bool {
-        stats.queue_depth.fetch_add(1, Ordering::Relaxed);
-        let ok = self.tx.lock().expect("queue lock").send(job).is_ok();
-        if !ok {
-            stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
-        }
-        ok
-    }
-}
-
-fn run_job<B: Backend>(idx: usize, engine: &Engine<B>, job: Job, stats: &Stats) {
-    let start = Instant::now();
-    let mut first = true;
-    let events = &job.events;
-    let result = stream_reply(engine, &job.prompt, &job.params, |piece| {
-        if first {
-            first = false;
-            stats
-                .ttft_micros
-                .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
-            stats.ttft_count.fetch_add(1, Ordering::Relaxed);
-        }
-        events
-            .send((idx, GenEvent::Text(piece.to_string())))
-            .is_ok()
-    });
-    stats
-        .decode_micros
-        .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
-    let event = match result {
-        Ok(row) => {
-            stats
-                .prompt_tokens
-                .fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
-            stats
-                .completion_tokens
-                .fetch_add(row.tokens.len() as u64, Ordering::Relaxed);
-            GenEvent::Done {
-                finish: row.finish_reason,
-                prompt_tokens: job.prompt.len(),
-                completion_tokens: row.tokens.len(),
-            }
-        }
-        Err(e) => {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
-            GenEvent::Error(e.to_string())
-        }
-    };
-    let _ = events.send((idx, event));
 }
 
 /// Shared server state.

@@ -1,0 +1,137 @@
+//! The model workers behind the HTTP server (upstream v0 `chat_web.py`'s `WorkerPool`): one
+//! thread per engine (one per device), all fed from one queue; each job streams its text
+//! pieces back to the request that submitted it, and the counters behind `/stats` and
+//! `/metrics` are updated as it goes.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use nanochat_core::GenerationParams;
+use tokio::sync::mpsc;
+
+use crate::chat::stream_reply;
+use crate::engine::{Engine, FinishReason};
+
+/// What a worker sends back while generating.
+#[derive(Debug)]
+pub(crate) enum GenEvent {
+    Text(String),
+    Done {
+        finish: FinishReason,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
+    Error(String),
+}
+
+/// One generation request for a worker.
+pub(crate) struct Job {
+    pub(crate) prompt: Vec<u32>,
+    pub(crate) params: GenerationParams,
+    pub(crate) events: mpsc::UnboundedSender<(usize, GenEvent)>,
+}
+
+/// Counters behind `/stats` and `/metrics`.
+#[derive(Default)]
+pub struct Stats {
+    pub(crate) requests: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) prompt_tokens: AtomicU64,
+    pub(crate) completion_tokens: AtomicU64,
+    pub(crate) queue_depth: AtomicUsize,
+    pub(crate) ttft_micros: AtomicU64,
+    pub(crate) ttft_count: AtomicU64,
+    pub(crate) decode_micros: AtomicU64,
+}
+
+/// A pool of engines, one thread each, sharing one queue.
+pub struct WorkerPool {
+    tx: Mutex<std_mpsc::Sender<Job>>,
+    pub(crate) workers: usize,
+}
+
+impl WorkerPool {
+    /// Starts one worker thread per engine.
+    pub fn start<B: Backend>(engines: Vec<Engine<B>>, stats: Arc<Stats>) -> Self
+    where
+        Engine<B>: Send + 'static,
+    {
+        let (tx, rx) = std_mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let workers = engines.len();
+        for (idx, engine) in engines.into_iter().enumerate() {
+            let rx = rx.clone();
+            let stats = stats.clone();
+            std::thread::Builder::new()
+                .name(format!("nanochat-worker-{idx}"))
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock().expect("queue lock").recv() {
+                            Ok(j) => j,
+                            Err(_) => return, // server gone
+                        };
+                        stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                        run_job(idx, &engine, job, &stats);
+                    }
+                })
+                .expect("spawn worker");
+        }
+        Self {
+            tx: Mutex::new(tx),
+            workers,
+        }
+    }
+
+    pub(crate) fn submit(&self, job: Job, stats: &Stats) -> bool {
+        stats.queue_depth.fetch_add(1, Ordering::Relaxed);
+        let ok = self.tx.lock().expect("queue lock").send(job).is_ok();
+        if !ok {
+            stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        }
+        ok
+    }
+}
+
+fn run_job<B: Backend>(idx: usize, engine: &Engine<B>, job: Job, stats: &Stats) {
+    let start = Instant::now();
+    let mut first = true;
+    let events = &job.events;
+    let result = stream_reply(engine, &job.prompt, &job.params, |piece| {
+        if first {
+            first = false;
+            stats
+                .ttft_micros
+                .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+            stats.ttft_count.fetch_add(1, Ordering::Relaxed);
+        }
+        events
+            .send((idx, GenEvent::Text(piece.to_string())))
+            .is_ok()
+    });
+    stats
+        .decode_micros
+        .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+    let event = match result {
+        Ok(row) => {
+            stats
+                .prompt_tokens
+                .fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
+            stats
+                .completion_tokens
+                .fetch_add(row.tokens.len() as u64, Ordering::Relaxed);
+            GenEvent::Done {
+                finish: row.finish_reason,
+                prompt_tokens: job.prompt.len(),
+                completion_tokens: row.tokens.len(),
+            }
+        }
+        Err(e) => {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            GenEvent::Error(e.to_string())
+        }
+    };
+    let _ = events.send((idx, event));
+}
