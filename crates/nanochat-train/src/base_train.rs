@@ -18,11 +18,10 @@ use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use indicatif::{ProgressBar, ProgressStyle};
-use nanochat_core::checkpoint_manager::{self as files, checkpoint_dir, optim_file_name};
+use nanochat_core::checkpoint_manager::{checkpoint_dir, optim_file_name};
 use nanochat_core::{CheckpointMetadata, Source, TrainingConfiguration, Validate};
 use nanochat_model::checkpoint::{load_checkpoint, save_checkpoint};
-use nanochat_model::weights::{read_safetensors, to_safetensors};
+use nanochat_model::weights::to_safetensors;
 use nanochat_model::{ComputeDtype, Gpt, Reduction};
 use nanochat_tokenizer::Tokenizer;
 use nanochat_tokenizer::dataset::{Split, list_parquet_files, split_files};
@@ -32,6 +31,9 @@ use crate::dataloader::{BestFitLoader, LoaderOptions, LoaderState};
 use crate::error::TrainError;
 use crate::loss_eval::{evaluate_bpb, token_bytes_tensor};
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
+use crate::run_files::{
+    STEPS_TEMPLATE, load_optimizer_state, meta_json, open_metrics, progress_bar, truncate_metrics,
+};
 use crate::schedule::RunPlan;
 
 /// Upstream's fixed sampling prompts.
@@ -154,30 +156,6 @@ pub fn sample_greedy<B: Backend>(
     tokenizer.decode(&out[1..]).unwrap_or_default()
 }
 
-fn metrics_path(dir: &std::path::Path) -> PathBuf {
-    dir.join("metrics.jsonl")
-}
-
-/// Keeps the metrics lines of steps before `step` (a resume rewrites what follows).
-pub(crate) fn truncate_metrics(dir: &std::path::Path, step: u64) -> Result<(), TrainError> {
-    let path = metrics_path(dir);
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Ok(());
-    };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s < step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    nanochat_core::fs::write_atomic(&path, kept.as_bytes())?;
-    Ok(())
-}
-
 /// Runs (or resumes) pretraining.
 pub fn base_train<B: AutodiffBackend>(
     args: &BaseTrainArgs,
@@ -239,10 +217,7 @@ pub fn base_train<B: AutodiffBackend>(
                     )));
                 }
                 let mut opt = MuonAdamW::new(&model, &cfg.optimizer, &lrs)?;
-                let name = optim_file_name(step, 0);
-                let bytes = files::read_file(&dir, &meta, &name)?;
-                let tensors = read_safetensors(&bytes, "", &dir.join(&name))?;
-                opt.load_state_tensors(tensors, device)?;
+                load_optimizer_state(&mut opt, &dir, &meta, step, device)?;
                 let extra = &meta.metadata.extra;
                 let get = |k: &str| {
                     extra.get(k).cloned().ok_or_else(|| {
@@ -273,26 +248,10 @@ pub fn base_train<B: AutodiffBackend>(
         token_bytes_tensor::<B::InnerBackend>(&tokenizer.token_bytes(), &inner_device);
 
     let n = plan.num_iterations;
-    let pb = if args.progress {
-        ProgressBar::new(n)
-    } else {
-        ProgressBar::hidden()
-    };
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} steps [{elapsed_precise} < {eta_precise}]",
-        )
-        .expect("static template"),
-    );
+    let pb = progress_bar(args.progress, n, STEPS_TEMPLATE);
     pb.set_position(start);
     let log = |line: String| pb.suspend(|| tracing::info!("{line}"));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| nanochat_core::fs::IoError::new("create", &dir, e))?;
-    let mut metrics_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(metrics_path(&dir))
-        .map_err(|e| nanochat_core::fs::IoError::new("open", metrics_path(&dir), e))?;
+    let (mut metrics_file, mpath) = open_metrics(&dir)?;
     let mut metrics = Vec::new();
     let mut step = start;
     let mut pending_val: Option<f64> = None;
@@ -410,7 +369,7 @@ pub fn base_train<B: AutodiffBackend>(
         };
         let line = serde_json::to_string(&m).expect("metrics serialise");
         writeln!(metrics_file, "{line}")
-            .map_err(|e| nanochat_core::fs::IoError::new("append", metrics_path(&dir), e))?;
+            .map_err(|e| nanochat_core::fs::IoError::new("append", &mpath, e))?;
         metrics.push(m);
         step += 1;
         pb.set_position(step);
@@ -422,7 +381,7 @@ pub fn base_train<B: AutodiffBackend>(
             "{}",
             serde_json::json!({"step": step, "val_bpb": v})
         )
-        .map_err(|e| nanochat_core::fs::IoError::new("append", metrics_path(&dir), e))?;
+        .map_err(|e| nanochat_core::fs::IoError::new("append", &mpath, e))?;
     }
     pb.finish_and_clear();
     Ok(TrainSummary {
@@ -454,8 +413,7 @@ fn save<B: AutodiffBackend>(
         step.saturating_sub(1),
     ));
     meta.timings.total_training_time = loop_state.total_training_time;
-    let json = |v: &dyn erased::Json| v.to_json();
-    meta.extra.insert("user_config".into(), json(cfg));
+    meta.extra.insert("user_config".into(), meta_json(cfg));
     meta.extra
         .insert("device_batch_size".into(), cfg.device_batch_size.into());
     meta.extra
@@ -465,21 +423,10 @@ fn save<B: AutodiffBackend>(
     meta.extra
         .insert("num_iterations".into(), plan.num_iterations.into());
     meta.extra
-        .insert("dataloader_state_dict".into(), json(loader_state));
-    meta.extra.insert("loop_state".into(), json(loop_state));
+        .insert("dataloader_state_dict".into(), meta_json(loader_state));
+    meta.extra
+        .insert("loop_state".into(), meta_json(loop_state));
     let optim = to_safetensors(&opt.state_tensors(), None)?;
     save_checkpoint(dir, model, meta, &[(optim_file_name(step, 0), optim)])?;
     Ok(())
-}
-
-mod erased {
-    /// Serialises anything serde can (for meta fields).
-    pub trait Json {
-        fn to_json(&self) -> serde_json::Value;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> serde_json::Value {
-            serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
-        }
-    }
 }

@@ -20,19 +20,22 @@ use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
-use indicatif::{ProgressBar, ProgressStyle};
-use nanochat_core::checkpoint_manager::{self as files, checkpoint_dir, optim_file_name};
-use nanochat_core::{CheckpointMetadata, GenerationParams, Source, TrainingConfiguration};
+use nanochat_core::checkpoint_manager::{checkpoint_dir, optim_file_name};
+use nanochat_core::{CheckpointMetadata, GenerationParams, Source};
 use nanochat_eval::tasks::{Gsm8k, Task};
 use nanochat_infer::Engine;
 use nanochat_model::checkpoint::{load_checkpoint, load_model, save_checkpoint};
-use nanochat_model::weights::{read_safetensors, to_safetensors};
+use nanochat_model::weights::to_safetensors;
 use nanochat_model::{ComputeDtype, Gpt, Reduction};
 use nanochat_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
+use crate::run_files::{
+    STEPS_TEMPLATE, inherited_config, load_optimizer_state, meta_json, open_metrics, progress_bar,
+    truncate_metrics,
+};
 use crate::schedule::B_REF;
 
 /// Settings of an RL run (upstream's flag names).
@@ -279,23 +282,15 @@ pub fn chat_rl<B: AutodiffBackend>(
         .map_err(|e| TrainError::Data(e.to_string()))?;
     let e = args.examples_per_step.max(1);
     let full = (train.len() / e * args.num_epochs) as u64;
-    let num_steps = args.num_steps.map_or(full, |n| n.min(full.max(n)));
+    let num_steps = args.num_steps.unwrap_or(full);
 
     let extra = &src_meta.metadata.extra;
-    let mut cfg: TrainingConfiguration = extra
-        .get("user_config")
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .unwrap_or_default();
-    if let Some(lr) = args.embedding_lr {
-        cfg.optimizer.embedding_lr = lr;
-    }
-    if let Some(lr) = args.unembedding_lr {
-        cfg.optimizer.unembedding_lr = lr;
-    }
-    if let Some(lr) = args.matrix_lr {
-        cfg.optimizer.matrix_lr = lr;
-    }
-    cfg.optimizer.weight_decay = 0.0;
+    let cfg = inherited_config(
+        &src_meta.metadata,
+        args.embedding_lr,
+        args.unembedding_lr,
+        args.matrix_lr,
+    );
     let total = extra
         .get("total_batch_size")
         .and_then(|v| v.as_u64())
@@ -311,10 +306,8 @@ pub fn chat_rl<B: AutodiffBackend>(
             drop(src_model);
             let (model, meta) = load_checkpoint::<B>(&dir, step, device)?;
             let mut opt = MuonAdamW::new(&model, &cfg.optimizer, &lrs)?;
-            let name = optim_file_name(step, 0);
-            let bytes = files::read_file(&dir, &meta, &name)?;
-            opt.load_state_tensors(read_safetensors(&bytes, "", &dir.join(&name))?, device)?;
-            crate::base_train::truncate_metrics(&dir, step)?;
+            load_optimizer_state(&mut opt, &dir, &meta, step, device)?;
+            truncate_metrics(&dir, step)?;
             (model, opt, step)
         }
     };
@@ -327,25 +320,8 @@ pub fn chat_rl<B: AutodiffBackend>(
         args.num_samples,
         dir.display()
     );
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| nanochat_core::fs::IoError::new("create", &dir, e))?;
-    let mpath = dir.join("metrics.jsonl");
-    let mut mfile = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&mpath)
-        .map_err(|e| nanochat_core::fs::IoError::new("open", &mpath, e))?;
-    let pb = if args.progress {
-        ProgressBar::new(num_steps)
-    } else {
-        ProgressBar::hidden()
-    };
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} steps [{elapsed_precise} < {eta_precise}]",
-        )
-        .expect("static template"),
-    );
+    let (mut mfile, mpath) = open_metrics(&dir)?;
+    let pb = progress_bar(args.progress, num_steps, STEPS_TEMPLATE);
     pb.set_position(start);
     let log = |line: String| pb.suspend(|| tracing::info!("{line}"));
     let t_run = Instant::now();
@@ -379,22 +355,15 @@ pub fn chat_rl<B: AutodiffBackend>(
             && step % args.save_every == 0;
         if last || periodic || (stop_here && Some(step) != args.resume_from_step) {
             let mut meta = CheckpointMetadata::new(step, chrono::Utc::now());
-            meta.extra.insert(
-                "user_config".into(),
-                serde_json::to_value(&cfg).unwrap_or_default(),
-            );
-            meta.extra.insert(
-                "stage_config".into(),
-                serde_json::to_value(args).unwrap_or_default(),
-            );
+            meta.extra.insert("user_config".into(), meta_json(&cfg));
+            meta.extra.insert("stage_config".into(), meta_json(args));
             for k in ["device_batch_size", "max_seq_len", "total_batch_size"] {
                 if let Some(v) = extra.get(k) {
                     meta.extra.insert(k.into(), v.clone());
                 }
             }
             if let Some(r) = eval {
-                meta.extra
-                    .insert("gsm8k".into(), serde_json::to_value(r).unwrap_or_default());
+                meta.extra.insert("gsm8k".into(), meta_json(&r));
             }
             let optim = to_safetensors(&opt.state_tensors(), None)?;
             save_checkpoint(&dir, &model, meta, &[(optim_file_name(step, 0), optim)])?;

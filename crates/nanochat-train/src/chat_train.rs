@@ -26,14 +26,13 @@ use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
-use indicatif::{ProgressBar, ProgressStyle};
-use nanochat_core::checkpoint_manager::{self as files, checkpoint_dir, optim_file_name};
+use nanochat_core::checkpoint_manager::{checkpoint_dir, optim_file_name};
 use nanochat_core::{CheckpointMetadata, OptimizerConfig, TrainingConfiguration};
 use nanochat_eval::chat_eval::{ChatEvalOptions, load_tasks, run_chat_eval};
 use nanochat_eval::tasks::TaskSplit;
 use nanochat_infer::Engine;
 use nanochat_model::checkpoint::{load_checkpoint, load_model, save_checkpoint};
-use nanochat_model::weights::{read_safetensors, to_safetensors};
+use nanochat_model::weights::to_safetensors;
 use nanochat_model::{ComputeDtype, Gpt, Reduction};
 use nanochat_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -43,6 +42,9 @@ use crate::chat_loader::{ChatBatch, ChatLoader, ChatLoaderState, PackMode};
 use crate::error::TrainError;
 use crate::loss_eval::{evaluate_bpb, token_bytes_tensor};
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
+use crate::run_files::{
+    inherited_config, load_optimizer_state, meta_json, open_metrics, progress_bar, truncate_metrics,
+};
 use crate::schedule::B_REF;
 
 /// Loop state carried in the meta.
@@ -108,20 +110,7 @@ struct Inherited {
 
 fn inherit(meta: &CheckpointMetadata, args: &ChatTrainArgs) -> Result<Inherited, TrainError> {
     let extra = &meta.extra;
-    let mut cfg: TrainingConfiguration = extra
-        .get("user_config")
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .unwrap_or_default();
-    if let Some(lr) = args.embedding_lr {
-        cfg.optimizer.embedding_lr = lr;
-    }
-    if let Some(lr) = args.unembedding_lr {
-        cfg.optimizer.unembedding_lr = lr;
-    }
-    if let Some(lr) = args.matrix_lr {
-        cfg.optimizer.matrix_lr = lr;
-    }
-    cfg.optimizer.weight_decay = 0.0;
+    let cfg = inherited_config(meta, args.embedding_lr, args.unembedding_lr, args.matrix_lr);
     let get = |k: &str| extra.get(k).and_then(|v| v.as_u64());
     let device_batch_size = args
         .device_batch_size
@@ -221,12 +210,8 @@ pub fn chat_train<B: AutodiffBackend>(
         None => {
             let mut opt = MuonAdamW::new(&src_model, &optimizer, &lrs)?;
             if args.load_optimizer {
-                let name = optim_file_name(src_meta.metadata.step, 0);
-                let bytes = files::read_file(&src_dir, &src_meta, &name)?;
-                opt.load_state_tensors(
-                    read_safetensors(&bytes, "", &src_dir.join(&name))?,
-                    device,
-                )?;
+                let step = src_meta.metadata.step;
+                load_optimizer_state(&mut opt, &src_dir, &src_meta, step, device)?;
             }
             (src_model, opt, None, ChatLoopState::default(), 0)
         }
@@ -234,9 +219,7 @@ pub fn chat_train<B: AutodiffBackend>(
             drop(src_model);
             let (model, meta) = load_checkpoint::<B>(&dir, step, device)?;
             let mut opt = MuonAdamW::new(&model, &optimizer, &lrs)?;
-            let name = optim_file_name(step, 0);
-            let bytes = files::read_file(&dir, &meta, &name)?;
-            opt.load_state_tensors(read_safetensors(&bytes, "", &dir.join(&name))?, device)?;
+            load_optimizer_state(&mut opt, &dir, &meta, step, device)?;
             let get = |k: &str| {
                 meta.metadata.extra.get(k).cloned().ok_or_else(|| {
                     TrainError::Resume(format!("{}: meta has no `{k}`", dir.display()))
@@ -246,7 +229,7 @@ pub fn chat_train<B: AutodiffBackend>(
                 .map_err(|e| TrainError::Resume(format!("loader_state: {e}")))?;
             let ls: ChatLoopState = serde_json::from_value(get("loop_state")?)
                 .map_err(|e| TrainError::Resume(format!("loop_state: {e}")))?;
-            crate::base_train::truncate_metrics(&dir, step)?;
+            truncate_metrics(&dir, step)?;
             (model, opt, Some(st), ls, step)
         }
     };
@@ -285,26 +268,13 @@ pub fn chat_train<B: AutodiffBackend>(
         Some(n) => step as f64 / n.max(1) as f64,
         None => loader.progress(),
     };
-    let pb = if args.progress {
-        ProgressBar::new(1000)
-    } else {
-        ProgressBar::hidden()
-    };
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{bar:40} {percent}% of the epoch [{elapsed_precise} < {eta_precise}]",
-        )
-        .expect("static template"),
+    let pb = progress_bar(
+        args.progress,
+        1000,
+        "{bar:40} {percent}% of the epoch [{elapsed_precise} < {eta_precise}]",
     );
     let log = |line: String| pb.suspend(|| tracing::info!("{line}"));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| nanochat_core::fs::IoError::new("create", &dir, e))?;
-    let mpath = dir.join("metrics.jsonl");
-    let mut mfile = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&mpath)
-        .map_err(|e| nanochat_core::fs::IoError::new("open", &mpath, e))?;
+    let (mut mfile, mpath) = open_metrics(&dir)?;
     let mut metrics = Vec::new();
     let mut chatcore = None;
     let mut step = start;
@@ -475,36 +445,24 @@ fn save_chat<B: AutodiffBackend>(
     let mut meta = CheckpointMetadata::new(step, chrono::Utc::now());
     meta.val_bpb = ls.val_bpb;
     meta.timings.total_training_time = ls.total_training_time;
-    let v = |x: &dyn erased::Json| x.to_json();
     // `user_config` stays the pretraining configuration (what SFT inherits from mid).
     let mut cfg = inh.cfg.clone();
     cfg.device_batch_size = inh.device_batch_size;
     cfg.max_seq_len = inh.max_seq_len;
     cfg.total_batch_size = Some(inh.total_batch_size);
-    meta.extra.insert("user_config".into(), v(&cfg));
-    meta.extra.insert("stage_config".into(), v(args));
+    meta.extra.insert("user_config".into(), meta_json(&cfg));
+    meta.extra.insert("stage_config".into(), meta_json(args));
     meta.extra
         .insert("device_batch_size".into(), inh.device_batch_size.into());
     meta.extra
         .insert("max_seq_len".into(), inh.max_seq_len.into());
     meta.extra
         .insert("total_batch_size".into(), inh.total_batch_size.into());
-    meta.extra.insert("loader_state".into(), v(loader));
-    meta.extra.insert("loop_state".into(), v(ls));
+    meta.extra.insert("loader_state".into(), meta_json(loader));
+    meta.extra.insert("loop_state".into(), meta_json(ls));
     meta.extra
         .insert("source_step".into(), source_meta.step.into());
     let optim = to_safetensors(&opt.state_tensors(), None)?;
     save_checkpoint(dir, model, meta, &[(optim_file_name(step, 0), optim)])?;
     Ok(())
-}
-
-mod erased {
-    pub trait Json {
-        fn to_json(&self) -> serde_json::Value;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> serde_json::Value {
-            serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
-        }
-    }
 }

@@ -23,6 +23,7 @@ pub mod loss_eval;
 pub mod muon;
 pub mod optim;
 pub mod peak_flops;
+pub mod run_files;
 pub mod schedule;
 
 pub use base_train::{BaseTrainArgs, TrainSummary, base_train};
