@@ -176,6 +176,39 @@ fn content_text(v: &Value) -> Option<String> {
     }
 }
 
+/// Checks sampling knobs against upstream's limits; the error names the offending field.
+pub(crate) fn check_sampling(
+    temperature: f64,
+    top_k: usize,
+    max_tokens: usize,
+) -> Result<(), ApiError> {
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::bad(
+            "temperature",
+            format!("temperature must be between 0 and 2, got {temperature}"),
+        ));
+    }
+    if top_k > limits::MAX_TOP_K {
+        return Err(ApiError::bad(
+            "top_k",
+            format!(
+                "top_k must be between 0 and {}, got {top_k}",
+                limits::MAX_TOP_K
+            ),
+        ));
+    }
+    if !(1..=limits::MAX_TOKENS).contains(&max_tokens) {
+        return Err(ApiError::bad(
+            "max_tokens",
+            format!(
+                "max_tokens must be between 1 and {}, got {max_tokens}",
+                limits::MAX_TOKENS
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a request and renders its prompt; returns the prompt and the sampling parameters.
 fn prepare(
     state: &AppState,
@@ -251,32 +284,9 @@ fn prepare(
     let temperature = req
         .temperature
         .unwrap_or(if web_defaults { 0.8 } else { 1.0 });
-    if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::bad(
-            "temperature",
-            format!("temperature must be between 0 and 2, got {temperature}"),
-        ));
-    }
     let top_k = req.top_k.unwrap_or(50);
-    if top_k > limits::MAX_TOP_K {
-        return Err(ApiError::bad(
-            "top_k",
-            format!(
-                "top_k must be between 0 and {}, got {top_k}",
-                limits::MAX_TOP_K
-            ),
-        ));
-    }
     let max_tokens = req.max_completion_tokens.or(req.max_tokens).unwrap_or(512);
-    if !(1..=limits::MAX_TOKENS).contains(&max_tokens) {
-        return Err(ApiError::bad(
-            "max_tokens",
-            format!(
-                "max_tokens must be between 1 and {}, got {max_tokens}",
-                limits::MAX_TOKENS
-            ),
-        ));
-    }
+    check_sampling(temperature, top_k, max_tokens)?;
     let stop = match &req.stop {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],
@@ -372,7 +382,7 @@ pub(crate) fn start_job(
     Ok(rx)
 }
 
-fn finish_str(f: FinishReason) -> &'static str {
+pub(crate) fn finish_str(f: FinishReason) -> &'static str {
     match f {
         FinishReason::Stop => "stop",
         FinishReason::Length => "length",
@@ -457,6 +467,28 @@ async fn openai_chat(
             .map(|d| Ok::<_, Infallible>(Event::default().data(d)));
         return Ok(Sse::new(stream).into_response());
     }
+    let done = collect(&mut rx).await?;
+    let (p, c) = (done.prompt_tokens, done.completion_tokens);
+    let body = json!({
+        "id": id, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text}, "finish_reason": finish_str(done.finish)}],
+        "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+    });
+    Ok(Json(body).into_response())
+}
+
+/// A whole (non-streamed) answer.
+pub(crate) struct Completed {
+    pub(crate) text: String,
+    pub(crate) finish: FinishReason,
+    pub(crate) prompt_tokens: usize,
+    pub(crate) completion_tokens: usize,
+}
+
+/// Gathers a job's text pieces until it finishes; a worker error or a vanished worker is a 500.
+pub(crate) async fn collect(
+    rx: &mut mpsc::UnboundedReceiver<(usize, GenEvent)>,
+) -> Result<Completed, ApiError> {
     let mut text = String::new();
     while let Some((_, ev)) = rx.recv().await {
         match ev {
@@ -466,27 +498,23 @@ async fn openai_chat(
                 prompt_tokens,
                 completion_tokens,
             } => {
-                let body = json!({
-                    "id": id, "object": "chat.completion", "created": created, "model": model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_str(finish)}],
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+                return Ok(Completed {
+                    text,
+                    finish,
+                    prompt_tokens,
+                    completion_tokens,
                 });
-                return Ok(Json(body).into_response());
             }
             GenEvent::Error(e) => {
-                return Err(ApiError {
-                    status: StatusCode::INTERNAL_SERVER_ERROR,
-                    message: e,
-                    param: None,
-                });
+                return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e, None));
             }
         }
     }
-    Err(ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        message: "the worker stopped".into(),
-        param: None,
-    })
+    Err(ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the worker stopped".into(),
+        None,
+    ))
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {

@@ -29,7 +29,7 @@ use nanochat_core::{ConversationSession, GenerationParams};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::server::{ApiError, AppState, GenEvent, limits, start_job};
+use crate::server::{ApiError, AppState, check_sampling, collect, finish_str, limits, start_job};
 
 /// Sessions kept at most.
 pub const MAX_SESSIONS: usize = 256;
@@ -184,32 +184,9 @@ async fn send(
         ));
     }
     let temperature = req.temperature.unwrap_or(0.8);
-    if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::bad(
-            "temperature",
-            format!("temperature must be between 0 and 2, got {temperature}"),
-        ));
-    }
     let top_k = req.top_k.unwrap_or(50);
-    if top_k > limits::MAX_TOP_K {
-        return Err(ApiError::bad(
-            "top_k",
-            format!(
-                "top_k must be between 0 and {}, got {top_k}",
-                limits::MAX_TOP_K
-            ),
-        ));
-    }
     let max_tokens = req.max_tokens.unwrap_or(512);
-    if !(1..=limits::MAX_TOKENS).contains(&max_tokens) {
-        return Err(ApiError::bad(
-            "max_tokens",
-            format!(
-                "max_tokens must be between 1 and {}, got {max_tokens}",
-                limits::MAX_TOKENS
-            ),
-        ));
-    }
+    check_sampling(temperature, top_k, max_tokens)?;
     let now = Utc::now();
     let mut user = Message::new(MessageRole::User, req.content.clone()).at(now);
     user.token_count = Some(message_tokens(&state, &user));
@@ -282,36 +259,14 @@ async fn send(
         }
     };
     set_state(&state, &id, InferenceState::Streaming);
-    let mut text = String::new();
-    let mut result = Err(ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "the worker stopped".into(),
-        None,
-    ));
-    while let Some((_, ev)) = rx.recv().await {
-        match ev {
-            GenEvent::Text(t) => text.push_str(&t),
-            GenEvent::Done {
-                finish,
-                completion_tokens,
-                ..
-            } => {
-                result = Ok((finish, completion_tokens));
-                break;
-            }
-            GenEvent::Error(e) => {
-                result = Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e, None));
-                break;
-            }
-        }
-    }
-    let (finish, completion_tokens) = match result {
-        Ok(r) => r,
+    let answer = match collect(&mut rx).await {
+        Ok(a) => a,
         Err(e) => {
             set_state(&state, &id, InferenceState::Error);
             return Err(e);
         }
     };
+    let (text, finish, completion_tokens) = (answer.text, answer.finish, answer.completion_tokens);
     let done = Utc::now();
     let mut reply = Message::new(MessageRole::Assistant, text.clone()).at(done);
     reply.token_count = Some(completion_tokens + 2);
@@ -340,7 +295,7 @@ async fn send(
     let body = json!({
         "id": id,
         "message": {"role": "assistant", "content": text},
-        "finish_reason": match finish { crate::FinishReason::Stop => "stop", crate::FinishReason::Length => "length" },
+        "finish_reason": finish_str(finish),
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
         "trimmed": trimmed,
         "tokens_used": used,
