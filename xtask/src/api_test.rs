@@ -4,9 +4,8 @@
 //! bounded `wrk` load test on loopback must see no error responses. Needs a checkpoint
 //! (`--source`, `--model-tag`), python3 with venv, and wrk.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
@@ -25,32 +24,6 @@ pub struct Args {
     /// Seconds of load.
     #[arg(long, default_value_t = 20)]
     seconds: u32,
-}
-
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_ready(url: &str) -> Result<()> {
-    let start = Instant::now();
-    loop {
-        let ready = Command::new("curl")
-            .args(["-sf", &format!("{url}/health")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ready {
-            return Ok(());
-        }
-        if start.elapsed() > Duration::from_secs(120) {
-            bail!("the server did not become ready in 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 pub fn run(root: &Path, args: Args) -> Result<()> {
@@ -73,38 +46,9 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
             bail!("creating {} with openai failed", venv.display());
         }
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    if !Command::new(&cargo)
-        .args(["build", "--release", "--bin", "nanochat"])
-        .current_dir(root)
-        .status()?
-        .success()
-    {
-        bail!("building nanochat failed");
-    }
-    let target = std::env::var("CARGO_TARGET_DIR").map_or(root.join("target"), PathBuf::from);
-    let mut serve = Command::new(target.join("release/nanochat"));
-    serve.args([
-        "serve",
-        "--device",
-        "cpu",
-        "--host",
-        "127.0.0.1",
-        "--source",
-        &args.source,
-    ]);
-    serve.args(["--port", &args.port.to_string()]);
-    if let Some(tag) = &args.model_tag {
-        serve.args(["--model-tag", tag]);
-    }
-    let _server = Kill(
-        serve
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting nanochat serve")?,
-    );
-    let url = format!("http://127.0.0.1:{}", args.port);
-    wait_ready(&url)?;
+    let server =
+        crate::serve_under_test::start(root, &args.source, args.model_tag.as_deref(), args.port)?;
+    let url = server.url.clone();
 
     // 1. The official client.
     let ok = Command::new(&py)

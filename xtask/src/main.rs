@@ -9,6 +9,7 @@
 
 mod api_test;
 mod bench_tokenizer;
+mod serve_under_test;
 mod speedrun;
 mod ui_test;
 

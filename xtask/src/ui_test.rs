@@ -5,8 +5,7 @@
 //! `target/ui-test` on first use) and a checkpoint (`--source`, `--model-tag`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
@@ -27,14 +26,6 @@ pub struct Args {
     screenshot: PathBuf,
 }
 
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 pub fn run(root: &Path, args: Args) -> Result<()> {
     let dir = root.join("target/ui-test");
     std::fs::create_dir_all(&dir)?;
@@ -50,51 +41,9 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
             bail!("npm install playwright-core failed");
         }
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(&cargo)
-        .args(["build", "--release", "--bin", "nanochat"])
-        .current_dir(root)
-        .status()?
-        .success();
-    if !built {
-        bail!("building nanochat failed");
-    }
-    let target = std::env::var("CARGO_TARGET_DIR").map_or(root.join("target"), PathBuf::from);
-    let mut serve = Command::new(target.join("release/nanochat"));
-    serve.args([
-        "serve",
-        "--device",
-        "cpu",
-        "--source",
-        &args.source,
-        "--port",
-        &args.port.to_string(),
-    ]);
-    if let Some(tag) = &args.model_tag {
-        serve.args(["--model-tag", tag]);
-    }
-    let _server = Kill(
-        serve
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting nanochat serve")?,
-    );
-    let url = format!("http://127.0.0.1:{}/", args.port);
-    let start = Instant::now();
-    loop {
-        let ready = Command::new("curl")
-            .args(["-sf", &format!("{url}health")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ready {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(120) {
-            bail!("the server did not become ready in 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let server =
+        crate::serve_under_test::start(root, &args.source, args.model_tag.as_deref(), args.port)?;
+    let url = format!("{}/", server.url);
     let ok = Command::new("node")
         .arg(root.join("xtask/src/scripts/ui_test.js"))
         .arg(&url)
