@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use nanochat_core::Source;
 use nanochat_eval::TaskMixture;
-use nanochat_eval::tasks::{CustomJson, Take, Task, TaskSpec, TaskSplit};
+use nanochat_eval::tasks::{Conversations, Take, Task, TaskSpec, TaskSplit};
 use nanochat_model::ComputeDtype;
 use serde::{Deserialize, Serialize};
 
@@ -193,7 +193,8 @@ pub fn build_mixture(
         };
         let task: Arc<dyn Task> = if name.ends_with(".jsonl") || name.ends_with(".jsonl.gz") {
             Arc::new(
-                CustomJson::load(Path::new(name)).map_err(|e| TrainError::Data(e.to_string()))?,
+                Conversations::jsonl(Path::new(name))
+                    .map_err(|e| TrainError::Data(e.to_string()))?,
             )
         } else {
             let t = TaskSpec::load(name, split, data_dir, size.unwrap_or(1000))

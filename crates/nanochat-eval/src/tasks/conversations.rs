@@ -35,16 +35,34 @@ fn check(path: &Path, line: usize, c: &Conversation) -> Result<(), TaskError> {
     Ok(())
 }
 
-/// A user's JSONL conversations (upstream `CustomJSON`).
+/// A named list of conversations without a grader: a user's JSONL file (upstream
+/// `CustomJSON`), the identity conversations, or HH-RLHF.
 #[derive(Debug, Clone)]
-pub struct CustomJson {
+pub struct Conversations {
     name: String,
     conversations: Vec<Conversation>,
+    skipped: usize,
 }
 
-impl CustomJson {
-    /// Reads and validates every line of `path`.
-    pub fn load(path: &Path) -> Result<Self, TaskError> {
+impl Task for Conversations {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn len(&self) -> usize {
+        self.conversations.len()
+    }
+    fn get(&self, index: usize) -> Conversation {
+        self.conversations[index].clone()
+    }
+    fn evaluate(&self, _: usize, _: &str) -> bool {
+        false
+    }
+}
+
+impl Conversations {
+    /// A user's JSONL file (`.jsonl` or `.jsonl.gz`), every line read and validated; named
+    /// after the file.
+    pub fn jsonl(path: &Path) -> Result<Self, TaskError> {
         let text = if path.extension().is_some_and(|e| e == "gz") {
             read_gz(path)?
         } else {
@@ -78,30 +96,14 @@ impl CustomJson {
         Ok(Self {
             name,
             conversations,
+            skipped: 0,
         })
     }
-}
 
-impl Task for CustomJson {
-    fn name(&self) -> &str {
-        &self.name
+    /// Conversations that did not parse into a valid dialog and were left out (HH-RLHF).
+    pub fn skipped(&self) -> usize {
+        self.skipped
     }
-    fn len(&self) -> usize {
-        self.conversations.len()
-    }
-    fn get(&self, index: usize) -> Conversation {
-        self.conversations[index].clone()
-    }
-    fn evaluate(&self, _: usize, _: &str) -> bool {
-        false
-    }
-}
-
-/// Identity conversations (FastChat's dummy set, ShareGPT format) with the assistant renamed
-/// to nanochat, so that the model knows what it is.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    conversations: Vec<Conversation>,
 }
 
 /// Replaces FastChat's names with ours.
@@ -118,9 +120,11 @@ fn rename(text: &str) -> String {
     .replace("Vicuna", "nanochat")
 }
 
-impl Identity {
-    /// Reads the ShareGPT JSON array (`[{"conversations": [{"from", "value"}]}]`).
-    pub fn load(path: &Path) -> Result<Self, TaskError> {
+impl Conversations {
+    /// `Identity`: FastChat's dummy identity conversations (a ShareGPT JSON array,
+    /// `[{"conversations": [{"from", "value"}]}]`) with the assistant renamed to nanochat, so
+    /// that the model knows what it is.
+    pub fn identity(path: &Path) -> Result<Self, TaskError> {
         #[derive(serde::Deserialize)]
         struct Turn {
             from: String,
@@ -155,32 +159,12 @@ impl Identity {
             check(path, i + 1, &c)?;
             conversations.push(c);
         }
-        Ok(Self { conversations })
+        Ok(Self {
+            name: "Identity".into(),
+            conversations,
+            skipped: 0,
+        })
     }
-}
-
-impl Task for Identity {
-    fn name(&self) -> &str {
-        "Identity"
-    }
-    fn len(&self) -> usize {
-        self.conversations.len()
-    }
-    fn get(&self, index: usize) -> Conversation {
-        self.conversations[index].clone()
-    }
-    fn evaluate(&self, _: usize, _: &str) -> bool {
-        false
-    }
-}
-
-/// Anthropic HH-RLHF (harmless-base test), the `chosen` dialogs split at `\n\nHuman: ` and
-/// `\n\nAssistant: `. Dialogs that do not alternate or end with the assistant are skipped
-/// (and counted).
-#[derive(Debug, Clone)]
-pub struct HhRlhf {
-    conversations: Vec<Conversation>,
-    skipped: usize,
 }
 
 /// Parses one `\n\nHuman: … \n\nAssistant: …` transcript.
@@ -209,9 +193,11 @@ pub fn parse_transcript(text: &str) -> Option<Conversation> {
         .then_some(c)
 }
 
-impl HhRlhf {
-    /// Reads the gzipped JSONL (`{"chosen", "rejected"}`).
-    pub fn load(path: &Path) -> Result<Self, TaskError> {
+impl Conversations {
+    /// `HHRLHF`: Anthropic HH-RLHF (harmless-base test, gzipped JSONL `{"chosen",
+    /// "rejected"}`), the `chosen` dialogs split at `\n\nHuman: ` and `\n\nAssistant: `.
+    /// Dialogs that do not alternate or end with the assistant are skipped (and counted).
+    pub fn hh_rlhf(path: &Path) -> Result<Self, TaskError> {
         #[derive(serde::Deserialize)]
         struct Row {
             chosen: String,
@@ -234,29 +220,10 @@ impl HhRlhf {
             tracing::debug!("{}: skipped {skipped} malformed dialogs", path.display());
         }
         Ok(Self {
+            name: "HHRLHF".into(),
             conversations,
             skipped,
         })
-    }
-
-    /// Dialogs skipped because they did not alternate or were empty.
-    pub fn skipped(&self) -> usize {
-        self.skipped
-    }
-}
-
-impl Task for HhRlhf {
-    fn name(&self) -> &str {
-        "HHRLHF"
-    }
-    fn len(&self) -> usize {
-        self.conversations.len()
-    }
-    fn get(&self, index: usize) -> Conversation {
-        self.conversations[index].clone()
-    }
-    fn evaluate(&self, _: usize, _: &str) -> bool {
-        false
     }
 }
 
@@ -303,11 +270,11 @@ mod tests {
         ];
         for (bad, rule) in cases {
             std::fs::write(&p, format!("{good}\n{good}\n{bad}\n")).unwrap();
-            let e = CustomJson::load(&p).unwrap_err().to_string();
+            let e = Conversations::jsonl(&p).unwrap_err().to_string();
             assert!(e.contains("mine.jsonl:3:"), "{e}");
             assert!(e.contains(rule), "{e} should mention {rule}");
         }
         std::fs::write(&p, format!("{good}\n\n{good}\n")).unwrap();
-        assert_eq!(CustomJson::load(&p).unwrap().len(), 2);
+        assert_eq!(Conversations::jsonl(&p).unwrap().len(), 2);
     }
 }

@@ -20,7 +20,7 @@ use nanochat_core::{Conversation, ValidationError};
 
 use crate::py_random::PyRandom;
 
-pub use conversations::{CustomJson, HhRlhf, Identity};
+pub use conversations::Conversations;
 pub use gsm8k::Gsm8k;
 pub use humaneval::HumanEval;
 pub use multiple_choice::{MultipleChoice, render_mc};
@@ -294,10 +294,10 @@ impl TaskSpec {
                 size,
                 split,
             )?),
-            "identity" => Arc::new(Identity::load(
+            "identity" => Arc::new(Conversations::identity(
                 &data_dir.join("sft/fastchat_dummy_identity_conversation.json"),
             )?),
-            "hhrlhf" => Arc::new(HhRlhf::load(
+            "hhrlhf" => Arc::new(Conversations::hh_rlhf(
                 &data_dir.join("sft/hh_rlhf_harmless_base_test.jsonl.gz"),
             )?),
             _ => return Err(TaskError::Unknown(name.to_string())),
