@@ -235,33 +235,50 @@ pub fn run_generative<B: Backend>(
     n: usize,
     opts: &ChatEvalOptions,
 ) -> Result<usize, ChatEvalError> {
-    let tok = engine.tokenizer();
-    let max_len = engine.model().config().sequence_len;
     let pb = bar(opts.progress, n, task.name());
+    let params = GenerationParams {
+        temperature: opts.temperature,
+        top_k: (opts.top_k > 0).then_some(opts.top_k),
+        max_tokens: opts.max_new_tokens,
+        seed: Some(opts.seed),
+        num_samples: opts.num_samples.max(1),
+        ..GenerationParams::default()
+    };
     let mut passed = 0;
     for i in 0..n {
-        let prompt = tok.render_for_completion(&task.get(i), max_len)?;
-        let room = max_len.saturating_sub(prompt.len());
-        if room == 0 {
-            pb.inc(1);
-            continue; // No room to answer: counts as a failure.
-        }
-        let params = GenerationParams {
-            temperature: opts.temperature,
-            top_k: (opts.top_k > 0).then_some(opts.top_k),
-            max_tokens: opts.max_new_tokens.min(room),
-            seed: Some(opts.seed.wrapping_add(i as u64)),
-            num_samples: opts.num_samples.max(1),
-            ..GenerationParams::default()
-        };
-        let rows = engine.generate_batch(&prompt, &params)?;
-        if rows.iter().any(|r| task.evaluate(i, &r.text)) {
+        if correct_samples(engine, task, i, &params)? > 0 {
             passed += 1;
         }
         pb.inc(1);
     }
     pb.finish_and_clear();
     Ok(passed)
+}
+
+/// Samples `params.num_samples` replies to problem `i` of `task` and returns how many are
+/// graded correct. The seed is `params.seed + i` and `max_tokens` is capped by the room the
+/// prompt leaves in the context; a prompt that leaves no room scores 0.
+pub fn correct_samples<B: Backend>(
+    engine: &Engine<B>,
+    task: &dyn Task,
+    i: usize,
+    params: &GenerationParams,
+) -> Result<usize, ChatEvalError> {
+    let max_len = engine.model().config().sequence_len;
+    let prompt = engine
+        .tokenizer()
+        .render_for_completion(&task.get(i), max_len)?;
+    let room = max_len.saturating_sub(prompt.len());
+    if room == 0 {
+        return Ok(0);
+    }
+    let params = GenerationParams {
+        max_tokens: params.max_tokens.min(room),
+        seed: Some(params.seed.unwrap_or(0).wrapping_add(i as u64)),
+        ..params.clone()
+    };
+    let rows = engine.generate_batch(&prompt, &params)?;
+    Ok(rows.iter().filter(|r| task.evaluate(i, &r.text)).count())
 }
 
 /// Evaluates one task.

@@ -22,6 +22,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use nanochat_core::checkpoint_manager::{checkpoint_dir, optim_file_name};
 use nanochat_core::{CheckpointMetadata, GenerationParams, Source};
+use nanochat_eval::chat_eval::correct_samples;
 use nanochat_eval::tasks::{Gsm8k, Task};
 use nanochat_infer::Engine;
 use nanochat_model::checkpoint::{load_checkpoint, load_model, save_checkpoint};
@@ -169,26 +170,18 @@ pub fn evaluate_pass_at_k<B: burn::tensor::backend::Backend>(
     seed: u64,
     max_new_tokens: usize,
 ) -> Result<PassAtK, TrainError> {
-    let tok = engine.tokenizer();
-    let max_len = engine.model().config().sequence_len;
+    let params = GenerationParams {
+        temperature: 1.0,
+        top_k: Some(50),
+        max_tokens: max_new_tokens,
+        seed: Some(seed),
+        num_samples: k,
+        ..GenerationParams::default()
+    };
     let (mut correct, mut any) = (0usize, 0usize);
     let n = n.min(task.len());
     for i in 0..n {
-        let prompt = tok.render_for_completion(&task.get(i), max_len)?;
-        let room = max_len.saturating_sub(prompt.len());
-        if room == 0 {
-            continue;
-        }
-        let params = GenerationParams {
-            temperature: 1.0,
-            top_k: Some(50),
-            max_tokens: max_new_tokens.min(room),
-            seed: Some(seed.wrapping_add(i as u64)),
-            num_samples: k,
-            ..GenerationParams::default()
-        };
-        let rows = engine.generate_batch(&prompt, &params)?;
-        let ok = rows.iter().filter(|r| task.evaluate(i, &r.text)).count();
+        let ok = correct_samples(engine, task, i, &params)?;
         correct += ok;
         any += usize::from(ok > 0);
     }
