@@ -37,6 +37,20 @@ fn tok() -> Arc<Tokenizer> {
     Arc::new(Tokenizer::from_vocab(Vocabulary::from_merges(&[]).unwrap(), SPLIT_PATTERN).unwrap())
 }
 
+/// A 2-layer, 64-wide model over the byte tokenizer `t` with context `seq`.
+fn tiny_config(t: &Tokenizer, seq: usize) -> ModelConfig {
+    ModelConfig {
+        sequence_len: seq,
+        vocab_size: t.vocab_size(),
+        n_layer: 2,
+        n_head: 2,
+        n_kv_head: 1,
+        n_embd: 64,
+        window_pattern: "L".into(),
+        ..ModelConfig::from_depth(2).unwrap()
+    }
+}
+
 fn tool_conversation() -> Conversation {
     let parts = vec![
         ContentPart::Text { text: "a".into() },
@@ -161,16 +175,7 @@ fn token_weighted_accumulation_equals_one_batch() {
         seq_len: 64,
         state: m2.state.clone(),
     };
-    let config = ModelConfig {
-        sequence_len: 64,
-        vocab_size: t.vocab_size(),
-        n_layer: 2,
-        n_head: 2,
-        n_kv_head: 1,
-        n_embd: 64,
-        window_pattern: "L".into(),
-        ..ModelConfig::from_depth(2).unwrap()
-    };
+    let config = tiny_config(&t, 64);
     let dev = Default::default();
     B::seed(&dev, 5);
     let model = Gpt::<B>::init(&config, &dev).unwrap();
@@ -222,16 +227,7 @@ fn policy_gradient_raises_rewarded_and_lowers_punished_samples() {
     use nanochat_train::chat_rl::{Rollout, policy_gradient};
 
     let t = tok();
-    let config = ModelConfig {
-        sequence_len: 32,
-        vocab_size: t.vocab_size(),
-        n_layer: 2,
-        n_head: 2,
-        n_kv_head: 1,
-        n_embd: 64,
-        window_pattern: "L".into(),
-        ..ModelConfig::from_depth(2).unwrap()
-    };
+    let config = tiny_config(&t, 32);
     let dev = Default::default();
     B::seed(&dev, 9);
     let model = Gpt::<B>::init(&config, &dev).unwrap();
