@@ -23,7 +23,7 @@ use nanochat_core::{EvaluationResult, GenerationParams, Validate, ValidationErro
 use nanochat_infer::{Engine, EngineError};
 use nanochat_tokenizer::TokenizerError;
 
-use crate::tasks::{EvalKind, Take, Task, TaskError, TaskSpec, TaskSplit};
+use crate::tasks::{EvalKind, Task, TaskError, TaskSpec, TaskSplit};
 
 /// Why a chat evaluation failed.
 #[derive(Debug, thiserror::Error)]
@@ -312,14 +312,16 @@ pub fn load_tasks(
     } else {
         opts.tasks.clone()
     };
+    // `max_problems` is applied when each task is evaluated.
     names
         .iter()
         .map(|n| {
-            let t = TaskSpec::load(n, TaskSplit::Test, data_dir, opts.spelling_size)?;
-            Ok(match opts.max_problems {
-                Some(m) => Arc::new(Take::new(t, m)) as Arc<dyn Task>,
-                None => t,
-            })
+            Ok(TaskSpec::load(
+                n,
+                TaskSplit::Test,
+                data_dir,
+                opts.spelling_size,
+            )?)
         })
         .collect()
 }

@@ -275,6 +275,19 @@ pub fn chat_train<B: AutodiffBackend>(
     );
     let log = |line: String| pb.suspend(|| tracing::info!("{line}"));
     let (mut mfile, mpath) = open_metrics(&dir)?;
+    // The periodic ChatCORE's tasks, read once.
+    let chatcore_tasks = match args.chatcore_every {
+        Some(every) if every > 0 => {
+            let opts = ChatEvalOptions {
+                max_problems: Some(args.chatcore_max_problems),
+                max_new_tokens: 128,
+                ..ChatEvalOptions::default()
+            };
+            let tasks = load_tasks(&args.data_dir, &opts)?;
+            Some((opts, tasks))
+        }
+        _ => None,
+    };
     let mut metrics = Vec::new();
     let mut chatcore = None;
     let mut step = start;
@@ -309,18 +322,14 @@ pub fn chat_train<B: AutodiffBackend>(
             && every > 0
             && (last || (step > 0 && step % every == 0))
         {
+            let (opts, tasks) = chatcore_tasks
+                .as_ref()
+                .expect("loaded when chatcore_every is set");
             let engine = Engine::new(model.valid(), tokenizer.clone())?;
-            let opts = ChatEvalOptions {
-                max_problems: Some(args.chatcore_max_problems),
-                max_new_tokens: 128,
-                ..ChatEvalOptions::default()
-            };
-            let tasks =
-                load_tasks(&args.data_dir, &opts).map_err(|e| TrainError::Data(e.to_string()))?;
             let (_, res) = run_chat_eval(
                 &engine,
-                &tasks,
-                &opts,
+                tasks,
+                opts,
                 &format!("{}/{tag}@{step}", args.stage.source().as_str()),
             )?;
             chatcore = res.aggregate;
