@@ -172,7 +172,6 @@ pub fn build_mixture(
     split: TaskSplit,
     data_dir: &Path,
     seed: u64,
-    take_as_size: bool,
 ) -> Result<TaskMixture, TrainError> {
     let mut tasks: Vec<Arc<dyn Task>> = Vec::new();
     for e in entries {
@@ -199,11 +198,11 @@ pub fn build_mixture(
         } else {
             let t = TaskSpec::load(name, split, data_dir, size.unwrap_or(1000))
                 .map_err(|e| TrainError::Data(e.to_string()))?;
+            // The spelling tasks are generated with `n` examples already; for them `Take` is
+            // a no-op.
             match size {
-                Some(n) if take_as_size || !name.to_ascii_lowercase().contains("spelling") => {
-                    Arc::new(Take::new(t, n))
-                }
-                _ => t,
+                Some(n) => Arc::new(Take::new(t, n)),
+                None => t,
             }
         };
         for _ in 0..times {

@@ -182,13 +182,7 @@ pub fn chat_train<B: AutodiffBackend>(
     let grad_accum =
         nanochat_core::training_config::grad_accum_steps(inh.total_batch_size, b, t, 1)?;
     let dir = checkpoint_dir(&args.base_dir, args.stage.source(), &tag);
-    let mixture = build_mixture(
-        &args.mixture,
-        TaskSplit::Train,
-        &args.data_dir,
-        args.seed,
-        false,
-    )?;
+    let mixture = build_mixture(&args.mixture, TaskSplit::Train, &args.data_dir, args.seed)?;
     tracing::info!(
         "{:?} from {} step {} | mixture: {} = {} conversations | {} tok/step ({} × {}×{}) → {}",
         args.stage,
@@ -256,7 +250,6 @@ pub fn chat_train<B: AutodiffBackend>(
             TaskSplit::Test,
             &args.data_dir,
             args.seed,
-            true,
         )?)
     };
     let inner = device.clone();
