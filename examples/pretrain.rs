@@ -66,6 +66,8 @@ fn main() -> anyhow::Result<()> {
         peak_flops: None,
         stop_after: None,
         progress,
+        distributed: None,
+        fail_at: None,
     };
     let s = base_train::<CpuBackend>(&args, tokenizer, &Default::default())?;
     println!(

@@ -21,9 +21,11 @@ pub struct Args {
     /// wandb-style run name ("dummy" = no external logging; metrics.jsonl is always written).
     #[arg(long)]
     run: Option<String>,
-    /// Device: auto, cpu, wgpu[:N], cuda[:N].
+    /// Device: auto, cpu, wgpu[:N], cuda[:N] (with --devices: the first rank's device).
     #[arg(long, default_value = "auto")]
     device: DeviceSpec,
+    #[command(flatten)]
+    dist: super::distributed::DistArgs,
     /// Compute dtype: auto (bf16 on CUDA, f32 elsewhere), f32 or bf16.
     #[arg(long, default_value = "auto")]
     dtype: String,
@@ -231,6 +233,8 @@ pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
         peak_flops: peak,
         stop_after: args.stop_after,
         progress: !args.no_progress,
+        distributed: args.dist.config(),
+        fail_at: None,
     };
     let summary = dispatch(device, Task(train_args, Arc::new(tokenizer)))??;
     println!(

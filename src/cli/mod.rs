@@ -7,6 +7,7 @@ mod bench;
 mod chat_cli;
 mod chat_eval;
 mod chat_train;
+mod distributed;
 mod doctor;
 mod download;
 mod interop;
@@ -69,6 +70,9 @@ enum Command {
     Doctor,
     /// Measure hot paths (tokenizer encode throughput, …) and print JSON.
     Bench(bench::Args),
+    /// Run the meeting point of a multi-node data-parallel run (burn's collective
+    /// orchestrator); every node's --orchestrator points at it.
+    Orchestrator(distributed::OrchestratorArgs),
 }
 
 /// Sets up `tracing` logs (RUST_LOG overrides the level).
@@ -113,6 +117,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Doctor => doctor::run(&base),
         Command::Import(a) => interop::import(a, &base),
         Command::Export(a) => interop::export(a, &base),
+        Command::Orchestrator(a) => distributed::orchestrator(a),
     }
 }
 

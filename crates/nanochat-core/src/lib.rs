@@ -14,6 +14,7 @@
 //! | [`generation`] | [`GenerationParams`] | `Engine.generate` knobs |
 //! | [`evaluation`] | [`EvaluationResult`] | `base_eval` CSV |
 //! | [`dataset`] | [`TrainingDataset`], [`DataSource`], [`DataFormat`], [`PreprocessingStep`], [`DatasetMetadata`] | `dataset.py` |
+//! | [`distributed`] | [`DistributedConfig`]: devices, nodes, ranks | `common.get_dist_info` |
 //! | [`lifecycle`] | checkpoint / training / inference state machines | — |
 //! | [`checkpoint`], [`checkpoint_manager`] | meta files, CRC32, atomic writes, `find_last_step` | `checkpoint_manager.py` |
 //! | [`validation`] | [`ValidationError`], [`Rule`], [`Validate`] | — |
@@ -38,6 +39,7 @@ pub mod config_file;
 pub mod conversation;
 pub mod dataset;
 pub mod device;
+pub mod distributed;
 pub mod evaluation;
 pub mod fs;
 pub mod generation;
@@ -63,6 +65,7 @@ pub use dataset::{
     TrainingDataset,
 };
 pub use device::DeviceSpec;
+pub use distributed::DistributedConfig;
 pub use evaluation::EvaluationResult;
 pub use generation::GenerationParams;
 pub use lifecycle::{

@@ -7,12 +7,14 @@
 //! - [`init`]: upstream's weight initialisation;
 //! - [`kv_cache`]: the cache for incremental decoding;
 //! - [`flash_attention`], [`rotary`]: attention with sliding windows, rotary embeddings;
-//! - [`backend`]: choosing a backend and device at run time.
+//! - [`backend`]: choosing a backend and device at run time;
+//! - [`distributed`]: data-parallel ranks on burn's collective engine.
 
 #![warn(missing_docs)]
 
 pub mod backend;
 pub mod checkpoint;
+pub mod distributed;
 pub mod flash_attention;
 pub mod gpt;
 pub mod hf_export;

@@ -14,22 +14,25 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use nanochat_core::checkpoint_manager::{checkpoint_dir, optim_file_name};
-use nanochat_core::{CheckpointMetadata, Source, TrainingConfiguration, Validate};
+use nanochat_core::{
+    CheckpointMetadata, DistributedConfig, Source, TrainingConfiguration, Validate,
+};
 use nanochat_model::checkpoint::{load_checkpoint, save_checkpoint};
+use nanochat_model::distributed::{Rank, run_ranks};
 use nanochat_model::weights::to_safetensors;
-use nanochat_model::{ComputeDtype, Gpt, Reduction};
+use nanochat_model::{ComputeDtype, Gpt};
 use nanochat_tokenizer::Tokenizer;
 use nanochat_tokenizer::dataset::{Split, list_parquet_files, split_files};
 use serde::{Deserialize, Serialize};
 
+use crate::data_parallel::{gather_states, loader_state_fields, rank_state, train_step};
 use crate::dataloader::{BestFitLoader, LoaderOptions, LoaderState};
 use crate::error::TrainError;
-use crate::loss_eval::{evaluate_bpb, token_bytes_tensor};
+use crate::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
 use crate::run_files::{
     STEPS_TEMPLATE, load_optimizer_state, meta_json, open_metrics, progress_bar, truncate_metrics,
@@ -58,13 +61,19 @@ pub struct BaseTrainArgs {
     pub data_dir: PathBuf,
     /// Activations/matmul dtype (F32 on CPU, BF16 on GPUs that support it).
     pub compute_dtype: ComputeDtype,
-    /// Peak FLOP/s of the device for MFU (`None`: MFU not shown).
+    /// Peak FLOP/s of one device for MFU (`None`: MFU not shown).
     pub peak_flops: Option<f64>,
     /// Stop after this many steps (saving a checkpoint there) without finishing the schedule;
     /// resume later with `resume_from_step`.
     pub stop_after: Option<u64>,
     /// Draw a progress bar (status lines are logged either way).
     pub progress: bool,
+    /// Data-parallel layout (`--devices`, `--num-nodes`, …); `None` trains on `device` alone
+    /// without the collective engine.
+    pub distributed: Option<DistributedConfig>,
+    /// Test hook: `(rank, step)` makes that rank fail in the middle of that step, after its
+    /// backward pass and before the gradient all-reduce.
+    pub fail_at: Option<(usize, u64)>,
 }
 
 /// Loop state carried in the checkpoint meta (upstream `loop_state`).
@@ -156,7 +165,23 @@ pub fn sample_greedy<B: Backend>(
     tokenizer.decode(&out[1..]).unwrap_or_default()
 }
 
-/// Runs (or resumes) pretraining.
+/// Where a run starts: the model (fresh or loaded) and, when resuming, what the checkpoint
+/// holds besides it.
+struct Start<B: AutodiffBackend> {
+    model: Gpt<B>,
+    resume: Option<Resumed>,
+}
+
+#[derive(Clone)]
+struct Resumed {
+    step: u64,
+    meta: nanochat_core::CheckpointMeta,
+    loop_state: LoopState,
+}
+
+/// Runs (or resumes) pretraining: on `device` alone, or on `args.distributed`'s devices with
+/// one thread per rank (rank `r` on the `r`-th device after `device`; see
+/// [`nanochat_model::distributed::rank_device`]).
 pub fn base_train<B: AutodiffBackend>(
     args: &BaseTrainArgs,
     tokenizer: Arc<Tokenizer>,
@@ -164,9 +189,91 @@ pub fn base_train<B: AutodiffBackend>(
 ) -> Result<TrainSummary, TrainError> {
     let cfg = &args.config;
     cfg.validate()?;
-    let plan = RunPlan::new(cfg, tokenizer.vocab_size(), 1)?;
-    let tag = cfg.model_tag();
-    let dir = checkpoint_dir(&args.base_dir, Source::Base, &tag);
+    let world = args.distributed.as_ref().map_or(1, |d| d.world_size());
+    let plan = RunPlan::new(cfg, tokenizer.vocab_size(), world)?;
+    let dir = checkpoint_dir(&args.base_dir, Source::Base, &cfg.model_tag());
+    tracing::info!(
+        "d{} ({} params, {:.3e} FLOPs/token) | {} steps × {} tokens ({} ranks × {} micro-steps of {}×{}) | lr scale {:.4} | wd {:.6} | {}",
+        cfg.depth,
+        plan.model.param_counts().total,
+        plan.flops_per_token as f64,
+        plan.num_iterations,
+        plan.total_batch_size,
+        world,
+        plan.grad_accum_steps,
+        cfg.device_batch_size,
+        cfg.max_seq_len,
+        plan.batch_lr_scale,
+        plan.weight_decay,
+        dir.display()
+    );
+    // The model is built (or loaded) once, and every rank gets a copy: same weights, same
+    // parameter ids (which order the gradient all-reduce).
+    let start = match cfg.resume_from_step {
+        None => {
+            B::seed(device, cfg.seed);
+            Start {
+                model: Gpt::<B>::init(&plan.model, device)?,
+                resume: None,
+            }
+        }
+        Some(step) => {
+            let (model, meta) = load_checkpoint::<B>(&dir, step, device)?;
+            if meta.model_config != plan.model {
+                return Err(TrainError::Resume(format!(
+                    "{}: the checkpoint's model config differs from this run's flags",
+                    dir.display()
+                )));
+            }
+            let loop_state = meta
+                .metadata
+                .extra
+                .get("loop_state")
+                .cloned()
+                .ok_or_else(|| {
+                    TrainError::Resume(format!("{}: meta has no `loop_state`", dir.display()))
+                })
+                .and_then(|v| {
+                    serde_json::from_value(v)
+                        .map_err(|e| TrainError::Resume(format!("loop_state: {e}")))
+                })?;
+            Start {
+                model,
+                resume: Some(Resumed {
+                    step,
+                    meta,
+                    loop_state,
+                }),
+            }
+        }
+    };
+    match &args.distributed {
+        None => train_rank(args, tokenizer, &plan, start, Rank::single(device.clone())),
+        Some(d) => {
+            let mut out = run_ranks::<B::InnerBackend, _, _, _>(d, device, |rank| {
+                let start = Start {
+                    model: start.model.clone().fork(&rank.device),
+                    resume: start.resume.clone(),
+                };
+                train_rank(args, tokenizer.clone(), &plan, start, rank)
+            })?;
+            Ok(out.swap_remove(0))
+        }
+    }
+}
+
+/// The loop of one rank.
+fn train_rank<B: AutodiffBackend>(
+    args: &BaseTrainArgs,
+    tokenizer: Arc<Tokenizer>,
+    plan: &RunPlan,
+    start: Start<B>,
+    rank: Rank<B::InnerBackend>,
+) -> Result<TrainSummary, TrainError> {
+    let cfg = &args.config;
+    let device = &rank.device;
+    let master = rank.is_master();
+    let dir = checkpoint_dir(&args.base_dir, Source::Base, &cfg.model_tag());
     let shards = list_parquet_files(&args.data_dir)?;
     if shards.len() < 2 {
         return Err(TrainError::Data(format!(
@@ -177,65 +284,34 @@ pub fn base_train<B: AutodiffBackend>(
     }
     let train_files = split_files(&shards, Split::Train).to_vec();
     let val_files = split_files(&shards, Split::Val).to_vec();
-    tracing::info!(
-        "d{} ({} params, {:.3e} FLOPs/token) | {} steps × {} tokens ({} micro-steps of {}×{}) | lr scale {:.4} | wd {:.6} | {}",
-        cfg.depth,
-        plan.model.param_counts().total,
-        plan.flops_per_token as f64,
-        plan.num_iterations,
-        plan.total_batch_size,
-        plan.grad_accum_steps,
-        cfg.device_batch_size,
-        cfg.max_seq_len,
-        plan.batch_lr_scale,
-        plan.weight_decay,
-        dir.display()
-    );
 
-    // Model, optimizer, loader and loop state: fresh or from the checkpoint.
     let lrs = GroupLrs::scaled(&cfg.optimizer, plan.batch_lr_scale);
     let bf16 = args.compute_dtype == ComputeDtype::BF16;
-    let (mut model, mut opt, loader_state, mut loop_state, mut val_bpb, start) =
-        match cfg.resume_from_step {
-            None => {
-                B::seed(device, cfg.seed);
-                let model = Gpt::<B>::init(&plan.model, device)?;
-                let opt = MuonAdamW::new(&model, &cfg.optimizer, &lrs)?;
-                let ls = LoopState {
-                    min_val_bpb: f64::INFINITY,
-                    smooth_train_loss: 0.0,
-                    total_training_time: 0.0,
-                };
-                (model, opt, None, ls, None, 0)
+    let mut model = start.model.with_compute_dtype(args.compute_dtype);
+    let mut opt = MuonAdamW::new(&model, &cfg.optimizer, &lrs)?.with_bf16_orthogonalization(bf16);
+    let (loader_state, mut loop_state, mut val_bpb, start_step) = match &start.resume {
+        None => {
+            let ls = LoopState {
+                min_val_bpb: f64::INFINITY,
+                smooth_train_loss: 0.0,
+                total_training_time: 0.0,
+            };
+            (None, ls, None, 0)
+        }
+        Some(r) => {
+            load_optimizer_state(&mut opt, &dir, &r.meta, r.step, device)?;
+            let st: LoaderState =
+                rank_state(&r.meta.metadata.extra, rank.rank, rank.world_size, &dir)?;
+            if master {
+                truncate_metrics(&dir, r.step)?;
+                tracing::info!("resuming from step {} of {}", r.step, dir.display());
             }
-            Some(step) => {
-                let (model, meta) = load_checkpoint::<B>(&dir, step, device)?;
-                if meta.model_config != plan.model {
-                    return Err(TrainError::Resume(format!(
-                        "{}: the checkpoint's model config differs from this run's flags",
-                        dir.display()
-                    )));
-                }
-                let mut opt = MuonAdamW::new(&model, &cfg.optimizer, &lrs)?;
-                load_optimizer_state(&mut opt, &dir, &meta, step, device)?;
-                let extra = &meta.metadata.extra;
-                let get = |k: &str| {
-                    extra.get(k).cloned().ok_or_else(|| {
-                        TrainError::Resume(format!("{}: meta has no `{k}`", dir.display()))
-                    })
-                };
-                let ls: LoopState = serde_json::from_value(get("loop_state")?)
-                    .map_err(|e| TrainError::Resume(format!("loop_state: {e}")))?;
-                let st: LoaderState = serde_json::from_value(get("dataloader_state_dict")?)
-                    .map_err(|e| TrainError::Resume(format!("dataloader_state_dict: {e}")))?;
-                truncate_metrics(&dir, step)?;
-                tracing::info!("resuming from step {step} of {}", dir.display());
-                (model, opt, Some(st), ls, meta.metadata.val_bpb, step)
-            }
-        };
-    model = model.with_compute_dtype(args.compute_dtype);
-    opt = opt.with_bf16_orthogonalization(bf16);
-    let opts = LoaderOptions::new(cfg.device_batch_size, cfg.max_seq_len);
+            (Some(st), r.loop_state, r.meta.metadata.val_bpb, r.step)
+        }
+    };
+    let mut opts = LoaderOptions::new(cfg.device_batch_size, cfg.max_seq_len);
+    opts.rank = rank.rank;
+    opts.world_size = rank.world_size;
     let mut loader = BestFitLoader::new(
         train_files,
         tokenizer.clone(),
@@ -243,17 +319,23 @@ pub fn base_train<B: AutodiffBackend>(
         loader_state.as_ref(),
     )?;
     let mut loader_state = loader.state();
-    let inner_device = device.clone();
-    let token_bytes =
-        token_bytes_tensor::<B::InnerBackend>(&tokenizer.token_bytes(), &inner_device);
+    let token_bytes = token_bytes_tensor::<B::InnerBackend>(&tokenizer.token_bytes(), device);
 
     let n = plan.num_iterations;
-    let pb = progress_bar(args.progress, n, STEPS_TEMPLATE);
-    pb.set_position(start);
-    let log = |line: String| pb.suspend(|| tracing::info!("{line}"));
-    let (mut metrics_file, mpath) = open_metrics(&dir)?;
+    let pb = progress_bar(args.progress && master, n, STEPS_TEMPLATE);
+    pb.set_position(start_step);
+    let log = |line: String| {
+        if master {
+            pb.suspend(|| tracing::info!("{line}"))
+        }
+    };
+    let mut metrics_file = if master {
+        Some(open_metrics(&dir)?)
+    } else {
+        None
+    };
     let mut metrics = Vec::new();
-    let mut step = start;
+    let mut step = start_step;
     let mut pending_val: Option<f64> = None;
     loop {
         let last = step == n;
@@ -261,17 +343,21 @@ pub fn base_train<B: AutodiffBackend>(
             && every > 0
             && (last || step % every == 0)
         {
+            // Each rank evaluates its stride of the validation shard; the sums are added up.
             let eval_model = model.valid();
-            let steps = (cfg.eval_tokens / (cfg.device_batch_size * cfg.max_seq_len) as u64).max(1);
+            let per_rank = (cfg.device_batch_size * cfg.max_seq_len * rank.world_size) as u64;
+            let steps = (cfg.eval_tokens / per_rank).max(1);
             let val = BestFitLoader::new(val_files.clone(), tokenizer.clone(), opts.clone(), None)?;
-            let batches = val.map(|b| b.map(|b| b.to_tensors::<B::InnerBackend>(&inner_device)));
-            let bpb = evaluate_bpb(&eval_model, batches, steps as usize, &token_bytes)?;
+            let batches = val.map(|b| b.map(|b| b.to_tensors::<B::InnerBackend>(device)));
+            let sums = evaluate_bpb_sums(&eval_model, batches, steps as usize, &token_bytes)?;
+            let bpb = reduce_bpb(&rank, sums)?.bpb();
             loop_state.min_val_bpb = loop_state.min_val_bpb.min(bpb);
             val_bpb = Some(bpb);
             pending_val = Some(bpb);
             log(format!("Step {step:05} | Validation bpb: {bpb:.6}"));
         }
-        if let Some(every) = cfg.sample_every
+        if master
+            && let Some(every) = cfg.sample_every
             && every > 0
             && (last || (step > 0 && step % every == 0))
         {
@@ -286,52 +372,58 @@ pub fn base_train<B: AutodiffBackend>(
             && Some(step) != cfg.resume_from_step
             && cfg.save_every.is_some_and(|e| e > 0 && step % e == 0);
         if last || periodic || (stop_here && Some(step) != cfg.resume_from_step) {
-            save(
-                &dir,
-                &model,
-                &opt,
-                cfg,
-                &plan,
-                step,
-                val_bpb,
-                &loop_state,
-                &loader_state,
-            )?;
-            log(format!("saved step {step} to {}", dir.display()));
+            let states = gather_states(&rank, &loader_state)?;
+            if master {
+                save(
+                    &dir,
+                    &model,
+                    &opt,
+                    cfg,
+                    plan,
+                    step,
+                    val_bpb,
+                    &loop_state,
+                    &states,
+                )?;
+                log(format!("saved step {step} to {}", dir.display()));
+            }
         }
         if last || stop_here {
             break;
         }
 
-        // One optimizer step: grad_accum micro-batches.
+        // One optimizer step: grad_accum micro-batches, gradients averaged over the ranks.
         let t0 = Instant::now();
-        let mut accum = GradientsAccumulator::<Gpt<B>>::new();
-        let mut train_loss = 0.0f64;
-        for _ in 0..plan.grad_accum_steps {
-            let batch = loader.next_batch()?;
-            loader_state = batch.state.clone();
-            let (x, y) = batch.to_tensors::<B>(device);
-            let loss = model.forward_loss(x, y, Reduction::Mean);
-            train_loss = loss.clone().into_scalar().elem::<f64>();
-            let grads = (loss / plan.grad_accum_steps as f64).backward();
-            accum.accumulate(&model, GradientsParams::from_grads(grads, &model));
-        }
         let lrm = cfg.schedule.multiplier(step, n);
         let scalars = StepScalars {
             lr_multiplier: lrm,
             muon_momentum: plan.muon_momentum(step),
             muon_weight_decay: plan.muon_weight_decay(step),
         };
-        model = opt.step(model, accum.grads(), &scalars)?;
+        let fail = (args.fail_at == Some((rank.rank, step))).then_some(step);
+        let next = || {
+            let batch = loader.next_batch()?;
+            loader_state = batch.state.clone();
+            Ok(batch.to_tensors::<B>(device))
+        };
+        let (updated, train_loss) = train_step(
+            model,
+            &mut opt,
+            next,
+            plan.grad_accum_steps,
+            &scalars,
+            &rank,
+            fail,
+        )?;
+        model = updated;
         B::sync(device).ok();
         let dt = t0.elapsed().as_secs_f64();
-
         loop_state.smooth_train_loss = 0.9 * loop_state.smooth_train_loss + 0.1 * train_loss;
         let smooth = ema_debiased(loop_state.smooth_train_loss, step);
         let tok_per_sec = plan.total_batch_size as f64 / dt;
-        let mfu = args
-            .peak_flops
-            .map(|p| 100.0 * plan.flops_per_token as f64 * tok_per_sec / p);
+        let mfu = args.peak_flops.map(|p| {
+            100.0 * plan.flops_per_token as f64 * tok_per_sec / (p * rank.world_size as f64)
+        });
         if step > 10 {
             loop_state.total_training_time += dt;
         }
@@ -367,30 +459,30 @@ pub fn base_train<B: AutodiffBackend>(
             epoch: p.epoch,
             val_bpb: pending_val.take(),
         };
-        let line = serde_json::to_string(&m).expect("metrics serialise");
-        writeln!(metrics_file, "{line}")
-            .map_err(|e| nanochat_core::fs::IoError::new("append", &mpath, e))?;
+        if let Some((file, path)) = &mut metrics_file {
+            let line = serde_json::to_string(&m).expect("metrics serialise");
+            writeln!(file, "{line}")
+                .map_err(|e| nanochat_core::fs::IoError::new("append", &*path, e))?;
+        }
         metrics.push(m);
         step += 1;
         pb.set_position(step);
     }
     // The last evaluation has no step after it to ride on: record it on its own line.
-    if let Some(v) = pending_val.take() {
-        writeln!(
-            metrics_file,
-            "{}",
-            serde_json::json!({"step": step, "val_bpb": v})
-        )
-        .map_err(|e| nanochat_core::fs::IoError::new("append", &mpath, e))?;
+    if let Some(v) = pending_val.take()
+        && let Some((file, path)) = &mut metrics_file
+    {
+        writeln!(file, "{}", serde_json::json!({"step": step, "val_bpb": v}))
+            .map_err(|e| nanochat_core::fs::IoError::new("append", &*path, e))?;
     }
     pb.finish_and_clear();
     Ok(TrainSummary {
         step,
-        plan,
         metrics,
         val_bpb,
         loop_state,
         checkpoint_dir: dir,
+        plan: plan.clone(),
     })
 }
 
@@ -404,7 +496,7 @@ fn save<B: AutodiffBackend>(
     step: u64,
     val_bpb: Option<f64>,
     loop_state: &LoopState,
-    loader_state: &LoaderState,
+    loader_states: &[LoaderState],
 ) -> Result<(), TrainError> {
     let mut meta = CheckpointMetadata::new(step, chrono::Utc::now());
     meta.val_bpb = val_bpb;
@@ -422,8 +514,9 @@ fn save<B: AutodiffBackend>(
         .insert("total_batch_size".into(), plan.total_batch_size.into());
     meta.extra
         .insert("num_iterations".into(), plan.num_iterations.into());
-    meta.extra
-        .insert("dataloader_state_dict".into(), meta_json(loader_state));
+    for (key, value) in loader_state_fields(loader_states) {
+        meta.extra.insert(key.into(), value);
+    }
     meta.extra
         .insert("loop_state".into(), meta_json(loop_state));
     let optim = to_safetensors(&opt.state_tensors(), None)?;

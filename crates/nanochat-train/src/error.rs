@@ -48,6 +48,18 @@ pub enum TrainError {
     /// Evaluation inside training failed.
     #[error(transparent)]
     Eval(Box<nanochat_eval::chat_eval::ChatEvalError>),
+    /// A collective operation failed (data-parallel runs).
+    #[error(transparent)]
+    Dist(#[from] nanochat_model::distributed::DistError),
+    /// A data-parallel rank failed and the run stopped.
+    #[error(transparent)]
+    Rank(#[from] nanochat_model::distributed::RankFailure),
+    /// A fault injected on purpose (`BaseTrainArgs::fail_at`, for tests of failure handling).
+    #[error("injected failure at step {step}")]
+    Injected {
+        /// The step it failed in.
+        step: u64,
+    },
     /// A checkpoint that cannot be resumed from.
     #[error("cannot resume: {0}")]
     Resume(String),

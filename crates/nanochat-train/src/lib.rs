@@ -16,6 +16,7 @@ pub mod chat_args;
 pub mod chat_loader;
 pub mod chat_rl;
 pub mod chat_train;
+pub mod data_parallel;
 pub mod dataloader;
 pub mod download;
 pub mod error;

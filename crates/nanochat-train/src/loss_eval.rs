@@ -68,12 +68,38 @@ pub fn evaluate_bpb<B: Backend, I, E>(
 where
     I: IntoIterator<Item = Result<(Tensor<B, 2, Int>, Tensor<B, 2, Int>), E>>,
 {
+    Ok(evaluate_bpb_sums(model, batches, steps, token_bytes)?.bpb())
+}
+
+/// The sums behind [`evaluate_bpb`], for ranks that each evaluate their share of the batches
+/// and add their sums up ([`reduce_bpb`]).
+pub fn evaluate_bpb_sums<B: Backend, I, E>(
+    model: &Gpt<B>,
+    batches: I,
+    steps: usize,
+    token_bytes: &Tensor<B, 1, Int>,
+) -> Result<BpbSums, E>
+where
+    I: IntoIterator<Item = Result<(Tensor<B, 2, Int>, Tensor<B, 2, Int>), E>>,
+{
     let mut sums = BpbSums::default();
     for batch in batches.into_iter().take(steps) {
         let (x, y) = batch?;
         accumulate_bpb(model, x, y, token_bytes, &mut sums);
     }
-    Ok(sums.bpb())
+    Ok(sums)
+}
+
+/// Adds every rank's sums (upstream's `all_reduce(SUM)` of `total_nats` and `total_bytes`).
+pub fn reduce_bpb<B: Backend>(
+    rank: &nanochat_model::distributed::Rank<B>,
+    sums: BpbSums,
+) -> Result<BpbSums, nanochat_model::distributed::DistError> {
+    let v = rank.sum_f64(&[sums.nats, sums.bytes as f64])?;
+    Ok(BpbSums {
+        nats: v[0],
+        bytes: v[1].round() as u64,
+    })
 }
 
 /// The unigram baseline: bits per byte on `val` batches of the token frequencies counted on

@@ -76,6 +76,8 @@ fn args(base: &Path, data: &Path, cfg: TrainingConfiguration, stop: Option<u64>)
         peak_flops: None,
         stop_after: stop,
         progress: false,
+        distributed: None,
+        fail_at: None,
     }
 }
 

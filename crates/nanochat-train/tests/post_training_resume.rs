@@ -69,6 +69,8 @@ fn base_model(base: &Path) {
         peak_flops: None,
         stop_after: None,
         progress: false,
+        distributed: None,
+        fail_at: None,
     };
     base_train::<B>(&args, tok(), &Default::default()).unwrap();
 }
