@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use nanochat::core::paths::pretrain_data_dir;
 use nanochat::core::{DeviceSpec, TrainingConfiguration};
-use nanochat::model::{BackendTask, ComputeDtype, dispatch};
+use nanochat::model::{BackendTask, dispatch};
 use nanochat::tokenizer::Tokenizer;
 use nanochat::train::peak_flops::peak_flops;
 use nanochat::train::{BaseTrainArgs, TrainSummary, base_train};
@@ -180,6 +180,14 @@ impl Args {
     }
 }
 
+/// The GPU's name from nvidia-smi on CUDA (None elsewhere or when absent).
+pub(super) fn detected_gpu_name(device: DeviceSpec) -> Option<String> {
+    match device {
+        DeviceSpec::Cuda(_) => nvidia_name(),
+        _ => None,
+    }
+}
+
 /// The GPU's name from nvidia-smi (None when absent).
 fn nvidia_name() -> Option<String> {
     let out = std::process::Command::new("nvidia-smi")
@@ -208,16 +216,11 @@ impl BackendTask for Task {
 pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
     let config = args.configuration()?;
     let device = super::resolve_device(args.device);
-    let compute_dtype = match args.dtype.as_str() {
-        "auto" => super::default_dtype(device),
-        "bf16" => ComputeDtype::BF16,
-        "f32" => ComputeDtype::F32,
-        other => anyhow::bail!("--dtype {other}: expected auto, f32 or bf16"),
-    };
-    let name = args.device_name.clone().or_else(|| match device {
-        DeviceSpec::Cuda(_) => nvidia_name(),
-        _ => None,
-    });
+    let compute_dtype = super::parse_dtype(&args.dtype, device)?;
+    let name = args
+        .device_name
+        .clone()
+        .or_else(|| detected_gpu_name(device));
     let peak = name.as_deref().and_then(peak_flops);
     let tokenizer = super::load_tokenizer(base)?;
     tracing::info!(

@@ -32,6 +32,103 @@ enum What {
     /// decode tok/s and ms/step per batch size. Uses a checkpoint when `--source` is given,
     /// else a freshly initialised model of `--depth` (weights do not change the speed).
     Infer(Box<InferArgs>),
+    /// Training throughput (upstream's reference table): optimizer steps of a depth-d model
+    /// on random tokens; prints the median step time, tok/s and MFU. With --devices, through
+    /// the data-parallel path.
+    Train(Box<TrainArgs>),
+}
+
+/// Flags of `bench train`.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Model depth.
+    #[arg(long, default_value_t = 12)]
+    depth: usize,
+    /// Rows per device per step.
+    #[arg(long, default_value_t = 32)]
+    device_batch_size: usize,
+    /// Tokens per row.
+    #[arg(long, default_value_t = 2048)]
+    seq_len: usize,
+    /// Sliding-window pattern (L = full context everywhere, as the reference table).
+    #[arg(long, default_value = "L")]
+    window_pattern: String,
+    /// Vocabulary size.
+    #[arg(long, default_value_t = 32768)]
+    vocab_size: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed steps first (autotuning, allocation).
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Compute dtype: auto (bf16 on CUDA), f32 or bf16.
+    #[arg(long, default_value = "auto")]
+    dtype: String,
+    /// Accelerator name for the MFU peak (e.g. "H100 SXM"); nvidia-smi on CUDA when unset.
+    #[arg(long)]
+    device_name: Option<String>,
+    /// Device: auto, cpu, wgpu[:N], cuda[:N] (with --devices: the first rank's device).
+    #[arg(long, default_value = "auto")]
+    device: nanochat::core::DeviceSpec,
+    #[command(flatten)]
+    dist: super::distributed::DistArgs,
+}
+
+struct TrainTask(nanochat::train::bench_train::BenchTrainArgs);
+
+impl nanochat::model::BackendTask for TrainTask {
+    type Output =
+        Result<nanochat::train::bench_train::BenchTrainResult, nanochat::train::TrainError>;
+    fn run<B: nanochat::model::burn::tensor::backend::AutodiffBackend>(
+        self,
+        device: B::Device,
+    ) -> Self::Output {
+        nanochat::train::bench_train::bench_train::<B>(&self.0, &device)
+    }
+}
+
+fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
+    let device = super::resolve_device(a.device);
+    let compute_dtype = super::parse_dtype(&a.dtype, device)?;
+    let name = a
+        .device_name
+        .clone()
+        .or_else(|| super::base_train::detected_gpu_name(device));
+    let args = nanochat::train::bench_train::BenchTrainArgs {
+        depth: a.depth,
+        device_batch_size: a.device_batch_size,
+        seq_len: a.seq_len,
+        window_pattern: a.window_pattern.clone(),
+        vocab_size: a.vocab_size,
+        steps: a.steps,
+        warmup: a.warmup,
+        compute_dtype,
+        peak_flops: name
+            .as_deref()
+            .and_then(nanochat::train::peak_flops::peak_flops),
+        distributed: a.dist.config(),
+    };
+    let r = nanochat::model::dispatch(device, TrainTask(args))??;
+    println!(
+        "d{} ({} params) | {} rank(s){} | batch {}x{} per rank | median step {:.1} ms | {:.0} tok/s | MFU {}",
+        r.depth,
+        r.params,
+        r.world_size,
+        if r.collective { " via collective" } else { "" },
+        a.device_batch_size,
+        a.seq_len,
+        r.median_step_s * 1e3,
+        r.tok_per_sec,
+        r.mfu.map_or("-".into(), |m| format!("{m:.1} %")),
+    );
+    println!(
+        "{}",
+        serde_json::to_string(
+            &serde_json::json!({"device": device.to_string(), "dtype": format!("{compute_dtype:?}"), "gpu": name, "result": r})
+        )?
+    );
+    Ok(())
 }
 
 /// Flags of `bench infer`.
@@ -118,6 +215,7 @@ fn best_of(repeats: usize, mut f: impl FnMut() -> usize) -> (f64, usize) {
 
 pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
     match args.what {
+        What::Train(a) => bench_train(*a)?,
         What::Infer(a) => {
             let device = super::resolve_device(a.device);
             let a = InferArgs { device, ..*a };

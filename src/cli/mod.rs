@@ -202,6 +202,19 @@ fn default_dtype(device: nanochat::core::DeviceSpec) -> nanochat::model::Compute
     }
 }
 
+/// `--dtype`: auto (upstream's policy for `device`), f32 or bf16.
+fn parse_dtype(
+    dtype: &str,
+    device: nanochat::core::DeviceSpec,
+) -> anyhow::Result<nanochat::model::ComputeDtype> {
+    Ok(match dtype {
+        "auto" => default_dtype(device),
+        "bf16" => nanochat::model::ComputeDtype::BF16,
+        "f32" => nanochat::model::ComputeDtype::F32,
+        other => anyhow::bail!("--dtype {other}: expected auto, f32 or bf16"),
+    })
+}
+
 /// Draws `<checkpoint_dir>/metrics.jsonl` into `<report>/<slug>.png`; returns the file name
 /// for the report section (None, with a warning, when there is nothing to draw).
 fn plot_run(

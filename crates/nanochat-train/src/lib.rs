@@ -12,6 +12,7 @@
 
 pub mod adamw;
 pub mod base_train;
+pub mod bench_train;
 pub mod chat_args;
 pub mod chat_loader;
 pub mod chat_rl;

@@ -1,0 +1,169 @@
+//! Training throughput on random tokens (the measurement of upstream's `dev/` benchmarks and
+//! of the reference table in `docs/performance.md`): `steps` optimizer steps of a depth-`d`
+//! model at a given device batch, after `warmup` untimed steps, through the same
+//! [`train_step`] as pretraining — so `--devices` measures the data-parallel path too.
+//! Reports the median step time, tokens per second and MFU (upstream's FLOPs formula).
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Distribution, Int, Tensor};
+use nanochat_core::{DistributedConfig, ModelConfig, TrainingConfiguration, Validate};
+use nanochat_model::distributed::{Rank, run_ranks};
+use nanochat_model::{ComputeDtype, Gpt};
+use serde::Serialize;
+
+use crate::data_parallel::train_step;
+use crate::error::TrainError;
+use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchTrainArgs {
+    /// Model depth (the depth dial: width, heads follow).
+    pub depth: usize,
+    /// Rows per device per step.
+    pub device_batch_size: usize,
+    /// Tokens per row.
+    pub seq_len: usize,
+    /// Sliding-window pattern (upstream's reference table uses `L`).
+    pub window_pattern: String,
+    /// Vocabulary size of the random tokens and the model.
+    pub vocab_size: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// Untimed steps first (autotuning, allocation).
+    pub warmup: usize,
+    /// Activations/matmul dtype.
+    pub compute_dtype: ComputeDtype,
+    /// Peak FLOP/s of one device, for MFU.
+    pub peak_flops: Option<f64>,
+    /// Data-parallel layout; `None`: no collective.
+    pub distributed: Option<DistributedConfig>,
+}
+
+/// The measurement (rank 0's clock; every step ends with the gradient all-reduce, so the
+/// ranks move in lockstep).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchTrainResult {
+    /// Model depth.
+    pub depth: usize,
+    /// Parameters.
+    pub params: u64,
+    /// Ranks.
+    pub world_size: usize,
+    /// Whether the step went through the collective engine.
+    pub collective: bool,
+    /// `device_batch_size × seq_len` per rank.
+    pub tokens_per_rank: usize,
+    /// Median step time (s).
+    pub median_step_s: f64,
+    /// Every timed step (s).
+    pub step_s: Vec<f64>,
+    /// Tokens per second, all ranks.
+    pub tok_per_sec: f64,
+    /// Model FLOPs utilisation (%), when the peak is known.
+    pub mfu: Option<f64>,
+}
+
+/// The model configuration `args` describes.
+pub fn bench_model(args: &BenchTrainArgs) -> Result<ModelConfig, TrainError> {
+    let cfg = TrainingConfiguration {
+        depth: args.depth,
+        max_seq_len: args.seq_len,
+        window_pattern: args.window_pattern.clone(),
+        ..TrainingConfiguration::default()
+    };
+    let model = cfg.depth_dial(args.vocab_size).build()?;
+    model.validate()?;
+    Ok(model)
+}
+
+/// Runs the benchmark on `device` (the first rank's device).
+pub fn bench_train<B: AutodiffBackend>(
+    args: &BenchTrainArgs,
+    device: &B::Device,
+) -> Result<BenchTrainResult, TrainError> {
+    let config = bench_model(args)?;
+    B::seed(device, 42);
+    let model = Gpt::<B>::init(&config, device)?;
+    match &args.distributed {
+        None => bench_rank(args, &config, model, Rank::single(device.clone())),
+        Some(d) => {
+            let mut out = run_ranks::<B::InnerBackend, _, _, _>(d, device, |rank| {
+                bench_rank(args, &config, model.clone().fork(&rank.device), rank)
+            })?;
+            Ok(out.swap_remove(0))
+        }
+    }
+}
+
+fn bench_rank<B: AutodiffBackend>(
+    args: &BenchTrainArgs,
+    config: &ModelConfig,
+    model: Gpt<B>,
+    rank: Rank<B::InnerBackend>,
+) -> Result<BenchTrainResult, TrainError> {
+    let device = rank.device.clone();
+    let opt_cfg = nanochat_core::OptimizerConfig::default();
+    let mut model = model.with_compute_dtype(args.compute_dtype);
+    let mut opt = MuonAdamW::new(&model, &opt_cfg, &GroupLrs::scaled(&opt_cfg, 1.0))?
+        .with_bf16_orthogonalization(args.compute_dtype == ComputeDtype::BF16);
+    let scalars = StepScalars {
+        lr_multiplier: 1.0,
+        muon_momentum: 0.95,
+        muon_weight_decay: 0.0,
+    };
+    let (b, t) = (args.device_batch_size, args.seq_len);
+    let mut times = Vec::with_capacity(args.steps);
+    for step in 0..args.warmup + args.steps {
+        let t0 = Instant::now();
+        let next = || {
+            let dist = Distribution::Uniform(0.0, args.vocab_size as f64);
+            let row = Tensor::<B, 2, Int>::random([b, t + 1], dist, &device);
+            Ok((row.clone().narrow(1, 0, t), row.narrow(1, 1, t)))
+        };
+        let (updated, _) = train_step(model, &mut opt, next, 1, &scalars, &rank, None)?;
+        model = updated;
+        B::sync(&device).ok();
+        let dt = t0.elapsed().as_secs_f64();
+        if step >= args.warmup {
+            times.push(dt);
+        }
+        if rank.is_master() {
+            tracing::info!(
+                "bench step {step} ({}): {:.1} ms",
+                if step < args.warmup {
+                    "warm-up"
+                } else {
+                    "timed"
+                },
+                dt * 1e3
+            );
+        }
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = if sorted.is_empty() {
+        f64::NAN
+    } else {
+        sorted[sorted.len() / 2]
+    };
+    let tokens = (b * t * rank.world_size) as f64;
+    let tok_per_sec = tokens / median;
+    let flops = config.estimate_flops() as f64;
+    Ok(BenchTrainResult {
+        depth: args.depth,
+        params: config.param_counts().total,
+        world_size: rank.world_size,
+        collective: rank.uses_collective(),
+        tokens_per_rank: b * t,
+        median_step_s: median,
+        step_s: times,
+        tok_per_sec,
+        mfu: args
+            .peak_flops
+            .map(|p| 100.0 * flops * tok_per_sec / (p * rank.world_size as f64)),
+    })
+}
