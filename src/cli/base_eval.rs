@@ -8,14 +8,17 @@ use std::sync::Arc;
 
 use nanochat::core::paths::{eval_bundle_dir, pretrain_data_dir};
 use nanochat::core::{DeviceSpec, Source};
-use nanochat::eval::{Bundle, evaluate_core};
-use nanochat::model::burn::tensor::backend::AutodiffBackend;
+use nanochat::eval::{Bundle, evaluate_core_ranked};
+use nanochat::model::Gpt;
+use nanochat::model::burn::module::Module;
+use nanochat::model::burn::tensor::backend::{AutodiffBackend, Backend};
 use nanochat::model::checkpoint::load_model;
+use nanochat::model::distributed::{Rank, run_ranks};
 use nanochat::model::{BackendTask, dispatch};
 use nanochat::tokenizer::Tokenizer;
 use nanochat::tokenizer::dataset::{Split, list_parquet_files, split_files};
 use nanochat::train::dataloader::{BestFitLoader, LoaderOptions};
-use nanochat::train::loss_eval::{evaluate_bpb, token_bytes_tensor};
+use nanochat::train::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 
 /// Flags of `base-eval`.
 #[derive(clap::Args, Debug, Clone)]
@@ -44,9 +47,11 @@ pub struct Args {
     /// Shards for bits per byte (default as base-train).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Device: auto, cpu, wgpu[:N], cuda[:N].
+    /// Device: auto, cpu, wgpu[:N], cuda[:N] (with --devices: the first rank's device).
     #[arg(long, default_value = "auto")]
     device: DeviceSpec,
+    #[command(flatten)]
+    dist: super::distributed::DistArgs,
 }
 
 fn parse_tokens(s: &str) -> Result<u64, String> {
@@ -74,46 +79,78 @@ impl BackendTask for Task {
         )?;
         let step = meta.step();
         println!("{} step {step}", dir.display());
-        let mut out = serde_json::json!({ "checkpoint": dir, "step": step });
+        let out = serde_json::json!({ "checkpoint": dir, "step": step });
+        match a.dist.config() {
+            None => self.evaluate(model, &Rank::single(device), out),
+            Some(d) => {
+                // Every rank scores its stride of the examples; the counts are summed.
+                let mut results = run_ranks::<B::InnerBackend, _, _, _>(&d, &device, |rank| {
+                    self.evaluate(model.clone().fork(&rank.device), &rank, out.clone())
+                })?;
+                Ok(results.swap_remove(0))
+            }
+        }
+    }
+}
+
+impl Task {
+    fn evaluate<B: Backend>(
+        &self,
+        model: Gpt<B>,
+        rank: &Rank<B>,
+        mut out: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let a = &self.args;
+        let device = rank.device.clone();
+        let say = |line: String| {
+            if rank.is_master() {
+                println!("{line}");
+            }
+        };
         let wants = |k: &str| a.eval.split(',').any(|e| e.trim() == k);
         if wants("bpb") {
             let shards = list_parquet_files(&a.data_dir.clone().unwrap_or_else(pretrain_data_dir))?;
             let t = model.config().sequence_len;
-            let steps = (a.split_tokens / (a.device_batch_size * t) as u64).max(1) as usize;
-            let tb = token_bytes_tensor::<B::InnerBackend>(&self.tokenizer.token_bytes(), &device);
+            let per_step = (a.device_batch_size * t * rank.world_size) as u64;
+            let steps = (a.split_tokens / per_step).max(1) as usize;
+            let tb = token_bytes_tensor::<B>(&self.tokenizer.token_bytes(), &device);
+            let mut opts = LoaderOptions::new(a.device_batch_size, t);
+            opts.rank = rank.rank;
+            opts.world_size = rank.world_size;
             for (name, split) in [("train", Split::Train), ("val", Split::Val)] {
                 let loader = BestFitLoader::new(
                     split_files(&shards, split).to_vec(),
                     self.tokenizer.clone(),
-                    LoaderOptions::new(a.device_batch_size, t),
+                    opts.clone(),
                     None,
                 )?;
-                let batches = loader.map(|b| b.map(|b| b.to_tensors::<B::InnerBackend>(&device)));
-                let bpb = evaluate_bpb(&model, batches, steps, &tb)?;
-                println!("{name} bpb: {bpb:.6}");
+                let batches = loader.map(|b| b.map(|b| b.to_tensors::<B>(&device)));
+                let sums = evaluate_bpb_sums(&model, batches, steps, &tb)?;
+                let bpb = reduce_bpb(rank, sums)?.bpb();
+                say(format!("{name} bpb: {bpb:.6}"));
                 out[format!("{name}_bpb")] = bpb.into();
             }
         }
         if wants("core") {
             let bundle = Bundle::open(&a.bundle_dir.clone().unwrap_or_else(eval_bundle_dir))?;
             let max = (a.max_per_task > 0).then_some(a.max_per_task as usize);
-            let r = evaluate_core(&model, &self.tokenizer, &bundle, max, |t| {
-                println!(
+            let r = evaluate_core_ranked(&model, &self.tokenizer, &bundle, max, rank, |t| {
+                say(format!(
                     "{:<34} accuracy {:.4} | centered {:+.4} | {} examples | {:.1}s",
                     t.label, t.accuracy, t.centered, t.examples, t.seconds
-                )
+                ))
             })?;
             if !r.skipped.is_empty() {
-                println!("skipped (data absent): {}", r.skipped.join(", "));
+                say(format!("skipped (data absent): {}", r.skipped.join(", ")));
             }
-            println!(
+            say(format!(
                 "{}: {:.4}{}",
                 r.label,
                 r.core_metric,
                 r.gpt2_same_tasks.map_or(String::new(), |g| format!(
                     " (GPT-2 124M on the same tasks: {g:.4})"
                 ))
-            );
+            ));
             out["core"] = serde_json::to_value(&r)?;
         }
         Ok(out)

@@ -91,6 +91,8 @@ pub struct Args {
     /// Device: auto, cpu, wgpu[:N], cuda[:N].
     #[arg(long, default_value = "auto")]
     device: DeviceSpec,
+    #[command(flatten)]
+    dist: super::distributed::DistArgs,
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -139,6 +141,7 @@ impl Args {
         a.stop_after = self.stop_after;
         a.compute_dtype = super::default_dtype(device);
         a.progress = !self.no_progress;
+        a.distributed = self.dist.config();
         a
     }
 }
@@ -255,6 +258,8 @@ pub struct RlArgs {
     /// Device: auto, cpu, wgpu[:N], cuda[:N].
     #[arg(long, default_value = "auto")]
     device: DeviceSpec,
+    #[command(flatten)]
+    dist: super::distributed::DistArgs,
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -295,6 +300,7 @@ pub fn run_rl(a: RlArgs, base: &Path) -> anyhow::Result<()> {
     lib.save_every = a.save_every;
     lib.resume_from_step = a.resume_from_step;
     lib.stop_after = a.stop_after;
+    lib.distributed = a.dist.config();
     lib.compute_dtype = match super::default_dtype(device) {
         ComputeDtype::BF16 => ComputeDtype::BF16,
         d => d,

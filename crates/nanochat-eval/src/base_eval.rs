@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use nanochat_model::Gpt;
+use nanochat_model::distributed::Rank;
 use nanochat_tokenizer::Tokenizer;
 use serde::Serialize;
 
@@ -31,6 +32,9 @@ pub enum BundleError {
         /// Why.
         reason: String,
     },
+    /// A reduction across data-parallel ranks failed.
+    #[error(transparent)]
+    Dist(#[from] nanochat_model::distributed::DistError),
     /// An example is malformed.
     #[error("task {task}: {source}")]
     Example {
@@ -229,6 +233,21 @@ pub fn evaluate_core<B: Backend>(
     tokenizer: &Tokenizer,
     bundle: &Bundle,
     max_per_task: Option<usize>,
+    progress: impl FnMut(&TaskScore),
+) -> Result<CoreResult, BundleError> {
+    let rank = Rank::single(model.device());
+    evaluate_core_ranked(model, tokenizer, bundle, max_per_task, &rank, progress)
+}
+
+/// [`evaluate_core`] on one data-parallel rank: it scores examples `rank, rank + world, …` of
+/// each task and the correct counts are summed over the ranks (upstream's strided examples
+/// and `all_reduce`). Every rank returns the same result.
+pub fn evaluate_core_ranked<B: Backend>(
+    model: &Gpt<B>,
+    tokenizer: &Tokenizer,
+    bundle: &Bundle,
+    max_per_task: Option<usize>,
+    rank: &Rank<B>,
     mut progress: impl FnMut(&TaskScore),
 ) -> Result<CoreResult, BundleError> {
     let mut tasks = Vec::new();
@@ -250,7 +269,7 @@ pub fn evaluate_core<B: Backend>(
             &full
         };
         let mut correct = 0usize;
-        for idx in 0..n {
+        for idx in (rank.rank..n).step_by(rank.world_size) {
             let r =
                 evaluate_example(idx, model, tokenizer, data, &task.meta).map_err(|source| {
                     BundleError::Example {
@@ -260,7 +279,8 @@ pub fn evaluate_core<B: Backend>(
                 })?;
             correct += r.correct as usize;
         }
-        let accuracy = correct as f64 / n.max(1) as f64;
+        let correct = rank.sum_f64(&[correct as f64])?[0];
+        let accuracy = correct / n.max(1) as f64;
         let rb = bundle
             .random_baselines
             .get(&task.label)

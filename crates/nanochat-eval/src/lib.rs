@@ -22,7 +22,7 @@ pub mod py_random;
 pub mod report;
 pub mod tasks;
 
-pub use base_eval::{Bundle, CoreResult, evaluate_core};
+pub use base_eval::{Bundle, CoreResult, evaluate_core, evaluate_core_ranked};
 pub use chat_eval::{ChatEvalOptions, TaskOutcome, run_chat_eval};
 pub use execution::{ExecutionResult, Sandbox, SandboxLimits};
 pub use report::Report;

@@ -71,7 +71,11 @@ fn others_suffix(others: &[(usize, String)]) -> String {
         String::new()
     } else {
         let ranks: Vec<String> = others.iter().map(|(r, _)| r.to_string()).collect();
-        format!(" (ranks {} were stopped)", ranks.join(", "))
+        if ranks.len() == 1 {
+            format!(" (rank {} was stopped)", ranks[0])
+        } else {
+            format!(" (ranks {} were stopped)", ranks.join(", "))
+        }
     }
 }
 
@@ -131,6 +135,17 @@ impl<B: Backend> Rank<B> {
         }
         grads
             .all_reduce::<B>(PeerId(self.rank as u32), ReduceOperation::Mean)
+            .map_err(self.err("gradient all-reduce"))
+    }
+
+    /// Sums gradients over the ranks (for losses already divided by a global count, as SFT's
+    /// token-weighted loss is).
+    pub fn sum_grads(&self, grads: GradientsParams) -> Result<GradientsParams, DistError> {
+        if !self.collective {
+            return Ok(grads);
+        }
+        grads
+            .all_reduce::<B>(PeerId(self.rank as u32), ReduceOperation::Sum)
             .map_err(self.err("gradient all-reduce"))
     }
 

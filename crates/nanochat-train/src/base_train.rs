@@ -29,7 +29,7 @@ use nanochat_tokenizer::Tokenizer;
 use nanochat_tokenizer::dataset::{Split, list_parquet_files, split_files};
 use serde::{Deserialize, Serialize};
 
-use crate::data_parallel::{gather_states, loader_state_fields, rank_state, train_step};
+use crate::data_parallel::{BASE_KEYS, gather_states, loader_state_fields, rank_state, train_step};
 use crate::dataloader::{BestFitLoader, LoaderOptions, LoaderState};
 use crate::error::TrainError;
 use crate::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
@@ -300,8 +300,13 @@ fn train_rank<B: AutodiffBackend>(
         }
         Some(r) => {
             load_optimizer_state(&mut opt, &dir, &r.meta, r.step, device)?;
-            let st: LoaderState =
-                rank_state(&r.meta.metadata.extra, rank.rank, rank.world_size, &dir)?;
+            let st: LoaderState = rank_state(
+                &r.meta.metadata.extra,
+                BASE_KEYS,
+                rank.rank,
+                rank.world_size,
+                &dir,
+            )?;
             if master {
                 truncate_metrics(&dir, r.step)?;
                 tracing::info!("resuming from step {} of {}", r.step, dir.display());
@@ -514,8 +519,8 @@ fn save<B: AutodiffBackend>(
         .insert("total_batch_size".into(), plan.total_batch_size.into());
     meta.extra
         .insert("num_iterations".into(), plan.num_iterations.into());
-    for (key, value) in loader_state_fields(loader_states) {
-        meta.extra.insert(key.into(), value);
+    for (key, value) in loader_state_fields(BASE_KEYS, loader_states) {
+        meta.extra.insert(key, value);
     }
     meta.extra
         .insert("loop_state".into(), meta_json(loop_state));

@@ -95,6 +95,9 @@ pub struct ChatTrainArgs {
     pub peak_flops: Option<f64>,
     /// Progress bar.
     pub progress: bool,
+    /// Data-parallel layout; `None`: this device alone, no collective.
+    #[serde(default)]
+    pub distributed: Option<nanochat_core::DistributedConfig>,
 }
 
 fn default_dtype() -> ComputeDtype {
@@ -162,6 +165,7 @@ impl ChatTrainArgs {
             compute_dtype: ComputeDtype::F32,
             peak_flops: None,
             progress: false,
+            distributed: None,
         }
     }
 }

@@ -82,6 +82,7 @@ pub struct ChatLoader {
     mode: PackMode,
     buffer_size: usize,
     cursor: u64,
+    stride: u64,
     buffer: Vec<(u64, Vec<u32>, Vec<u8>)>,
 }
 
@@ -96,6 +97,23 @@ impl ChatLoader {
         mode: PackMode,
         state: Option<&ChatLoaderState>,
     ) -> Result<Self, TokenizerError> {
+        Self::for_rank(mixture, tokenizer, batch_size, seq_len, mode, state, 0, 1)
+    }
+
+    /// The loader of data-parallel rank `rank` of `world_size`: it reads conversations
+    /// `rank, rank + world_size, …` of the mixture (upstream's `cursor = ddp_rank;
+    /// cursor += ddp_world_size`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_rank(
+        mixture: TaskMixture,
+        tokenizer: Arc<Tokenizer>,
+        batch_size: usize,
+        seq_len: usize,
+        mode: PackMode,
+        state: Option<&ChatLoaderState>,
+        rank: usize,
+        world_size: usize,
+    ) -> Result<Self, TokenizerError> {
         let mut l = Self {
             mixture,
             tokenizer,
@@ -103,7 +121,8 @@ impl ChatLoader {
             seq_len,
             mode,
             buffer_size: 100,
-            cursor: 0,
+            cursor: rank as u64,
+            stride: world_size.max(1) as u64,
             buffer: Vec::new(),
         };
         if let Some(s) = state {
@@ -144,7 +163,7 @@ impl ChatLoader {
         while self.buffer.len() < self.buffer_size && !self.mixture.is_empty() {
             let (ids, mask) = self.render(self.cursor)?;
             self.buffer.push((self.cursor, ids, mask));
-            self.cursor += 1;
+            self.cursor += self.stride;
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
@@ -26,6 +26,7 @@ use nanochat_eval::chat_eval::correct_samples;
 use nanochat_eval::tasks::{Gsm8k, Task};
 use nanochat_infer::Engine;
 use nanochat_model::checkpoint::{load_checkpoint, load_model, save_checkpoint};
+use nanochat_model::distributed::{Rank, run_ranks};
 use nanochat_model::weights::to_safetensors;
 use nanochat_model::{ComputeDtype, Gpt, Reduction};
 use nanochat_tokenizer::Tokenizer;
@@ -95,6 +96,9 @@ pub struct ChatRlArgs {
     pub compute_dtype: ComputeDtype,
     /// Progress bar.
     pub progress: bool,
+    /// Data-parallel layout; `None`: this device alone, no collective.
+    #[serde(default)]
+    pub distributed: Option<nanochat_core::DistributedConfig>,
 }
 
 fn default_dtype() -> ComputeDtype {
@@ -131,6 +135,7 @@ impl ChatRlArgs {
             seed: 42,
             compute_dtype: ComputeDtype::F32,
             progress: false,
+            distributed: None,
         }
     }
 }
@@ -178,16 +183,57 @@ pub fn evaluate_pass_at_k<B: burn::tensor::backend::Backend>(
         num_samples: k,
         ..GenerationParams::default()
     };
-    let (mut correct, mut any) = (0usize, 0usize);
     let n = n.min(task.len());
-    for i in 0..n {
-        let ok = correct_samples(engine, task, i, &params)?;
-        correct += ok;
-        any += usize::from(ok > 0);
-    }
+    let (correct, any) = pass_counts(engine, task, (0..n).collect(), &params)?;
     Ok(PassAtK {
         pass1: correct as f64 / (n * k).max(1) as f64,
         pass_k: any as f64 / n.max(1) as f64,
+        k,
+    })
+}
+
+/// Correct samples and problems with at least one, over `problems`.
+fn pass_counts<B: burn::tensor::backend::Backend>(
+    engine: &Engine<B>,
+    task: &dyn Task,
+    problems: Vec<usize>,
+    params: &GenerationParams,
+) -> Result<(usize, usize), TrainError> {
+    let (mut correct, mut any) = (0usize, 0usize);
+    for i in problems {
+        let ok = correct_samples(engine, task, i, params)?;
+        correct += ok;
+        any += usize::from(ok > 0);
+    }
+    Ok((correct, any))
+}
+
+/// [`evaluate_pass_at_k`] with the problems strided over the ranks and the counts summed
+/// (upstream's `all_reduce` of the pass@k records).
+fn evaluate_pass_at_k_ranked<B: burn::tensor::backend::Backend>(
+    engine: &Engine<B>,
+    task: &dyn Task,
+    n: usize,
+    k: usize,
+    seed: u64,
+    max_new_tokens: usize,
+    rank: &Rank<B>,
+) -> Result<PassAtK, TrainError> {
+    let params = GenerationParams {
+        temperature: 1.0,
+        top_k: Some(50),
+        max_tokens: max_new_tokens,
+        seed: Some(seed),
+        num_samples: k,
+        ..GenerationParams::default()
+    };
+    let n = n.min(task.len());
+    let mine = (rank.rank..n).step_by(rank.world_size).collect();
+    let (correct, any) = pass_counts(engine, task, mine, &params)?;
+    let sums = rank.sum_f64(&[correct as f64, any as f64])?;
+    Ok(PassAtK {
+        pass1: sums[0] / (n * k).max(1) as f64,
+        pass_k: sums[1] / n.max(1) as f64,
         k,
     })
 }
@@ -290,21 +336,18 @@ pub fn chat_rl<B: AutodiffBackend>(
         .unwrap_or(B_REF);
     let lrs = GroupLrs::scaled(&cfg.optimizer, (total as f64 / B_REF as f64).sqrt());
 
-    let (mut model, mut opt, start) = match args.resume_from_step {
-        None => {
-            let opt = MuonAdamW::new(&src_model, &cfg.optimizer, &lrs)?;
-            (src_model, opt, 0)
-        }
-        Some(step) => {
+    // The model is loaded once; every rank gets a copy (same weights, same parameter ids).
+    let resume = match args.resume_from_step {
+        None => None,
+        Some(step) => Some(load_checkpoint::<B>(&dir, step, device)?),
+    };
+    let model = match &resume {
+        None => src_model,
+        Some((model, _)) => {
             drop(src_model);
-            let (model, meta) = load_checkpoint::<B>(&dir, step, device)?;
-            let mut opt = MuonAdamW::new(&model, &cfg.optimizer, &lrs)?;
-            load_optimizer_state(&mut opt, &dir, &meta, step, device)?;
-            truncate_metrics(&dir, step)?;
-            (model, opt, step)
+            model.clone()
         }
     };
-    model = model.with_compute_dtype(args.compute_dtype);
     tracing::info!(
         "RL from {} | {} steps × {} problems × {} samples → {}",
         src_dir.display(),
@@ -313,10 +356,91 @@ pub fn chat_rl<B: AutodiffBackend>(
         args.num_samples,
         dir.display()
     );
-    let (mut mfile, mpath) = open_metrics(&dir)?;
-    let pb = progress_bar(args.progress, num_steps, STEPS_TEMPLATE);
+    let run = RlRun {
+        args,
+        tokenizer,
+        dir,
+        train,
+        test,
+        cfg,
+        lrs,
+        num_steps,
+        resume_meta: resume.map(|(_, meta)| meta),
+        extra: extra.clone(),
+    };
+    match &args.distributed {
+        None => rl_rank(&run, model, Rank::single(device.clone())),
+        Some(d) => {
+            let mut out = run_ranks::<B::InnerBackend, _, _, _>(d, device, |rank| {
+                rl_rank(&run, model.clone().fork(&rank.device), rank)
+            })?;
+            Ok(out.swap_remove(0))
+        }
+    }
+}
+
+/// What every rank of an RL run shares.
+struct RlRun<'a> {
+    args: &'a ChatRlArgs,
+    tokenizer: Arc<Tokenizer>,
+    dir: PathBuf,
+    train: Gsm8k,
+    test: Gsm8k,
+    cfg: nanochat_core::TrainingConfiguration,
+    lrs: GroupLrs,
+    num_steps: u64,
+    resume_meta: Option<nanochat_core::CheckpointMeta>,
+    extra: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// The loop of one rank: it samples its share of the step's problems (`rank, rank + world,
+/// …`), and the ranks' gradients are summed (each rollout is already weighted by the whole
+/// step's problem count).
+fn rl_rank<B: AutodiffBackend>(
+    run: &RlRun<'_>,
+    model: Gpt<B>,
+    rank: Rank<B::InnerBackend>,
+) -> Result<RlSummary, TrainError> {
+    let RlRun {
+        args,
+        dir,
+        train,
+        test,
+        cfg,
+        lrs,
+        extra,
+        ..
+    } = run;
+    let (args, num_steps) = (*args, run.num_steps);
+    let tokenizer = run.tokenizer.clone();
+    let device = &rank.device;
+    let master = rank.is_master();
+    let e = args.examples_per_step.max(1);
+    let mut opt = MuonAdamW::new(&model, &cfg.optimizer, lrs)?;
+    let start = match &run.resume_meta {
+        None => 0,
+        Some(meta) => {
+            let step = meta.metadata.step;
+            load_optimizer_state(&mut opt, dir, meta, step, device)?;
+            if master {
+                truncate_metrics(dir, step)?;
+            }
+            step
+        }
+    };
+    let mut model = model.with_compute_dtype(args.compute_dtype);
+    let mut metrics_file = if master {
+        Some(open_metrics(dir)?)
+    } else {
+        None
+    };
+    let pb = progress_bar(args.progress && master, num_steps, STEPS_TEMPLATE);
     pb.set_position(start);
-    let log = |line: String| pb.suspend(|| tracing::info!("{line}"));
+    let log = |line: String| {
+        if master {
+            pb.suspend(|| tracing::info!("{line}"))
+        }
+    };
     let t_run = Instant::now();
     let max_len = model.config().sequence_len;
     let bos = tokenizer.bos_token_id();
@@ -327,13 +451,14 @@ pub fn chat_rl<B: AutodiffBackend>(
         let last = step >= num_steps;
         if last || (args.eval_every > 0 && step % args.eval_every == 0) {
             let engine = Engine::new(model.valid(), tokenizer.clone())?;
-            let r = evaluate_pass_at_k(
+            let r = evaluate_pass_at_k_ranked(
                 &engine,
-                &test,
+                test,
                 args.eval_examples,
                 args.eval_k,
                 args.seed ^ 0xe7a1,
                 args.max_new_tokens,
+                &rank,
             )?;
             log(format!(
                 "Step {step:05} | GSM8K pass@1: {:.4} | pass@{}: {:.4}",
@@ -346,9 +471,9 @@ pub fn chat_rl<B: AutodiffBackend>(
             && Some(step) != args.resume_from_step
             && args.save_every > 0
             && step % args.save_every == 0;
-        if last || periodic || (stop_here && Some(step) != args.resume_from_step) {
+        if master && (last || periodic || (stop_here && Some(step) != args.resume_from_step)) {
             let mut meta = CheckpointMetadata::new(step, chrono::Utc::now());
-            meta.extra.insert("user_config".into(), meta_json(&cfg));
+            meta.extra.insert("user_config".into(), meta_json(cfg));
             meta.extra.insert("stage_config".into(), meta_json(args));
             for k in ["device_batch_size", "max_seq_len", "total_batch_size"] {
                 if let Some(v) = extra.get(k) {
@@ -359,7 +484,7 @@ pub fn chat_rl<B: AutodiffBackend>(
                 meta.extra.insert("gsm8k".into(), meta_json(&r));
             }
             let optim = to_safetensors(&opt.state_tensors(), None)?;
-            save_checkpoint(&dir, &model, meta, &[(optim_file_name(step, 0), optim)])?;
+            save_checkpoint(dir, &model, meta, &[(optim_file_name(step, 0), optim)])?;
             log(format!("saved step {step} to {}", dir.display()));
         }
         if last || stop_here {
@@ -372,7 +497,7 @@ pub fn chat_rl<B: AutodiffBackend>(
         let mut rollouts = Vec::new();
         let mut reward_sum = 0.0;
         let mut seq_len_sum = 0usize;
-        for k in 0..e {
+        for k in (rank.rank..e).step_by(rank.world_size) {
             let idx = ((step as usize) * e + k) % train.len();
             let prompt = tokenizer.render_for_completion(&train.get(idx), max_len)?;
             let room = max_len.saturating_sub(prompt.len());
@@ -421,12 +546,28 @@ pub fn chat_rl<B: AutodiffBackend>(
             }
         }
         drop(engine);
+        let sums = rank.sum_f64(&[reward_sum, seq_len_sum as f64, rollouts.len() as f64])?;
+        let (reward_sum, seq_len_sum, updates) = (sums[0], sums[1], sums[2] as usize);
+        if updates > 0 && rollouts.is_empty() {
+            // Every rank must send gradients to the all-reduce: a zero-weighted row gives
+            // this rank's zeros.
+            rollouts.push(Rollout {
+                ids: vec![bos, bos],
+                prompt_len: 1,
+                masks: vec![1],
+                advantage: 0.0,
+                weight: 0.0,
+            });
+        }
 
         // Policy gradient over the rollouts, device_batch_size rows at a time.
-        let (loss_sum, grads) =
-            policy_gradient(&model, &rollouts, bos, args.device_batch_size, device);
         let lrm = args.init_lr_frac * (1.0 - step as f64 / num_steps.max(1) as f64);
-        if !rollouts.is_empty() {
+        let mut loss_sum = 0.0;
+        if updates > 0 {
+            let (loss, grads) =
+                policy_gradient(&model, &rollouts, bos, args.device_batch_size, device);
+            let grads = rank.sum_grads(grads)?;
+            loss_sum = rank.sum_f64(&[loss])?[0];
             let scalars = StepScalars {
                 lr_multiplier: lrm,
                 muon_momentum: 0.95,
@@ -436,17 +577,18 @@ pub fn chat_rl<B: AutodiffBackend>(
         }
         let dt = t0.elapsed().as_secs_f64();
         let reward = reward_sum / e as f64;
-        let seq = seq_len_sum as f64 / (e * args.num_samples).max(1) as f64;
+        let seq = seq_len_sum / (e * args.num_samples).max(1) as f64;
         log(format!(
-            "step {step:05}/{num_steps:05} | reward: {reward:.4} | mean len: {seq:.1} | updates: {} | lrm: {lrm:.4} | dt: {:.2}s",
-            rollouts.len(),
+            "step {step:05}/{num_steps:05} | reward: {reward:.4} | mean len: {seq:.1} | updates: {updates} | lrm: {lrm:.4} | dt: {:.2}s",
             dt
         ));
         let line = serde_json::json!({
             "step": step, "reward": reward, "loss": loss_sum, "seq_len": seq, "lrm": lrm, "dt": dt,
         });
-        writeln!(mfile, "{line}")
-            .map_err(|e| nanochat_core::fs::IoError::new("append", &mpath, e))?;
+        if let Some((file, path)) = &mut metrics_file {
+            writeln!(file, "{line}")
+                .map_err(|e| nanochat_core::fs::IoError::new("append", &*path, e))?;
+        }
         rewards_log.push(reward);
         step += 1;
         pb.set_position(step);
@@ -454,7 +596,7 @@ pub fn chat_rl<B: AutodiffBackend>(
     pb.finish_and_clear();
     Ok(RlSummary {
         step,
-        checkpoint_dir: dir,
+        checkpoint_dir: dir.clone(),
         eval,
         rewards: rewards_log,
         seconds: t_run.elapsed().as_secs_f64(),

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
@@ -32,6 +32,7 @@ use nanochat_eval::chat_eval::{ChatEvalOptions, load_tasks, run_chat_eval};
 use nanochat_eval::tasks::TaskSplit;
 use nanochat_infer::Engine;
 use nanochat_model::checkpoint::{load_checkpoint, load_model, save_checkpoint};
+use nanochat_model::distributed::{Rank, run_ranks};
 use nanochat_model::weights::to_safetensors;
 use nanochat_model::{ComputeDtype, Gpt, Reduction};
 use nanochat_tokenizer::Tokenizer;
@@ -39,8 +40,9 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::chat_args::{ChatStage, ChatTrainArgs, build_mixture, lr_multiplier};
 use crate::chat_loader::{ChatBatch, ChatLoader, ChatLoaderState, PackMode};
+use crate::data_parallel::{CHAT_KEYS, gather_states, loader_state_fields, rank_state};
 use crate::error::TrainError;
-use crate::loss_eval::{evaluate_bpb, token_bytes_tensor};
+use crate::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
 use crate::run_files::{
     inherited_config, load_optimizer_state, meta_json, open_metrics, progress_bar, truncate_metrics,
@@ -141,6 +143,17 @@ pub fn token_weighted_grads<B: AutodiffBackend>(
     device: &B::Device,
 ) -> (f64, GradientsParams) {
     let n_valid: usize = micro.iter().map(ChatBatch::valid_targets).sum();
+    token_weighted_grads_over(model, micro, n_valid, device)
+}
+
+/// [`token_weighted_grads`] with the divisor given: with data parallelism, the trained
+/// targets of every rank's micro-batches (the per-rank gradients are then summed).
+pub fn token_weighted_grads_over<B: AutodiffBackend>(
+    model: &Gpt<B>,
+    micro: &[ChatBatch],
+    n_valid: usize,
+    device: &B::Device,
+) -> (f64, GradientsParams) {
     let mut accum = GradientsAccumulator::<Gpt<B>>::new();
     let mut loss_sum = 0.0;
     for mb in micro {
@@ -179,18 +192,20 @@ pub fn chat_train<B: AutodiffBackend>(
             src_meta.model_config.sequence_len
         )));
     }
+    let world = args.distributed.as_ref().map_or(1, |d| d.world_size());
     let grad_accum =
-        nanochat_core::training_config::grad_accum_steps(inh.total_batch_size, b, t, 1)?;
+        nanochat_core::training_config::grad_accum_steps(inh.total_batch_size, b, t, world)?;
     let dir = checkpoint_dir(&args.base_dir, args.stage.source(), &tag);
     let mixture = build_mixture(&args.mixture, TaskSplit::Train, &args.data_dir, args.seed)?;
     tracing::info!(
-        "{:?} from {} step {} | mixture: {} = {} conversations | {} tok/step ({} × {}×{}) → {}",
+        "{:?} from {} step {} | mixture: {} = {} conversations | {} tok/step ({} ranks × {} × {}×{}) → {}",
         args.stage,
         src_dir.display(),
         src_meta.metadata.step,
         mixture.describe(),
         mixture.len(),
         inh.total_batch_size,
+        world,
         grad_accum,
         b,
         t,
@@ -200,33 +215,115 @@ pub fn chat_train<B: AutodiffBackend>(
     let lrs = GroupLrs::scaled(&inh.cfg.optimizer, batch_lr_scale);
     let optimizer: OptimizerConfig = inh.cfg.optimizer.clone();
 
-    let (mut model, mut opt, loader_state, mut ls, start) = match args.resume_from_step {
-        None => {
-            let mut opt = MuonAdamW::new(&src_model, &optimizer, &lrs)?;
-            if args.load_optimizer {
-                let step = src_meta.metadata.step;
-                load_optimizer_state(&mut opt, &src_dir, &src_meta, step, device)?;
-            }
-            (src_model, opt, None, ChatLoopState::default(), 0)
-        }
-        Some(step) => {
+    // The model is loaded once; every rank gets a copy (same weights, same parameter ids).
+    let resume = match args.resume_from_step {
+        None => None,
+        Some(step) => Some(load_checkpoint::<B>(&dir, step, device)?),
+    };
+    let model = match &resume {
+        None => src_model,
+        Some((model, _)) => {
             drop(src_model);
-            let (model, meta) = load_checkpoint::<B>(&dir, step, device)?;
-            let mut opt = MuonAdamW::new(&model, &optimizer, &lrs)?;
-            load_optimizer_state(&mut opt, &dir, &meta, step, device)?;
-            let get = |k: &str| {
-                meta.metadata.extra.get(k).cloned().ok_or_else(|| {
-                    TrainError::Resume(format!("{}: meta has no `{k}`", dir.display()))
-                })
-            };
-            let st: ChatLoaderState = serde_json::from_value(get("loader_state")?)
-                .map_err(|e| TrainError::Resume(format!("loader_state: {e}")))?;
-            let ls: ChatLoopState = serde_json::from_value(get("loop_state")?)
-                .map_err(|e| TrainError::Resume(format!("loop_state: {e}")))?;
-            truncate_metrics(&dir, step)?;
-            (model, opt, Some(st), ls, step)
+            model.clone()
         }
     };
+    let run = ChatRun {
+        args,
+        tokenizer,
+        inh,
+        grad_accum,
+        dir,
+        tag,
+        mixture,
+        lrs,
+        optimizer,
+        src_meta,
+        src_dir,
+        resume_meta: resume.map(|(_, meta)| meta),
+    };
+    match &args.distributed {
+        None => chat_rank(&run, model, Rank::single(device.clone())),
+        Some(d) => {
+            let mut out = run_ranks::<B::InnerBackend, _, _, _>(d, device, |rank| {
+                chat_rank(&run, model.clone().fork(&rank.device), rank)
+            })?;
+            Ok(out.swap_remove(0))
+        }
+    }
+}
+
+/// What every rank of a mid/SFT run shares.
+struct ChatRun<'a> {
+    args: &'a ChatTrainArgs,
+    tokenizer: Arc<Tokenizer>,
+    inh: Inherited,
+    grad_accum: u64,
+    dir: PathBuf,
+    tag: String,
+    mixture: nanochat_eval::TaskMixture,
+    lrs: GroupLrs,
+    optimizer: OptimizerConfig,
+    src_meta: nanochat_core::CheckpointMeta,
+    src_dir: PathBuf,
+    resume_meta: Option<nanochat_core::CheckpointMeta>,
+}
+
+/// The loop of one rank.
+fn chat_rank<B: AutodiffBackend>(
+    run: &ChatRun<'_>,
+    model: Gpt<B>,
+    rank: Rank<B::InnerBackend>,
+) -> Result<ChatTrainSummary, TrainError> {
+    let ChatRun {
+        args,
+        inh,
+        grad_accum,
+        dir,
+        tag,
+        lrs,
+        optimizer,
+        src_meta,
+        src_dir,
+        ..
+    } = run;
+    let (args, grad_accum) = (*args, *grad_accum);
+    let tokenizer = run.tokenizer.clone();
+    let mixture = run.mixture.clone();
+    let device = &rank.device;
+    let master = rank.is_master();
+    let (b, t) = (inh.device_batch_size, inh.max_seq_len);
+    let mut opt = MuonAdamW::new(&model, optimizer, lrs)?;
+    let (loader_state, mut ls, start) = match &run.resume_meta {
+        None => {
+            if args.load_optimizer {
+                let step = src_meta.metadata.step;
+                load_optimizer_state(&mut opt, src_dir, src_meta, step, device)?;
+            }
+            (None, ChatLoopState::default(), 0)
+        }
+        Some(meta) => {
+            let step = meta.metadata.step;
+            load_optimizer_state(&mut opt, dir, meta, step, device)?;
+            let extra = &meta.metadata.extra;
+            let st: ChatLoaderState =
+                rank_state(extra, CHAT_KEYS, rank.rank, rank.world_size, dir)?;
+            let ls: ChatLoopState = extra
+                .get("loop_state")
+                .cloned()
+                .ok_or_else(|| {
+                    TrainError::Resume(format!("{}: meta has no `loop_state`", dir.display()))
+                })
+                .and_then(|v| {
+                    serde_json::from_value(v)
+                        .map_err(|e| TrainError::Resume(format!("loop_state: {e}")))
+                })?;
+            if master {
+                truncate_metrics(dir, step)?;
+            }
+            (Some(st), ls, step)
+        }
+    };
+    let mut model = model;
     model = model.with_compute_dtype(args.compute_dtype);
     opt = opt.with_bf16_orthogonalization(args.compute_dtype == ComputeDtype::BF16);
     let mode = match args.stage {
@@ -234,13 +331,15 @@ pub fn chat_train<B: AutodiffBackend>(
         ChatStage::Sft => PackMode::Pad,
     };
     let epoch_len = mixture.len();
-    let mut loader = ChatLoader::new(
+    let mut loader = ChatLoader::for_rank(
         mixture,
         tokenizer.clone(),
         b,
         t,
         mode,
         loader_state.as_ref(),
+        rank.rank,
+        rank.world_size,
     )?;
     let val_mixture = if args.val_mixture.is_empty() {
         None
@@ -253,6 +352,7 @@ pub fn chat_train<B: AutodiffBackend>(
         )?)
     };
     let inner = device.clone();
+    let world = rank.world_size;
     let token_bytes = token_bytes_tensor::<B::InnerBackend>(&tokenizer.token_bytes(), &inner);
 
     // One epoch unless capped: the horizon in steps is known only approximately (packing),
@@ -262,15 +362,23 @@ pub fn chat_train<B: AutodiffBackend>(
         None => loader.progress(),
     };
     let pb = progress_bar(
-        args.progress,
+        args.progress && master,
         1000,
         "{bar:40} {percent}% of the epoch [{elapsed_precise} < {eta_precise}]",
     );
-    let log = |line: String| pb.suspend(|| tracing::info!("{line}"));
-    let (mut mfile, mpath) = open_metrics(&dir)?;
+    let log = |line: String| {
+        if master {
+            pb.suspend(|| tracing::info!("{line}"))
+        }
+    };
+    let mut metrics_file = if master {
+        Some(open_metrics(dir)?)
+    } else {
+        None
+    };
     // The periodic ChatCORE's tasks, read once.
     let chatcore_tasks = match args.chatcore_every {
-        Some(every) if every > 0 => {
+        Some(every) if every > 0 && master => {
             let opts = ChatEvalOptions {
                 max_problems: Some(args.chatcore_max_problems),
                 max_new_tokens: 128,
@@ -286,20 +394,33 @@ pub fn chat_train<B: AutodiffBackend>(
     let mut step = start;
     let mut pending_val = None;
     loop {
-        let progress = progress_of(step, &loader);
-        let last = progress >= 1.0 || args.num_iterations == Some(step);
+        // The ranks agree on the schedule: mean epoch progress, and stop when any rank has
+        // finished its share (upstream's all_reduce MAX of `last_step`).
+        let local = progress_of(step, &loader);
+        let synced = rank.sum_f64(&[local, f64::from(u8::from(local >= 1.0))])?;
+        let progress = synced[0] / world as f64;
+        let last = synced[1] > 0.0 || args.num_iterations == Some(step);
         if let Some(vm) = &val_mixture {
             let every = args.eval_every.unwrap_or(0);
             if last || (every > 0 && step % every == 0) {
                 let eval_model = model.valid();
-                let steps = (args.eval_tokens / (b * t) as u64).max(1) as usize;
-                let mut vl =
-                    ChatLoader::new(vm.clone(), tokenizer.clone(), b, t, PackMode::Pad, None)?;
+                let steps = (args.eval_tokens / (b * t * world) as u64).max(1) as usize;
+                let mut vl = ChatLoader::for_rank(
+                    vm.clone(),
+                    tokenizer.clone(),
+                    b,
+                    t,
+                    PackMode::Pad,
+                    None,
+                    rank.rank,
+                    world,
+                )?;
                 let batches = (0..steps).map(|_| {
                     vl.next_batch()
                         .map(|bt| bt.to_tensors::<B::InnerBackend>(&inner))
                 });
-                let bpb = evaluate_bpb(&eval_model, batches, steps, &token_bytes)?;
+                let sums = evaluate_bpb_sums(&eval_model, batches, steps, &token_bytes)?;
+                let bpb = reduce_bpb(&rank, sums)?.bpb();
                 if bpb.is_finite() {
                     ls.val_bpb = Some(bpb);
                     pending_val = Some(bpb);
@@ -311,7 +432,8 @@ pub fn chat_train<B: AutodiffBackend>(
                 }
             }
         }
-        if let Some(every) = args.chatcore_every
+        if master
+            && let Some(every) = args.chatcore_every
             && every > 0
             && (last || (step > 0 && step % every == 0))
         {
@@ -337,18 +459,21 @@ pub fn chat_train<B: AutodiffBackend>(
             && Some(step) != args.resume_from_step
             && args.save_every.is_some_and(|e| e > 0 && step % e == 0);
         if last || periodic || (stop_here && Some(step) != args.resume_from_step) {
-            save_chat(
-                &dir,
-                &model,
-                &opt,
-                args,
-                &inh,
-                &loader.state(),
-                &ls,
-                step,
-                &src_meta.metadata,
-            )?;
-            log(format!("saved step {step} to {}", dir.display()));
+            let states = gather_states(&rank, &loader.state())?;
+            if master {
+                save_chat(
+                    dir,
+                    &model,
+                    &opt,
+                    args,
+                    inh,
+                    &states,
+                    &ls,
+                    step,
+                    &src_meta.metadata,
+                )?;
+                log(format!("saved step {step} to {}", dir.display()));
+            }
         }
         if last || stop_here {
             break;
@@ -360,8 +485,13 @@ pub fn chat_train<B: AutodiffBackend>(
         for _ in 0..grad_accum {
             micro.push(loader.next_batch()?);
         }
-        let n_valid: usize = micro.iter().map(|m| m.valid_targets()).sum();
-        let (loss_sum, grads) = token_weighted_grads(&model, &micro, device);
+        // Every trained target of every rank weighs the same: divide by the global count, then
+        // sum the ranks' gradients.
+        let local_valid: usize = micro.iter().map(|m| m.valid_targets()).sum();
+        let n_valid = rank.sum_f64(&[local_valid as f64])?[0].round() as usize;
+        let (local_loss, grads) = token_weighted_grads_over(&model, &micro, n_valid, device);
+        let grads = rank.sum_grads(grads)?;
+        let loss_sum = rank.sum_f64(&[local_loss])?[0];
         let lrm = lr_multiplier(progress, args.init_lr_frac, args.warmdown_ratio);
         let frac = (step as f64 / 300.0).min(1.0);
         let scalars = StepScalars {
@@ -375,8 +505,8 @@ pub fn chat_train<B: AutodiffBackend>(
         ls.smooth_train_loss = 0.9 * ls.smooth_train_loss + 0.1 * loss_sum;
         let smooth = ls.smooth_train_loss / (1.0 - 0.9f64.powi(step as i32 + 1));
         ls.total_training_time += dt;
-        let tok_per_sec = (grad_accum as usize * b * t) as f64 / dt;
-        let p = progress_of(step + 1, &loader);
+        let tok_per_sec = (grad_accum as usize * b * t * world) as f64 / dt;
+        let p = rank.sum_f64(&[progress_of(step + 1, &loader)])?[0] / world as f64;
         let eta = if p > 0.0 {
             ls.total_training_time * (1.0 - p).max(0.0) / p / 60.0
         } else {
@@ -385,7 +515,7 @@ pub fn chat_train<B: AutodiffBackend>(
         let mfu = args.peak_flops.map_or("-".into(), |pk| {
             format!(
                 "{:.2}",
-                100.0 * model.estimate_flops() as f64 * tok_per_sec / pk
+                100.0 * model.estimate_flops() as f64 * tok_per_sec / (pk * world as f64)
             )
         });
         log(format!(
@@ -405,24 +535,28 @@ pub fn chat_train<B: AutodiffBackend>(
             progress: p,
             val_bpb: pending_val.take(),
         };
-        writeln!(
-            mfile,
-            "{}",
-            serde_json::to_string(&m).expect("metrics serialise")
-        )
-        .map_err(|e| nanochat_core::fs::IoError::new("append", &mpath, e))?;
+        if let Some((file, path)) = &mut metrics_file {
+            writeln!(
+                file,
+                "{}",
+                serde_json::to_string(&m).expect("metrics serialise")
+            )
+            .map_err(|e| nanochat_core::fs::IoError::new("append", &*path, e))?;
+        }
         metrics.push(m);
         step += 1;
     }
     // The last evaluation has no step after it to ride on: record it on its own line.
-    if let Some(v) = pending_val.take() {
-        writeln!(mfile, "{}", serde_json::json!({"step": step, "val_bpb": v}))
-            .map_err(|e| nanochat_core::fs::IoError::new("append", &mpath, e))?;
+    if let Some(v) = pending_val.take()
+        && let Some((file, path)) = &mut metrics_file
+    {
+        writeln!(file, "{}", serde_json::json!({"step": step, "val_bpb": v}))
+            .map_err(|e| nanochat_core::fs::IoError::new("append", &*path, e))?;
     }
     pb.finish_and_clear();
     Ok(ChatTrainSummary {
         step,
-        checkpoint_dir: dir,
+        checkpoint_dir: dir.clone(),
         val_bpb: ls.val_bpb,
         chatcore,
         metrics,
@@ -439,7 +573,7 @@ fn save_chat<B: AutodiffBackend>(
     opt: &MuonAdamW<B::InnerBackend>,
     args: &ChatTrainArgs,
     inh: &Inherited,
-    loader: &ChatLoaderState,
+    loaders: &[ChatLoaderState],
     ls: &ChatLoopState,
     step: u64,
     source_meta: &CheckpointMetadata,
@@ -460,7 +594,9 @@ fn save_chat<B: AutodiffBackend>(
         .insert("max_seq_len".into(), inh.max_seq_len.into());
     meta.extra
         .insert("total_batch_size".into(), inh.total_batch_size.into());
-    meta.extra.insert("loader_state".into(), meta_json(loader));
+    for (key, value) in loader_state_fields(CHAT_KEYS, loaders) {
+        meta.extra.insert(key, value);
+    }
     meta.extra.insert("loop_state".into(), meta_json(ls));
     meta.extra
         .insert("source_step".into(), source_meta.step.into());

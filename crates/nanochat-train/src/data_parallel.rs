@@ -28,10 +28,27 @@ pub type MicroBatch<B> = (Tensor<B, 2, Int>, Tensor<B, 2, Int>);
 
 /// Meta key: ranks that wrote the checkpoint.
 pub const WORLD_SIZE_KEY: &str = "world_size";
-/// Meta key: rank 0's loader state (upstream's field).
-pub const LOADER_STATE_KEY: &str = "dataloader_state_dict";
-/// Meta key: every rank's loader state, in rank order (runs on more than one rank).
-pub const LOADER_STATES_KEY: &str = "dataloader_states";
+
+/// Where a stage keeps its loader states in the checkpoint meta.
+#[derive(Debug, Clone, Copy)]
+pub struct StateKeys {
+    /// Rank 0's state (upstream's field).
+    pub one: &'static str,
+    /// Every rank's state, in rank order (runs on more than one rank).
+    pub all: &'static str,
+}
+
+/// Pretraining: upstream's `dataloader_state_dict`.
+pub const BASE_KEYS: StateKeys = StateKeys {
+    one: "dataloader_state_dict",
+    all: "dataloader_states",
+};
+
+/// Midtraining / SFT.
+pub const CHAT_KEYS: StateKeys = StateKeys {
+    one: "loader_state",
+    all: "loader_states",
+};
 
 /// One optimizer step: `grad_accum` micro-batches from `next_batch` (mean loss, scaled by
 /// `1/grad_accum`), the gradients averaged over the ranks, then the update. Returns the
@@ -82,15 +99,21 @@ where
         .collect()
 }
 
-/// The meta fields of the loader states: rank 0's under upstream's key, all of them under
-/// [`LOADER_STATES_KEY`] when there is more than one rank, and the world size.
-pub fn loader_state_fields<S: Serialize>(states: &[S]) -> Vec<(&'static str, serde_json::Value)> {
+/// The meta fields of the loader states: rank 0's under `keys.one`, all of them under
+/// `keys.all` when there is more than one rank, and the world size.
+pub fn loader_state_fields<S: Serialize>(
+    keys: StateKeys,
+    states: &[S],
+) -> Vec<(String, serde_json::Value)> {
     let mut out = vec![
-        (WORLD_SIZE_KEY, states.len().into()),
-        (LOADER_STATE_KEY, crate::run_files::meta_json(&states[0])),
+        (WORLD_SIZE_KEY.to_string(), states.len().into()),
+        (
+            keys.one.to_string(),
+            crate::run_files::meta_json(&states[0]),
+        ),
     ];
     if states.len() > 1 {
-        out.push((LOADER_STATES_KEY, crate::run_files::meta_json(&states)));
+        out.push((keys.all.to_string(), crate::run_files::meta_json(&states)));
     }
     out
 }
@@ -99,6 +122,7 @@ pub fn loader_state_fields<S: Serialize>(states: &[S]) -> Vec<(&'static str, ser
 /// by `world_size` ranks (a meta without the field was written by one).
 pub fn rank_state<S: DeserializeOwned>(
     extra: &std::collections::BTreeMap<String, serde_json::Value>,
+    keys: StateKeys,
     rank: usize,
     world_size: usize,
     dir: &std::path::Path,
@@ -115,12 +139,9 @@ pub fn rank_state<S: DeserializeOwned>(
         )));
     }
     let value = if world_size == 1 {
-        extra.get(LOADER_STATE_KEY).cloned()
+        extra.get(keys.one).cloned()
     } else {
-        extra
-            .get(LOADER_STATES_KEY)
-            .and_then(|v| v.get(rank))
-            .cloned()
+        extra.get(keys.all).and_then(|v| v.get(rank)).cloned()
     };
     let value = value.ok_or_else(|| {
         TrainError::Resume(format!(

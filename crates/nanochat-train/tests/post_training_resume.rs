@@ -9,7 +9,7 @@ use burn::backend::{Autodiff, Flex};
 use nanochat_core::checkpoint_manager::{self as files, checkpoint_dir};
 use nanochat_core::paths::data_dir;
 use nanochat_core::tokenizer_config::Vocabulary;
-use nanochat_core::{LRSchedule, Source, TrainingConfiguration};
+use nanochat_core::{DistributedConfig, LRSchedule, Source, TrainingConfiguration};
 use nanochat_model::ComputeDtype;
 use nanochat_tokenizer::{SPLIT_PATTERN, Tokenizer};
 use nanochat_train::{
@@ -118,6 +118,17 @@ fn chat_args(stage: ChatStage, base: &Path, jsonl: &Path) -> ChatTrainArgs {
 
 #[test]
 fn mid_sft_rl_resume_bit_identically() {
+    run_stages(None);
+}
+
+/// The same on 2 data-parallel ranks: each rank's loader state is stored and restored, and the
+/// ranks agree on when the epoch ends.
+#[test]
+fn mid_sft_rl_on_two_ranks_resume_bit_identically() {
+    run_stages(Some(DistributedConfig::local(2)));
+}
+
+fn run_stages(dist: Option<DistributedConfig>) {
     let straight = tempfile::tempdir().unwrap();
     base_model(straight.path());
     let split = tempfile::tempdir().unwrap();
@@ -131,11 +142,13 @@ fn mid_sft_rl_resume_bit_identically() {
     let dev = Default::default();
 
     for stage in [ChatStage::Mid, ChatStage::Sft] {
-        let a = chat_args(stage, straight.path(), &jsonl);
+        let mut a = chat_args(stage, straight.path(), &jsonl);
+        a.distributed = dist.clone();
         let s = chat_train::<B>(&a, tok(), &dev).unwrap();
         assert_eq!(s.step, 4);
         assert!(s.val_bpb.is_some_and(f64::is_finite));
         let mut a = chat_args(stage, split.path(), &jsonl);
+        a.distributed = dist.clone();
         a.stop_after = Some(2);
         assert_eq!(chat_train::<B>(&a, tok(), &dev).unwrap().step, 2);
         a.stop_after = None;
@@ -151,6 +164,16 @@ fn mid_sft_rl_resume_bit_identically() {
             "{stage:?} losses"
         );
         let src = stage.source();
+        if let Some(d) = &dist {
+            let dir = checkpoint_dir(split.path(), src, "d2");
+            let meta = files::load_meta(&dir, 2).unwrap();
+            let states = meta.metadata.extra["loader_states"].as_array().unwrap();
+            assert_eq!(states.len(), d.world_size());
+            assert_ne!(
+                states[0], states[1],
+                "the ranks read different conversations"
+            );
+        }
         assert!(
             files_at(straight.path(), src, 4) == files_at(split.path(), src, 4),
             "{stage:?} files differ"
@@ -168,6 +191,7 @@ fn mid_sft_rl_resume_bit_identically() {
         a.eval_k = 2;
         a.save_every = 1;
         a.device_batch_size = 4;
+        a.distributed = dist.clone();
         a
     };
     let s = chat_rl::<B>(&rl(straight.path()), tok(), &dev).unwrap();
