@@ -57,16 +57,15 @@ fn main() -> anyhow::Result<()> {
     );
     let unigram = unigram_bpb(train, val, &tokenizer.token_bytes())?;
     println!("unigram baseline: {unigram:.4} bits per byte");
-    let (dtype, progress) = (ComputeDtype::F32, true);
     let args = BaseTrainArgs {
         config,
         base_dir: base,
         data_dir: data,
-        compute_dtype: dtype,
+        compute_dtype: ComputeDtype::F32,
         peak_flops: None,
         stop_after: None,
-        progress,
-        distributed: None,
+        progress: true,
+        distributed: None, // Some(DistributedConfig::local(n)): n data-parallel ranks
         fail_at: None,
     };
     let s = base_train::<CpuBackend>(&args, tokenizer, &Default::default())?;

@@ -71,8 +71,26 @@ pub struct TrainArgs {
     /// Device: auto, cpu, wgpu[:N], cuda[:N] (with --devices: the first rank's device).
     #[arg(long, default_value = "auto")]
     device: nanochat::core::DeviceSpec,
+    /// Measure the single-device cost of the data-parallel path instead: N rounds of (no
+    /// collective, then one rank through the collective) in this one process, so that both
+    /// sides use the same autotuned kernels; prints the step-time ratio.
+    #[arg(long, value_name = "ROUNDS")]
+    compare_collective: Option<usize>,
     #[command(flatten)]
     dist: super::distributed::DistArgs,
+}
+
+struct OverheadTask(nanochat::train::bench_train::BenchTrainArgs, usize);
+
+impl nanochat::model::BackendTask for OverheadTask {
+    type Output =
+        Result<nanochat::train::bench_train::CollectiveOverhead, nanochat::train::TrainError>;
+    fn run<B: nanochat::model::burn::tensor::backend::AutodiffBackend>(
+        self,
+        device: B::Device,
+    ) -> Self::Output {
+        nanochat::train::bench_train::bench_collective_overhead::<B>(&self.0, &device, self.1)
+    }
 }
 
 struct TrainTask(nanochat::train::bench_train::BenchTrainArgs);
@@ -109,6 +127,28 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
             .and_then(nanochat::train::peak_flops::peak_flops),
         distributed: a.dist.config(),
     };
+    if let Some(rounds) = a.compare_collective {
+        let o = nanochat::model::dispatch(device, OverheadTask(args, rounds))??;
+        for (p, c) in o.plain.iter().zip(&o.collective) {
+            println!(
+                "no collective: median step {:.2} ms | through the collective (1 rank): {:.2} ms",
+                p.median_step_s * 1e3,
+                c.median_step_s * 1e3
+            );
+        }
+        println!(
+            "step time through the collective / without: {:.4} ({:+.2} %)",
+            o.ratio,
+            (o.ratio - 1.0) * 100.0
+        );
+        println!(
+            "{}",
+            serde_json::to_string(
+                &serde_json::json!({"device": device.to_string(), "dtype": format!("{compute_dtype:?}"), "gpu": name, "overhead": o})
+            )?
+        );
+        return Ok(());
+    }
     let r = nanochat::model::dispatch(device, TrainTask(args))??;
     println!(
         "d{} ({} params) | {} rank(s){} | batch {}x{} per rank | median step {:.1} ms | {:.0} tok/s | MFU {}",

@@ -77,8 +77,9 @@ enum Command {
 
 /// Sets up `tracing` logs (RUST_LOG overrides the level).
 pub fn init_logging(verbose: u8) {
+    // burn's collective logs every peer's registration config (a dozen lines) at info.
     let default = match verbose {
-        0 => "info",
+        0 => "info,burn_collective=warn",
         1 => "debug",
         _ => "trace",
     };

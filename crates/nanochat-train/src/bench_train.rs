@@ -99,6 +99,55 @@ pub fn bench_train<B: AutodiffBackend>(
     }
 }
 
+/// The single-device cost of the data-parallel path, measured in one process (so both sides
+/// share the autotuned kernels): `rounds` × (no collective, then `--devices 1` through the
+/// collective), each from the same initial weights.
+#[derive(Debug, Clone, Serialize)]
+pub struct CollectiveOverhead {
+    /// Runs without the collective.
+    pub plain: Vec<BenchTrainResult>,
+    /// Runs through the collective with one rank.
+    pub collective: Vec<BenchTrainResult>,
+    /// Median step time through the collective over the median without (1.0 = no cost).
+    pub ratio: f64,
+}
+
+/// Measures [`CollectiveOverhead`] on `device`.
+pub fn bench_collective_overhead<B: AutodiffBackend>(
+    args: &BenchTrainArgs,
+    device: &B::Device,
+    rounds: usize,
+) -> Result<CollectiveOverhead, TrainError> {
+    let config = bench_model(args)?;
+    B::seed(device, 42);
+    let model = Gpt::<B>::init(&config, device)?;
+    let one = DistributedConfig::local(1);
+    let (mut plain, mut collective) = (Vec::new(), Vec::new());
+    for _ in 0..rounds.max(1) {
+        plain.push(bench_rank(
+            args,
+            &config,
+            model.clone(),
+            Rank::single(device.clone()),
+        )?);
+        let mut out = run_ranks::<B::InnerBackend, _, _, _>(&one, device, |rank| {
+            bench_rank(args, &config, model.clone(), rank)
+        })?;
+        collective.push(out.swap_remove(0));
+    }
+    let median = |runs: &[BenchTrainResult]| {
+        let mut all: Vec<f64> = runs.iter().flat_map(|r| r.step_s.iter().copied()).collect();
+        all.sort_by(f64::total_cmp);
+        all.get(all.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let ratio = median(&collective) / median(&plain);
+    Ok(CollectiveOverhead {
+        plain,
+        collective,
+        ratio,
+    })
+}
+
 fn bench_rank<B: AutodiffBackend>(
     args: &BenchTrainArgs,
     config: &ModelConfig,
