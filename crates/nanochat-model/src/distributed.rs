@@ -20,10 +20,11 @@ use burn::collective::{
     CollectiveConfig, PeerId, ReduceOperation, all_reduce, finish_collective, register,
     reset_collective,
 };
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::backend::{Backend, Device, DeviceOps};
+use burn::tensor::backend::{AutodiffBackend, Backend, Device, DeviceOps};
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
-use nanochat_core::{DistributedConfig, Validate, ValidationError};
+use nanochat_core::{DistributedConfig, Validate};
 
 /// Why a collective operation or the rank layout failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,17 +38,6 @@ pub enum DistError {
         /// The operation (`register`, `all-reduce`, …).
         op: &'static str,
         /// The engine's error.
-        detail: String,
-    },
-    /// The layout flags are inconsistent.
-    #[error(transparent)]
-    Config(#[from] ValidationError),
-    /// Ranks disagree on something that must be identical.
-    #[error("rank {rank}: {detail}")]
-    Mismatch {
-        /// Global rank that noticed.
-        rank: usize,
-        /// What differs.
         detail: String,
     },
 }
@@ -129,24 +119,60 @@ impl<B: Backend> Rank<B> {
     }
 
     /// Averages gradients over the ranks (upstream's DDP all-reduce, `ReduceOp.AVG`).
-    pub fn all_reduce_grads(&self, grads: GradientsParams) -> Result<GradientsParams, DistError> {
-        if !self.collective {
-            return Ok(grads);
-        }
-        grads
-            .all_reduce::<B>(PeerId(self.rank as u32), ReduceOperation::Mean)
-            .map_err(self.err("gradient all-reduce"))
+    /// Parameters are reduced in `model`'s module order, which every process agrees on
+    /// (parameter ids are random per process, so burn's id-ordered
+    /// `GradientsParams::all_reduce` would pair different tensors across nodes).
+    pub fn all_reduce_grads<A, M>(
+        &self,
+        model: &M,
+        grads: GradientsParams,
+    ) -> Result<GradientsParams, DistError>
+    where
+        A: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<A>,
+    {
+        self.reduce_grads(model, grads, ReduceOperation::Mean)
     }
 
     /// Sums gradients over the ranks (for losses already divided by a global count, as SFT's
-    /// token-weighted loss is).
-    pub fn sum_grads(&self, grads: GradientsParams) -> Result<GradientsParams, DistError> {
+    /// token-weighted loss is), in module order like [`Rank::all_reduce_grads`].
+    pub fn sum_grads<A, M>(
+        &self,
+        model: &M,
+        grads: GradientsParams,
+    ) -> Result<GradientsParams, DistError>
+    where
+        A: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<A>,
+    {
+        self.reduce_grads(model, grads, ReduceOperation::Sum)
+    }
+
+    fn reduce_grads<A, M>(
+        &self,
+        model: &M,
+        mut grads: GradientsParams,
+        op: ReduceOperation,
+    ) -> Result<GradientsParams, DistError>
+    where
+        A: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<A>,
+    {
         if !self.collective {
             return Ok(grads);
         }
-        grads
-            .all_reduce::<B>(PeerId(self.rank as u32), ReduceOperation::Sum)
-            .map_err(self.err("gradient all-reduce"))
+        let mut visitor = ReduceGrads::<A> {
+            grads: &mut grads,
+            peer: PeerId(self.rank as u32),
+            op,
+            error: None,
+            _backend: PhantomData,
+        };
+        model.visit(&mut visitor);
+        match visitor.error {
+            Some(e) => Err(self.err("gradient all-reduce")(e)),
+            None => Ok(grads),
+        }
     }
 
     fn all_reduce_tensor(
@@ -221,6 +247,33 @@ impl<B: Backend> Rank<B> {
     }
 }
 
+/// All-reduces each parameter's gradient in module order.
+struct ReduceGrads<'a, A: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    peer: PeerId,
+    op: ReduceOperation,
+    error: Option<burn::collective::CollectiveError>,
+    _backend: PhantomData<A>,
+}
+
+impl<A: AutodiffBackend> ModuleVisitor<A> for ReduceGrads<'_, A> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
+        if self.error.is_some() {
+            return;
+        }
+        let Some(grad) = self.grads.remove::<A::InnerBackend, D>(param.id) else {
+            return;
+        };
+        match all_reduce::<A::InnerBackend>(self.peer, grad.into_primitive().tensor(), self.op) {
+            Ok(t) => self.grads.register::<A::InnerBackend, D>(
+                param.id,
+                Tensor::from_primitive(TensorPrimitive::Float(t)),
+            ),
+            Err(e) => self.error = Some(e),
+        }
+    }
+}
+
 /// The device of local rank `local_rank`: the same backend's device `local_rank` places after
 /// `first` (CUDA `cuda:N+r`, WGPU discrete GPU `N+r`), or `first` itself where a backend has
 /// one device (the CPU: its ranks share the cores).
@@ -238,11 +291,15 @@ pub fn rank_device<B: Backend>(first: &B::Device, local_rank: usize) -> B::Devic
 fn collective_config(cfg: &DistributedConfig) -> CollectiveConfig {
     let mut c = CollectiveConfig::default().with_num_devices(cfg.devices);
     if cfg.is_multi_node() {
+        // burn's WebSocket client refuses an address without its `ws://` scheme.
         let addr = |s: &Option<String>| {
-            s.as_deref()
-                .unwrap_or_default()
-                .parse()
-                .expect("Address parsing is infallible")
+            let s = s.as_deref().unwrap_or_default();
+            let url = if s.contains("://") {
+                s.to_string()
+            } else {
+                format!("ws://{s}")
+            };
+            url.parse().expect("Address parsing is infallible")
         };
         c = c
             .with_num_nodes(cfg.num_nodes as u32)
@@ -252,6 +309,15 @@ fn collective_config(cfg: &DistributedConfig) -> CollectiveConfig {
     }
     c
 }
+
+/// Set this environment variable to run multi-node anyway (with a burn whose collective
+/// synchronisation is fixed).
+pub const MULTI_NODE_OVERRIDE: &str = "NANOCHAT_UNSAFE_MULTI_NODE";
+
+const MULTI_NODE_REFUSAL: &str = "multi-node runs hang in burn 0.21's collective: \
+     `SyncService::sync` clears a copy of its list of synced peers instead of the list, so \
+     every global all-reduce after the first waits forever (reproduced with 2 local nodes). \
+     Set NANOCHAT_UNSAFE_MULTI_NODE=1 to try anyway with a patched burn-collective";
 
 enum Outcome<T> {
     Done(T),
@@ -295,6 +361,9 @@ where
     };
     cfg.validate()
         .map_err(|e| fail(cfg.global_rank(0), e.to_string()))?;
+    if cfg.is_multi_node() && std::env::var_os(MULTI_NODE_OVERRIDE).is_none() {
+        return Err(fail(cfg.global_rank(0), MULTI_NODE_REFUSAL.to_string()));
+    }
     reset_collective::<B>();
     let collective = collective_config(cfg);
     let (tx, rx) = mpsc::channel::<(usize, Outcome<T>)>();
@@ -343,7 +412,9 @@ where
                     None => {
                         tracing::error!("rank {rank} failed: {message}; stopping every rank");
                         first_failure = Some(fail(rank, message));
-                        reset_collective::<B>();
+                        // The engine's server may be the one that died; then its channel is
+                        // closed, the waiting ranks see that, and resetting panics.
+                        let _ = catch_unwind(reset_collective::<B>);
                     }
                     Some(f) => f.others.push((rank, message)),
                 },
@@ -357,4 +428,32 @@ where
             }
         }
     })
+}
+
+#[cfg(all(test, any(feature = "flex", feature = "ndarray")))]
+mod tests {
+    use super::*;
+    use crate::TestBackend;
+
+    #[test]
+    fn multi_node_is_refused_with_the_reason() {
+        let cfg = DistributedConfig {
+            devices: 1,
+            num_nodes: 2,
+            node_rank: 1,
+            orchestrator: Some("10.0.0.1:3000".into()),
+            node_address: Some("10.0.0.3:3001".into()),
+            data_port: Some(3001),
+        };
+        let err = run_ranks::<TestBackend, (), String, _>(&cfg, &Default::default(), |_| Ok(()))
+            .unwrap_err();
+        assert_eq!(err.rank, 1);
+        assert!(err.message.contains("SyncService::sync"), "{err}");
+    }
+
+    #[test]
+    fn cpu_ranks_share_the_device() {
+        let d = Default::default();
+        assert_eq!(rank_device::<TestBackend>(&d, 3), d);
+    }
 }

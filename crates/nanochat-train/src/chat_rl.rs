@@ -566,7 +566,7 @@ fn rl_rank<B: AutodiffBackend>(
         if updates > 0 {
             let (loss, grads) =
                 policy_gradient(&model, &rollouts, bos, args.device_batch_size, device);
-            let grads = rank.sum_grads(grads)?;
+            let grads = rank.sum_grads(&model, grads)?;
             loss_sum = rank.sum_f64(&[loss])?[0];
             let scalars = StepScalars {
                 lr_multiplier: lrm,

@@ -490,7 +490,7 @@ fn chat_rank<B: AutodiffBackend>(
         let local_valid: usize = micro.iter().map(|m| m.valid_targets()).sum();
         let n_valid = rank.sum_f64(&[local_valid as f64])?[0].round() as usize;
         let (local_loss, grads) = token_weighted_grads_over(&model, &micro, n_valid, device);
-        let grads = rank.sum_grads(grads)?;
+        let grads = rank.sum_grads(&model, grads)?;
         let loss_sum = rank.sum_f64(&[local_loss])?[0];
         let lrm = lr_multiplier(progress, args.init_lr_frac, args.warmdown_ratio);
         let frac = (step as f64 / 300.0).min(1.0);

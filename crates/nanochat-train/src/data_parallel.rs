@@ -77,7 +77,7 @@ pub fn train_step<B: AutodiffBackend>(
     if let Some(step) = fail {
         return Err(TrainError::Injected { step });
     }
-    let grads = rank.all_reduce_grads(accum.grads())?;
+    let grads = rank.all_reduce_grads(&model, accum.grads())?;
     let model = opt.step(model, grads, scalars)?;
     Ok((model, loss_value))
 }
