@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nanochat::core::DeviceSpec;
-use nanochat::eval::chat_eval::{ChatEvalOptions, load_tasks, run_chat_eval, save_result};
+use nanochat::eval::chat_eval::{ChatEvalOptions, load_tasks, run_chat_eval_ranked, save_result};
 use nanochat::infer::Engine;
+use nanochat::model::burn::module::Module;
 use nanochat::model::burn::tensor::backend::AutodiffBackend;
+use nanochat::model::distributed::{Rank, run_ranks};
 use nanochat::model::{BackendTask, dispatch};
 use nanochat::tokenizer::Tokenizer;
 use serde_json::json;
@@ -45,9 +47,11 @@ pub struct Args {
     /// Offline data root (default $NANOCHAT_DATA_DIR or ../shared/data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Device: auto, cpu, wgpu[:N], cuda[:N].
+    /// Device: auto, cpu, wgpu[:N], cuda[:N] (with --devices: the first rank's device).
     #[arg(long, default_value = "auto")]
     device: DeviceSpec,
+    #[command(flatten)]
+    dist: super::distributed::DistArgs,
     /// No progress bars.
     #[arg(long)]
     no_progress: bool,
@@ -70,7 +74,6 @@ impl BackendTask for Task {
             .unwrap_or_default();
         let step = meta.step();
         let source = a.checkpoint.source.as_str();
-        let engine = Engine::new(model, self.tokenizer.clone())?;
         let opts = ChatEvalOptions {
             tasks: a
                 .task_name
@@ -92,8 +95,20 @@ impl BackendTask for Task {
             .clone()
             .unwrap_or_else(nanochat::core::paths::data_dir);
         let tasks = load_tasks(&data, &opts)?;
-        let (outcomes, result) =
-            run_chat_eval(&engine, &tasks, &opts, &format!("{source}/{tag}@{step}"))?;
+        let label = format!("{source}/{tag}@{step}");
+        let evaluate = |model: nanochat::model::Gpt<B::InnerBackend>,
+                        rank: &Rank<B::InnerBackend>| {
+            let engine = Engine::new(model, self.tokenizer.clone())?;
+            anyhow::Ok(run_chat_eval_ranked(&engine, &tasks, &opts, &label, rank)?)
+        };
+        // With --devices every rank scores its stride of each task's problems.
+        let (outcomes, result) = match a.dist.config() {
+            None => evaluate(model, &Rank::single(device.clone()))?,
+            Some(d) => run_ranks::<B::InnerBackend, _, _, _>(&d, &device, |rank| {
+                evaluate(model.clone().fork(&rank.device), &rank)
+            })?
+            .swap_remove(0),
+        };
         for o in &outcomes {
             println!(
                 "{:<14} {:>5}/{:<5} accuracy {:.4} | centered {:+.4} | {:.1}s",

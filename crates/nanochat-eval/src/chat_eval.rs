@@ -21,6 +21,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use nanochat_core::{EvaluationResult, GenerationParams, Validate, ValidationError};
 use nanochat_infer::{Engine, EngineError};
+use nanochat_model::distributed::Rank;
 use nanochat_tokenizer::TokenizerError;
 
 use crate::tasks::{EvalKind, Task, TaskError, TaskSpec, TaskSplit};
@@ -53,6 +54,9 @@ pub enum ChatEvalError {
     /// Saving failed.
     #[error(transparent)]
     Io(#[from] nanochat_core::fs::IoError),
+    /// Adding up the ranks' counts failed.
+    #[error(transparent)]
+    Dist(#[from] nanochat_model::distributed::DistError),
 }
 
 impl From<TaskError> for ChatEvalError {
@@ -153,11 +157,12 @@ fn bar(progress: bool, n: usize, name: &str) -> ProgressBar {
     pb
 }
 
-/// Categorical scoring of `task` (upstream `run_categorical_eval`).
+/// Categorical scoring of `task`'s `problems` (upstream `run_categorical_eval`): how many
+/// are answered correctly.
 pub fn run_categorical<B: Backend>(
     engine: &Engine<B>,
     task: &dyn Task,
-    n: usize,
+    problems: &[usize],
     batch_size: usize,
     progress: bool,
 ) -> Result<usize, ChatEvalError> {
@@ -166,12 +171,11 @@ pub fn run_categorical<B: Backend>(
     let device = model.device();
     let max_len = model.config().sequence_len;
     let bos = tok.bos_token_id();
-    let pb = bar(progress, n, task.name());
+    let pb = bar(progress, problems.len(), task.name());
     let mut passed = 0;
-    for start in (0..n).step_by(batch_size.max(1)) {
-        let end = (start + batch_size.max(1)).min(n);
+    for chunk in problems.chunks(batch_size.max(1)) {
         let mut prompts = Vec::new();
-        for i in start..end {
+        for &i in chunk {
             let mut ids = tok.render_for_completion(&task.get(i), max_len)?;
             // Keep the end of over-long prompts (the question's options and the cue).
             if ids.len() > max_len {
@@ -189,7 +193,7 @@ pub fn run_categorical<B: Backend>(
             Tensor::from_data(TensorData::new(flat, [prompts.len(), width]), &device);
         let logits = model.forward(ids, None);
         let vocab = logits.dims()[2];
-        for (row, (i, p)) in (start..end).zip(&prompts).enumerate() {
+        for (row, (&i, p)) in chunk.iter().zip(&prompts).enumerate() {
             let letters = task.letters(i).unwrap_or_default();
             let mut letter_ids = Vec::with_capacity(letters.len());
             for l in &letters {
@@ -222,20 +226,21 @@ pub fn run_categorical<B: Backend>(
                 passed += 1;
             }
         }
-        pb.set_position(end as u64);
+        pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
     Ok(passed)
 }
 
-/// Generative scoring of `task` (upstream `run_generative_eval`): pass@`num_samples`.
+/// Generative scoring of `task`'s `problems` (upstream `run_generative_eval`): how many pass
+/// at `num_samples`.
 pub fn run_generative<B: Backend>(
     engine: &Engine<B>,
     task: &dyn Task,
-    n: usize,
+    problems: &[usize],
     opts: &ChatEvalOptions,
 ) -> Result<usize, ChatEvalError> {
-    let pb = bar(opts.progress, n, task.name());
+    let pb = bar(opts.progress, problems.len(), task.name());
     let params = GenerationParams {
         temperature: opts.temperature,
         top_k: (opts.top_k > 0).then_some(opts.top_k),
@@ -245,7 +250,7 @@ pub fn run_generative<B: Backend>(
         ..GenerationParams::default()
     };
     let mut passed = 0;
-    for i in 0..n {
+    for &i in problems {
         if correct_samples(engine, task, i, &params)? > 0 {
             passed += 1;
         }
@@ -281,18 +286,24 @@ pub fn correct_samples<B: Backend>(
     Ok(rows.iter().filter(|r| task.evaluate(i, &r.text)).count())
 }
 
-/// Evaluates one task.
+/// Evaluates one task on one data-parallel rank: it scores problems `rank, rank + world, …`
+/// and the passed counts are summed over the ranks (upstream's strided problems and
+/// `all_reduce`); every rank returns the same outcome. [`Rank::single`] evaluates them all.
 pub fn evaluate_task<B: Backend>(
     engine: &Engine<B>,
     task: &dyn Task,
     opts: &ChatEvalOptions,
+    rank: &Rank<B>,
 ) -> Result<TaskOutcome, ChatEvalError> {
     let t0 = Instant::now();
     let n = opts.max_problems.map_or(task.len(), |m| m.min(task.len()));
+    let mine: Vec<usize> = (rank.rank..n).step_by(rank.world_size).collect();
+    let progress = opts.progress && rank.is_master();
     let passed = match task.eval_kind() {
-        EvalKind::Categorical => run_categorical(engine, task, n, opts.batch_size, opts.progress)?,
-        EvalKind::Generative => run_generative(engine, task, n, opts)?,
+        EvalKind::Categorical => run_categorical(engine, task, &mine, opts.batch_size, progress)?,
+        EvalKind::Generative => run_generative(engine, task, &mine, opts)?,
     };
+    let passed = rank.sum_f64(&[passed as f64])?[0].round() as usize;
     Ok(TaskOutcome {
         name: task.name().to_string(),
         total: n,
@@ -334,17 +345,31 @@ pub fn run_chat_eval<B: Backend>(
     opts: &ChatEvalOptions,
     model: &str,
 ) -> Result<(Vec<TaskOutcome>, EvaluationResult), ChatEvalError> {
+    let rank = Rank::single(engine.model().device());
+    run_chat_eval_ranked(engine, tasks, opts, model, &rank)
+}
+
+/// [`run_chat_eval`] on one data-parallel rank (see [`evaluate_task`]); rank 0 logs.
+pub fn run_chat_eval_ranked<B: Backend>(
+    engine: &Engine<B>,
+    tasks: &[Arc<dyn Task>],
+    opts: &ChatEvalOptions,
+    model: &str,
+    rank: &Rank<B>,
+) -> Result<(Vec<TaskOutcome>, EvaluationResult), ChatEvalError> {
     let mut outcomes = Vec::new();
     for task in tasks {
-        let o = evaluate_task(engine, task.as_ref(), opts)?;
-        tracing::info!(
-            "{}: {}/{} = {:.2}% ({:.1}s)",
-            o.name,
-            o.passed,
-            o.total,
-            100.0 * o.accuracy(),
-            o.seconds
-        );
+        let o = evaluate_task(engine, task.as_ref(), opts, rank)?;
+        if rank.is_master() {
+            tracing::info!(
+                "{}: {}/{} = {:.2}% ({:.1}s)",
+                o.name,
+                o.passed,
+                o.total,
+                100.0 * o.accuracy(),
+                o.seconds
+            );
+        }
         outcomes.push(o);
     }
     let all = TaskSpec::CHAT_EVAL

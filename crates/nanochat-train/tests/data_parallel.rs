@@ -7,6 +7,8 @@
 //!   stays loadable, and resuming from it with 2 ranks reproduces the uninterrupted 2-rank run
 //!   bit for bit (loader states of both ranks included).
 //!
+//! - chat evals sharded over 2 ranks count the same passes as one rank.
+//!
 //! The collective engine is one per backend type and process, so these tests take a lock.
 
 use std::path::Path;
@@ -320,4 +322,49 @@ fn a_failing_rank_stops_the_run_and_the_last_checkpoint_resumes() {
         straight.val_bpb.map(f64::to_bits),
         resumed.val_bpb.map(f64::to_bits)
     );
+}
+
+#[test]
+fn sharded_chat_eval_counts_like_one_rank() {
+    use nanochat_eval::chat_eval::{ChatEvalOptions, evaluate_task};
+    use nanochat_eval::tasks::{TaskSpec, TaskSplit};
+    use nanochat_infer::Engine;
+
+    let _g = lock();
+    let tok = Arc::new(
+        Tokenizer::from_vocab(Vocabulary::from_merges(&[]).unwrap(), SPLIT_PATTERN).unwrap(),
+    );
+    let device = Default::default();
+    Inner::seed(&device, 5);
+    let cfg = ModelConfig {
+        sequence_len: 1024,
+        vocab_size: tok.vocab_size(),
+        ..tiny_model()
+    };
+    let model = Gpt::<Inner>::init(&cfg, &device).unwrap();
+    let task = TaskSpec::load(
+        "MMLU",
+        TaskSplit::Test,
+        &nanochat_core::paths::data_dir(),
+        0,
+    )
+    .unwrap();
+    let opts = ChatEvalOptions {
+        max_problems: Some(7),
+        batch_size: 3,
+        ..ChatEvalOptions::default()
+    };
+    let engine = Engine::new(model.clone(), tok.clone()).unwrap();
+    let one = evaluate_task(&engine, task.as_ref(), &opts, &Rank::single(device)).unwrap();
+    let two = run_ranks::<Inner, _, String, _>(&DistributedConfig::local(2), &device, |rank| {
+        let engine = Engine::new(model.clone(), tok.clone()).map_err(|e| e.to_string())?;
+        evaluate_task(&engine, task.as_ref(), &opts, &rank).map_err(|e| e.to_string())
+    })
+    .unwrap();
+    // Seeded: 2 of the 7 are right, so the sum across ranks is really tested.
+    assert!(one.passed > 0 && one.passed < one.total, "{}", one.passed);
+    assert_eq!(one.total, 7);
+    for o in &two {
+        assert_eq!((o.total, o.passed), (one.total, one.passed));
+    }
 }
