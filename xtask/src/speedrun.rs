@@ -30,6 +30,10 @@ pub struct Args {
     /// Artifacts folder (default $NANOCHAT_BASE_DIR or ~/.cache/nanochat).
     #[arg(long)]
     base_dir: Option<PathBuf>,
+    /// Data-parallel replicas (upstream's `torchrun --nproc_per_node`): passed as `--devices`
+    /// to every training and evaluation stage; ranks use `--device` and the devices after it.
+    #[arg(long, visible_alias = "nproc")]
+    devices: Option<usize>,
 }
 
 struct Preset {
@@ -313,6 +317,17 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
             ),
         ),
     ];
+    let devices = args.devices.map(|n| n.to_string());
+    let stages: Vec<(&str, Vec<String>)> = stages
+        .into_iter()
+        .map(|(name, mut v)| {
+            let parallel = !matches!(name, "report-reset" | "tok-train" | "tok-eval");
+            if let (true, Some(n)) = (parallel, &devices) {
+                v.extend(["--devices".to_string(), n.clone()]);
+            }
+            (name, v)
+        })
+        .collect();
     let resumable = |name: &str| -> Option<PathBuf> {
         let dir = match name {
             "base-train" => "base_checkpoints",
