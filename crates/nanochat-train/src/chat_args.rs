@@ -4,13 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use nanochat_core::Source;
+use nanochat_core::{CheckpointMetadata, Source, TrainingConfiguration};
 use nanochat_eval::TaskMixture;
 use nanochat_eval::tasks::{Conversations, Take, Task, TaskSpec, TaskSplit};
 use nanochat_model::ComputeDtype;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
+use crate::run_files::inherited_config;
 
 /// Which conversation stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +228,41 @@ pub fn lr_multiplier(progress: f64, init: f64, warmdown: f64) -> f64 {
     } else {
         init * (1.0 - p) / warmdown
     }
+}
+
+/// What a mid/SFT run takes from its source checkpoint's meta (flags override).
+pub(crate) struct Inherited {
+    pub(crate) cfg: TrainingConfiguration,
+    pub(crate) device_batch_size: usize,
+    pub(crate) max_seq_len: usize,
+    pub(crate) total_batch_size: u64,
+}
+
+pub(crate) fn inherit(
+    meta: &CheckpointMetadata,
+    args: &ChatTrainArgs,
+) -> Result<Inherited, TrainError> {
+    let extra = &meta.extra;
+    let cfg = inherited_config(meta, args.embedding_lr, args.unembedding_lr, args.matrix_lr);
+    let get = |k: &str| extra.get(k).and_then(|v| v.as_u64());
+    let device_batch_size = args
+        .device_batch_size
+        .or(get("device_batch_size").map(|v| v as usize))
+        .unwrap_or(32);
+    let max_seq_len = args
+        .max_seq_len
+        .or(get("max_seq_len").map(|v| v as usize))
+        .unwrap_or(2048);
+    let total_batch_size = args
+        .total_batch_size
+        .or(get("total_batch_size"))
+        .unwrap_or((device_batch_size * max_seq_len) as u64);
+    Ok(Inherited {
+        cfg,
+        device_batch_size,
+        max_seq_len,
+        total_batch_size,
+    })
 }
 
 #[cfg(test)]

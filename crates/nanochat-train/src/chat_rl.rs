@@ -22,7 +22,6 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use nanochat_core::checkpoint_manager::{checkpoint_dir, optim_file_name};
 use nanochat_core::{CheckpointMetadata, GenerationParams, Source};
-use nanochat_eval::chat_eval::correct_samples;
 use nanochat_eval::tasks::{Gsm8k, Task};
 use nanochat_infer::Engine;
 use nanochat_model::checkpoint::{load_checkpoint, load_model, save_checkpoint};
@@ -34,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
+pub use crate::pass_at_k::{PassAtK, evaluate_pass_at_k};
 use crate::run_files::{
     STEPS_TEMPLATE, inherited_config, load_optimizer_state, meta_json, open_metrics, progress_bar,
     truncate_metrics,
@@ -140,17 +140,6 @@ impl ChatRlArgs {
     }
 }
 
-/// pass@1 and pass@k of one evaluation.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct PassAtK {
-    /// Fraction of samples correct (the expected pass@1).
-    pub pass1: f64,
-    /// Fraction of problems with any of k samples correct.
-    pub pass_k: f64,
-    /// k.
-    pub k: usize,
-}
-
 /// What a run did.
 #[derive(Debug, Clone)]
 pub struct RlSummary {
@@ -164,78 +153,6 @@ pub struct RlSummary {
     pub rewards: Vec<f64>,
     /// Seconds.
     pub seconds: f64,
-}
-
-/// pass@1 / pass@k of `engine` on the first `n` problems of `task`.
-pub fn evaluate_pass_at_k<B: burn::tensor::backend::Backend>(
-    engine: &Engine<B>,
-    task: &dyn Task,
-    n: usize,
-    k: usize,
-    seed: u64,
-    max_new_tokens: usize,
-) -> Result<PassAtK, TrainError> {
-    let params = GenerationParams {
-        temperature: 1.0,
-        top_k: Some(50),
-        max_tokens: max_new_tokens,
-        seed: Some(seed),
-        num_samples: k,
-        ..GenerationParams::default()
-    };
-    let n = n.min(task.len());
-    let (correct, any) = pass_counts(engine, task, (0..n).collect(), &params)?;
-    Ok(PassAtK {
-        pass1: correct as f64 / (n * k).max(1) as f64,
-        pass_k: any as f64 / n.max(1) as f64,
-        k,
-    })
-}
-
-/// Correct samples and problems with at least one, over `problems`.
-fn pass_counts<B: burn::tensor::backend::Backend>(
-    engine: &Engine<B>,
-    task: &dyn Task,
-    problems: Vec<usize>,
-    params: &GenerationParams,
-) -> Result<(usize, usize), TrainError> {
-    let (mut correct, mut any) = (0usize, 0usize);
-    for i in problems {
-        let ok = correct_samples(engine, task, i, params)?;
-        correct += ok;
-        any += usize::from(ok > 0);
-    }
-    Ok((correct, any))
-}
-
-/// [`evaluate_pass_at_k`] with the problems strided over the ranks and the counts summed
-/// (upstream's `all_reduce` of the pass@k records).
-fn evaluate_pass_at_k_ranked<B: burn::tensor::backend::Backend>(
-    engine: &Engine<B>,
-    task: &dyn Task,
-    n: usize,
-    k: usize,
-    seed: u64,
-    max_new_tokens: usize,
-    rank: &Rank<B>,
-) -> Result<PassAtK, TrainError> {
-    let params = GenerationParams {
-        temperature: 1.0,
-        top_k: Some(50),
-        max_tokens: max_new_tokens,
-        seed: Some(seed),
-        num_samples: k,
-        ..GenerationParams::default()
-    };
-    let n = n.min(task.len());
-    let mine = (rank.rank..n).step_by(rank.world_size).collect();
-    let (correct, any) = pass_counts(engine, task, mine, &params)?;
-    let sums = rank.sum_f64(&[correct as f64, any as f64])?;
-    Ok(PassAtK {
-        pass1: sums[0] / (n * k).max(1) as f64,
-        pass_k: sums[1] / n.max(1) as f64,
-        k,
-    })
 }
 
 /// One sampled completion ready for the policy-gradient step.
@@ -451,7 +368,7 @@ fn rl_rank<B: AutodiffBackend>(
         let last = step >= num_steps;
         if last || (args.eval_every > 0 && step % args.eval_every == 0) {
             let engine = Engine::new(model.valid(), tokenizer.clone())?;
-            let r = evaluate_pass_at_k_ranked(
+            let r = evaluate_pass_at_k(
                 &engine,
                 test,
                 args.eval_examples,

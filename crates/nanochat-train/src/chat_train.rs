@@ -27,7 +27,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
 use nanochat_core::checkpoint_manager::{checkpoint_dir, optim_file_name};
-use nanochat_core::{CheckpointMetadata, OptimizerConfig, TrainingConfiguration};
+use nanochat_core::{CheckpointMetadata, OptimizerConfig};
 use nanochat_eval::chat_eval::{ChatEvalOptions, load_tasks, run_chat_eval};
 use nanochat_eval::tasks::TaskSplit;
 use nanochat_infer::Engine;
@@ -39,13 +39,14 @@ use nanochat_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 
 pub use crate::chat_args::{ChatStage, ChatTrainArgs, build_mixture, lr_multiplier};
+use crate::chat_args::{Inherited, inherit};
 use crate::chat_loader::{ChatBatch, ChatLoader, ChatLoaderState, PackMode};
 use crate::data_parallel::{CHAT_KEYS, gather_states, loader_state_fields, rank_state};
 use crate::error::TrainError;
 use crate::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
 use crate::run_files::{
-    inherited_config, load_optimizer_state, meta_json, open_metrics, progress_bar, truncate_metrics,
+    load_optimizer_state, meta_json, open_metrics, progress_bar, truncate_metrics,
 };
 use crate::schedule::B_REF;
 
@@ -101,37 +102,6 @@ pub struct ChatTrainSummary {
     pub total_batch_size: u64,
     /// Training seconds.
     pub total_training_time: f64,
-}
-
-struct Inherited {
-    cfg: TrainingConfiguration,
-    device_batch_size: usize,
-    max_seq_len: usize,
-    total_batch_size: u64,
-}
-
-fn inherit(meta: &CheckpointMetadata, args: &ChatTrainArgs) -> Result<Inherited, TrainError> {
-    let extra = &meta.extra;
-    let cfg = inherited_config(meta, args.embedding_lr, args.unembedding_lr, args.matrix_lr);
-    let get = |k: &str| extra.get(k).and_then(|v| v.as_u64());
-    let device_batch_size = args
-        .device_batch_size
-        .or(get("device_batch_size").map(|v| v as usize))
-        .unwrap_or(32);
-    let max_seq_len = args
-        .max_seq_len
-        .or(get("max_seq_len").map(|v| v as usize))
-        .unwrap_or(2048);
-    let total_batch_size = args
-        .total_batch_size
-        .or(get("total_batch_size"))
-        .unwrap_or((device_batch_size * max_seq_len) as u64);
-    Ok(Inherited {
-        cfg,
-        device_batch_size,
-        max_seq_len,
-        total_batch_size,
-    })
 }
 
 /// The loss and gradient of one optimizer step over `micro`-batches, every trained target

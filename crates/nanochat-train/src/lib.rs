@@ -6,7 +6,9 @@
 //! `base_train.py`, midtraining (v0 `mid_train.py`), `chat_sft.py` and `chat_rl.py`.
 //!
 //! Ported so far: [`optim::MuonAdamW`] ([`muon`], [`adamw`]), [`dataloader::BestFitLoader`], [`base_train()`](base_train::base_train) with
-//! [`schedule::RunPlan`], [`loss_eval`] (bits per byte).
+//! [`schedule::RunPlan`], [`loss_eval`] (bits per byte), midtraining and SFT ([`chat_train`](mod@chat_train)),
+//! RL ([`chat_rl`](mod@chat_rl), [`pass_at_k`]); data parallelism on every stage ([`data_parallel`], over
+//! `nanochat_model::distributed`); training throughput on random tokens ([`bench_train`]).
 
 #![warn(missing_docs)]
 
@@ -24,6 +26,7 @@ pub mod error;
 pub mod loss_eval;
 pub mod muon;
 pub mod optim;
+pub mod pass_at_k;
 pub mod peak_flops;
 pub mod run_files;
 pub mod schedule;
