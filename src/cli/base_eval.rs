@@ -80,7 +80,7 @@ impl BackendTask for Task {
         let step = meta.step();
         println!("{} step {step}", dir.display());
         let out = serde_json::json!({ "checkpoint": dir, "step": step });
-        match a.dist.config() {
+        match a.dist.config()? {
             None => self.evaluate(model, &Rank::single(device), out),
             Some(d) => {
                 // Every rank scores its stride of the examples; the counts are summed.

@@ -236,7 +236,7 @@ pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
         peak_flops: peak,
         stop_after: args.stop_after,
         progress: !args.no_progress,
-        distributed: args.dist.config(),
+        distributed: args.dist.config()?,
         fail_at: None,
     };
     let summary = dispatch(device, Task(train_args, Arc::new(tokenizer)))??;

@@ -125,7 +125,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         peak_flops: name
             .as_deref()
             .and_then(nanochat::train::peak_flops::peak_flops),
-        distributed: a.dist.config(),
+        distributed: a.dist.config()?,
     };
     if let Some(rounds) = a.compare_collective {
         let o = nanochat::model::dispatch(device, OverheadTask(args, rounds))??;

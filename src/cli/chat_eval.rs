@@ -102,7 +102,7 @@ impl BackendTask for Task {
             anyhow::Ok(run_chat_eval_ranked(&engine, &tasks, &opts, &label, rank)?)
         };
         // With --devices every rank scores its stride of each task's problems.
-        let (outcomes, result) = match a.dist.config() {
+        let (outcomes, result) = match a.dist.config()? {
             None => evaluate(model, &Rank::single(device.clone()))?,
             Some(d) => run_ranks::<B::InnerBackend, _, _, _>(&d, &device, |rank| {
                 evaluate(model.clone().fork(&rank.device), &rank)

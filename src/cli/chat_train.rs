@@ -99,7 +99,12 @@ pub struct Args {
 }
 
 impl Args {
-    fn to_lib(&self, stage: ChatStage, base: &Path, device: DeviceSpec) -> ChatTrainArgs {
+    fn to_lib(
+        &self,
+        stage: ChatStage,
+        base: &Path,
+        device: DeviceSpec,
+    ) -> anyhow::Result<ChatTrainArgs> {
         let data = self
             .data_dir
             .clone()
@@ -141,8 +146,8 @@ impl Args {
         a.stop_after = self.stop_after;
         a.compute_dtype = super::default_dtype(device);
         a.progress = !self.no_progress;
-        a.distributed = self.dist.config();
-        a
+        a.distributed = self.dist.config()?;
+        Ok(a)
     }
 }
 
@@ -158,7 +163,7 @@ impl BackendTask for Task {
 /// Runs `mid-train` or `chat-sft`.
 pub fn run(args: Args, stage: ChatStage, base: &Path) -> anyhow::Result<()> {
     let device = super::resolve_device(args.device);
-    let lib = args.to_lib(stage, base, device);
+    let lib = args.to_lib(stage, base, device)?;
     let tokenizer = Arc::new(super::load_tokenizer(base)?);
     println!("{}", serde_json::to_string_pretty(&lib)?);
     let s = dispatch(device, Task(lib.clone(), tokenizer))??;
@@ -300,7 +305,7 @@ pub fn run_rl(a: RlArgs, base: &Path) -> anyhow::Result<()> {
     lib.save_every = a.save_every;
     lib.resume_from_step = a.resume_from_step;
     lib.stop_after = a.stop_after;
-    lib.distributed = a.dist.config();
+    lib.distributed = a.dist.config()?;
     lib.compute_dtype = match super::default_dtype(device) {
         ComputeDtype::BF16 => ComputeDtype::BF16,
         d => d,

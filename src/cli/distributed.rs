@@ -31,19 +31,21 @@ pub struct DistArgs {
 }
 
 impl DistArgs {
-    /// The layout, or `None` when `--devices` and `--num-nodes` were left unset.
-    pub fn config(&self) -> Option<DistributedConfig> {
+    /// The validated layout, or `None` when `--devices` and `--num-nodes` were left unset.
+    pub fn config(&self) -> anyhow::Result<Option<DistributedConfig>> {
         if self.devices.is_none() && self.num_nodes == 1 {
-            return None;
+            return Ok(None);
         }
-        Some(DistributedConfig {
+        let c = DistributedConfig {
             devices: self.devices.unwrap_or(1),
             num_nodes: self.num_nodes,
             node_rank: self.node_rank,
             orchestrator: self.orchestrator.clone(),
             node_address: self.node_address.clone(),
             data_port: self.data_port,
-        })
+        };
+        nanochat::core::Validate::validate(&c)?;
+        Ok(Some(c))
     }
 }
 

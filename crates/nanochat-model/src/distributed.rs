@@ -42,6 +42,17 @@ pub enum DistError {
     },
 }
 
+/// Why [`run_ranks`] returned without results.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The run could not start (an invalid layout, or multi-node refused); no rank ran.
+    #[error("cannot start the data-parallel run: {0}")]
+    Setup(String),
+    /// A rank failed and the others were stopped.
+    #[error(transparent)]
+    Rank(#[from] RankFailure),
+}
+
 /// A rank that failed, as reported by [`run_ranks`].
 #[derive(Debug, thiserror::Error)]
 #[error("rank {rank} of {world_size} failed: {message}{}", others_suffix(.others))]
@@ -345,7 +356,7 @@ pub fn run_ranks<B, T, E, F>(
     cfg: &DistributedConfig,
     first: &B::Device,
     body: F,
-) -> Result<Vec<T>, RankFailure>
+) -> Result<Vec<T>, RunError>
 where
     B: Backend,
     T: Send,
@@ -359,10 +370,9 @@ where
         message,
         others: Vec::new(),
     };
-    cfg.validate()
-        .map_err(|e| fail(cfg.global_rank(0), e.to_string()))?;
+    cfg.validate().map_err(|e| RunError::Setup(e.to_string()))?;
     if cfg.is_multi_node() && std::env::var_os(MULTI_NODE_OVERRIDE).is_none() {
-        return Err(fail(cfg.global_rank(0), MULTI_NODE_REFUSAL.to_string()));
+        return Err(RunError::Setup(MULTI_NODE_REFUSAL.to_string()));
     }
     reset_collective::<B>();
     let collective = collective_config(cfg);
@@ -421,7 +431,7 @@ where
             }
         }
         match first_failure {
-            Some(f) => Err(f),
+            Some(f) => Err(f.into()),
             None => {
                 done.sort_by_key(|(r, _)| *r);
                 Ok(done.into_iter().map(|(_, v)| v).collect())
@@ -447,8 +457,18 @@ mod tests {
         };
         let err = run_ranks::<TestBackend, (), String, _>(&cfg, &Default::default(), |_| Ok(()))
             .unwrap_err();
-        assert_eq!(err.rank, 1);
-        assert!(err.message.contains("SyncService::sync"), "{err}");
+        assert!(
+            matches!(&err, RunError::Setup(m) if m.contains("SyncService::sync")),
+            "{err}"
+        );
+        let mut bad = cfg;
+        bad.node_rank = 2;
+        let err = run_ranks::<TestBackend, (), String, _>(&bad, &Default::default(), |_| Ok(()))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot start the data-parallel run: invalid DistributedConfig.node_rank = 2: must be <= num_nodes - 1 (= 1)"
+        );
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub enum TrainError {
     Dist(#[from] nanochat_model::distributed::DistError),
     /// A data-parallel rank failed and the run stopped.
     #[error(transparent)]
-    Rank(#[from] nanochat_model::distributed::RankFailure),
+    Rank(#[from] nanochat_model::distributed::RunError),
     /// A fault injected on purpose (`BaseTrainArgs::fail_at`, for tests of failure handling).
     #[error("injected failure at step {step}")]
     Injected {
