@@ -10,10 +10,9 @@ use nanochat::core::paths::{eval_bundle_dir, pretrain_data_dir};
 use nanochat::core::{DeviceSpec, Source};
 use nanochat::eval::{Bundle, evaluate_core_ranked};
 use nanochat::model::Gpt;
-use nanochat::model::burn::module::Module;
 use nanochat::model::burn::tensor::backend::{AutodiffBackend, Backend};
 use nanochat::model::checkpoint::load_model;
-use nanochat::model::distributed::{Rank, run_ranks};
+use nanochat::model::distributed::{Rank, run_replicated};
 use nanochat::model::{BackendTask, dispatch};
 use nanochat::tokenizer::Tokenizer;
 use nanochat::tokenizer::dataset::{Split, list_parquet_files, split_files};
@@ -80,16 +79,14 @@ impl BackendTask for Task {
         let step = meta.step();
         println!("{} step {step}", dir.display());
         let out = serde_json::json!({ "checkpoint": dir, "step": step });
-        match a.dist.config()? {
-            None => self.evaluate(model, &Rank::single(device), out),
-            Some(d) => {
-                // Every rank scores its stride of the examples; the counts are summed.
-                let mut results = run_ranks::<B::InnerBackend, _, _, _>(&d, &device, |rank| {
-                    self.evaluate(model.clone().fork(&rank.device), &rank, out.clone())
-                })?;
-                Ok(results.swap_remove(0))
-            }
-        }
+        // With --devices every rank scores its stride of the examples; the counts are summed.
+        let dist = a.dist.config()?;
+        run_replicated::<B::InnerBackend, _, _, _, _, _>(
+            dist.as_ref(),
+            &device,
+            model,
+            |model, rank| self.evaluate(model, &rank, out.clone()),
+        )
     }
 }
 

@@ -8,9 +8,8 @@ use std::sync::Arc;
 use nanochat::core::DeviceSpec;
 use nanochat::eval::chat_eval::{ChatEvalOptions, load_tasks, run_chat_eval_ranked, save_result};
 use nanochat::infer::Engine;
-use nanochat::model::burn::module::Module;
 use nanochat::model::burn::tensor::backend::AutodiffBackend;
-use nanochat::model::distributed::{Rank, run_ranks};
+use nanochat::model::distributed::run_replicated;
 use nanochat::model::{BackendTask, dispatch};
 use nanochat::tokenizer::Tokenizer;
 use serde_json::json;
@@ -96,19 +95,17 @@ impl BackendTask for Task {
             .unwrap_or_else(nanochat::core::paths::data_dir);
         let tasks = load_tasks(&data, &opts)?;
         let label = format!("{source}/{tag}@{step}");
-        let evaluate = |model: nanochat::model::Gpt<B::InnerBackend>,
-                        rank: &Rank<B::InnerBackend>| {
-            let engine = Engine::new(model, self.tokenizer.clone())?;
-            anyhow::Ok(run_chat_eval_ranked(&engine, &tasks, &opts, &label, rank)?)
-        };
         // With --devices every rank scores its stride of each task's problems.
-        let (outcomes, result) = match a.dist.config()? {
-            None => evaluate(model, &Rank::single(device.clone()))?,
-            Some(d) => run_ranks::<B::InnerBackend, _, _, _>(&d, &device, |rank| {
-                evaluate(model.clone().fork(&rank.device), &rank)
-            })?
-            .swap_remove(0),
-        };
+        let dist = a.dist.config()?;
+        let (outcomes, result) = run_replicated::<B::InnerBackend, _, _, _, _, _>(
+            dist.as_ref(),
+            &device,
+            model,
+            |model, rank| {
+                let engine = Engine::new(model, self.tokenizer.clone())?;
+                anyhow::Ok(run_chat_eval_ranked(&engine, &tasks, &opts, &label, &rank)?)
+            },
+        )?;
         for o in &outcomes {
             println!(
                 "{:<14} {:>5}/{:<5} accuracy {:.4} | centered {:+.4} | {:.1}s",

@@ -20,7 +20,7 @@ use burn::collective::{
     CollectiveConfig, PeerId, ReduceOperation, all_reduce, finish_collective, register,
     reset_collective,
 };
-use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend, Device, DeviceOps};
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
@@ -319,6 +319,35 @@ fn collective_config(cfg: &DistributedConfig) -> CollectiveConfig {
             .with_data_service_port(cfg.data_port.unwrap_or_default());
     }
     c
+}
+
+/// Runs `body` with `model`: alone on `device` through [`Rank::single`] when `cfg` is `None`,
+/// else once per local rank ([`run_ranks`]) with a copy of `model` moved to the rank's device
+/// (same weights, same parameter ids). Returns local rank 0's result. `MB` is the model's
+/// backend, `R` the one reductions run on (the inner backend under autodiff).
+pub fn run_replicated<MB, R, M, T, E, F>(
+    cfg: Option<&DistributedConfig>,
+    device: &R::Device,
+    model: M,
+    body: F,
+) -> Result<T, E>
+where
+    MB: Backend<Device = R::Device>,
+    R: Backend,
+    M: Module<MB> + Sync,
+    T: Send,
+    E: std::fmt::Display + From<RunError>,
+    F: Fn(M, Rank<R>) -> Result<T, E> + Sync,
+{
+    match cfg {
+        None => body(model, Rank::single(device.clone())),
+        Some(cfg) => {
+            let mut out = run_ranks::<R, T, E, _>(cfg, device, |rank| {
+                body(model.clone().fork(&rank.device), rank)
+            })?;
+            Ok(out.swap_remove(0))
+        }
+    }
 }
 
 /// Set this environment variable to run multi-node anyway (with a burn whose collective

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use nanochat_core::checkpoint_manager::{checkpoint_dir, optim_file_name};
@@ -22,7 +22,7 @@ use nanochat_core::{
     CheckpointMetadata, DistributedConfig, Source, TrainingConfiguration, Validate,
 };
 use nanochat_model::checkpoint::{load_checkpoint, save_checkpoint};
-use nanochat_model::distributed::{Rank, run_ranks};
+use nanochat_model::distributed::{Rank, run_replicated};
 use nanochat_model::weights::to_safetensors;
 use nanochat_model::{ComputeDtype, Gpt};
 use nanochat_tokenizer::Tokenizer;
@@ -247,19 +247,14 @@ pub fn base_train<B: AutodiffBackend>(
             }
         }
     };
-    match &args.distributed {
-        None => train_rank(args, tokenizer, &plan, start, Rank::single(device.clone())),
-        Some(d) => {
-            let mut out = run_ranks::<B::InnerBackend, _, _, _>(d, device, |rank| {
-                let start = Start {
-                    model: start.model.clone().fork(&rank.device),
-                    resume: start.resume.clone(),
-                };
-                train_rank(args, tokenizer.clone(), &plan, start, rank)
-            })?;
-            Ok(out.swap_remove(0))
-        }
-    }
+    let Start { model, resume } = start;
+    run_replicated::<B, _, _, _, _, _>(args.distributed.as_ref(), device, model, |model, rank| {
+        let start = Start {
+            model,
+            resume: resume.clone(),
+        };
+        train_rank(args, tokenizer.clone(), &plan, start, rank)
+    })
 }
 
 /// The loop of one rank.

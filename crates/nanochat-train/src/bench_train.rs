@@ -6,11 +6,10 @@
 
 use std::time::Instant;
 
-use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Int, Tensor};
 use nanochat_core::{DistributedConfig, ModelConfig, TrainingConfiguration, Validate};
-use nanochat_model::distributed::{Rank, run_ranks};
+use nanochat_model::distributed::{Rank, run_replicated};
 use nanochat_model::{ComputeDtype, Gpt};
 use serde::Serialize;
 
@@ -88,15 +87,9 @@ pub fn bench_train<B: AutodiffBackend>(
     let config = bench_model(args)?;
     B::seed(device, 42);
     let model = Gpt::<B>::init(&config, device)?;
-    match &args.distributed {
-        None => bench_rank(args, &config, model, Rank::single(device.clone())),
-        Some(d) => {
-            let mut out = run_ranks::<B::InnerBackend, _, _, _>(d, device, |rank| {
-                bench_rank(args, &config, model.clone().fork(&rank.device), rank)
-            })?;
-            Ok(out.swap_remove(0))
-        }
-    }
+    run_replicated::<B, _, _, _, _, _>(args.distributed.as_ref(), device, model, |model, rank| {
+        bench_rank(args, &config, model, rank)
+    })
 }
 
 /// The single-device cost of the data-parallel path, measured in one process (so both sides
@@ -130,10 +123,12 @@ pub fn bench_collective_overhead<B: AutodiffBackend>(
             model.clone(),
             Rank::single(device.clone()),
         )?);
-        let mut out = run_ranks::<B::InnerBackend, _, _, _>(&one, device, |rank| {
-            bench_rank(args, &config, model.clone(), rank)
-        })?;
-        collective.push(out.swap_remove(0));
+        collective.push(run_replicated::<B, _, _, _, _, _>(
+            Some(&one),
+            device,
+            model.clone(),
+            |model, rank| bench_rank(args, &config, model, rank),
+        )?);
     }
     let median = |runs: &[BenchTrainResult]| {
         let mut all: Vec<f64> = runs.iter().flat_map(|r| r.step_s.iter().copied()).collect();

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
@@ -25,7 +25,7 @@ use nanochat_core::{CheckpointMetadata, GenerationParams, Source};
 use nanochat_eval::tasks::{Gsm8k, Task};
 use nanochat_infer::Engine;
 use nanochat_model::checkpoint::{load_checkpoint, load_model, save_checkpoint};
-use nanochat_model::distributed::{Rank, run_ranks};
+use nanochat_model::distributed::{Rank, run_replicated};
 use nanochat_model::weights::to_safetensors;
 use nanochat_model::{ComputeDtype, Gpt, Reduction};
 use nanochat_tokenizer::Tokenizer;
@@ -285,15 +285,9 @@ pub fn chat_rl<B: AutodiffBackend>(
         resume_meta: resume.map(|(_, meta)| meta),
         extra: extra.clone(),
     };
-    match &args.distributed {
-        None => rl_rank(&run, model, Rank::single(device.clone())),
-        Some(d) => {
-            let mut out = run_ranks::<B::InnerBackend, _, _, _>(d, device, |rank| {
-                rl_rank(&run, model.clone().fork(&rank.device), rank)
-            })?;
-            Ok(out.swap_remove(0))
-        }
-    }
+    run_replicated::<B, _, _, _, _, _>(args.distributed.as_ref(), device, model, |model, rank| {
+        rl_rank(&run, model, rank)
+    })
 }
 
 /// What every rank of an RL run shares.

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
@@ -32,7 +32,7 @@ use nanochat_eval::chat_eval::{ChatEvalOptions, load_tasks, run_chat_eval};
 use nanochat_eval::tasks::TaskSplit;
 use nanochat_infer::Engine;
 use nanochat_model::checkpoint::{load_checkpoint, load_model, save_checkpoint};
-use nanochat_model::distributed::{Rank, run_ranks};
+use nanochat_model::distributed::{Rank, run_replicated};
 use nanochat_model::weights::to_safetensors;
 use nanochat_model::{ComputeDtype, Gpt, Reduction};
 use nanochat_tokenizer::Tokenizer;
@@ -211,15 +211,9 @@ pub fn chat_train<B: AutodiffBackend>(
         src_dir,
         resume_meta: resume.map(|(_, meta)| meta),
     };
-    match &args.distributed {
-        None => chat_rank(&run, model, Rank::single(device.clone())),
-        Some(d) => {
-            let mut out = run_ranks::<B::InnerBackend, _, _, _>(d, device, |rank| {
-                chat_rank(&run, model.clone().fork(&rank.device), rank)
-            })?;
-            Ok(out.swap_remove(0))
-        }
-    }
+    run_replicated::<B, _, _, _, _, _>(args.distributed.as_ref(), device, model, |model, rank| {
+        chat_rank(&run, model, rank)
+    })
 }
 
 /// What every rank of a mid/SFT run shares.
