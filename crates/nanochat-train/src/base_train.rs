@@ -35,7 +35,8 @@ use crate::error::TrainError;
 use crate::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
 use crate::run_files::{
-    STEPS_TEMPLATE, load_optimizer_state, meta_json, open_metrics, progress_bar, truncate_metrics,
+    STEPS_TEMPLATE, load_optimizer_state, meta_field, meta_json, open_metrics, progress_bar,
+    truncate_metrics,
 };
 use crate::schedule::RunPlan;
 
@@ -225,18 +226,7 @@ pub fn base_train<B: AutodiffBackend>(
                     dir.display()
                 )));
             }
-            let loop_state = meta
-                .metadata
-                .extra
-                .get("loop_state")
-                .cloned()
-                .ok_or_else(|| {
-                    TrainError::Resume(format!("{}: meta has no `loop_state`", dir.display()))
-                })
-                .and_then(|v| {
-                    serde_json::from_value(v)
-                        .map_err(|e| TrainError::Resume(format!("loop_state: {e}")))
-                })?;
+            let loop_state = meta_field(&meta, "loop_state", &dir)?;
             Start {
                 model,
                 resume: Some(Resumed {

@@ -24,7 +24,7 @@ use nanochat_core::checkpoint_manager::{checkpoint_dir, optim_file_name};
 use nanochat_core::{CheckpointMetadata, GenerationParams, Source};
 use nanochat_eval::tasks::{Gsm8k, Task};
 use nanochat_infer::Engine;
-use nanochat_model::checkpoint::{load_checkpoint, load_model, save_checkpoint};
+use nanochat_model::checkpoint::{load_model, save_checkpoint};
 use nanochat_model::distributed::{Rank, run_replicated};
 use nanochat_model::weights::to_safetensors;
 use nanochat_model::{ComputeDtype, Gpt, Reduction};
@@ -36,7 +36,7 @@ use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
 pub use crate::pass_at_k::{PassAtK, evaluate_pass_at_k};
 use crate::run_files::{
     STEPS_TEMPLATE, inherited_config, load_optimizer_state, meta_json, open_metrics, progress_bar,
-    truncate_metrics,
+    resume_or_source, truncate_metrics,
 };
 use crate::schedule::B_REF;
 
@@ -254,17 +254,7 @@ pub fn chat_rl<B: AutodiffBackend>(
     let lrs = GroupLrs::scaled(&cfg.optimizer, (total as f64 / B_REF as f64).sqrt());
 
     // The model is loaded once; every rank gets a copy (same weights, same parameter ids).
-    let resume = match args.resume_from_step {
-        None => None,
-        Some(step) => Some(load_checkpoint::<B>(&dir, step, device)?),
-    };
-    let model = match &resume {
-        None => src_model,
-        Some((model, _)) => {
-            drop(src_model);
-            model.clone()
-        }
-    };
+    let (model, resume_meta) = resume_or_source(src_model, &dir, args.resume_from_step, device)?;
     tracing::info!(
         "RL from {} | {} steps × {} problems × {} samples → {}",
         src_dir.display(),
@@ -282,7 +272,7 @@ pub fn chat_rl<B: AutodiffBackend>(
         cfg,
         lrs,
         num_steps,
-        resume_meta: resume.map(|(_, meta)| meta),
+        resume_meta,
         extra: extra.clone(),
     };
     run_replicated::<B, _, _, _, _, _>(args.distributed.as_ref(), device, model, |model, rank| {

@@ -31,7 +31,7 @@ use nanochat_core::{CheckpointMetadata, OptimizerConfig};
 use nanochat_eval::chat_eval::{ChatEvalOptions, load_tasks, run_chat_eval};
 use nanochat_eval::tasks::TaskSplit;
 use nanochat_infer::Engine;
-use nanochat_model::checkpoint::{load_checkpoint, load_model, save_checkpoint};
+use nanochat_model::checkpoint::{load_model, save_checkpoint};
 use nanochat_model::distributed::{Rank, run_replicated};
 use nanochat_model::weights::to_safetensors;
 use nanochat_model::{ComputeDtype, Gpt, Reduction};
@@ -46,7 +46,8 @@ use crate::error::TrainError;
 use crate::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
 use crate::run_files::{
-    load_optimizer_state, meta_json, open_metrics, progress_bar, truncate_metrics,
+    load_optimizer_state, meta_field, meta_json, open_metrics, progress_bar, resume_or_source,
+    truncate_metrics,
 };
 use crate::schedule::B_REF;
 
@@ -186,17 +187,7 @@ pub fn chat_train<B: AutodiffBackend>(
     let optimizer: OptimizerConfig = inh.cfg.optimizer.clone();
 
     // The model is loaded once; every rank gets a copy (same weights, same parameter ids).
-    let resume = match args.resume_from_step {
-        None => None,
-        Some(step) => Some(load_checkpoint::<B>(&dir, step, device)?),
-    };
-    let model = match &resume {
-        None => src_model,
-        Some((model, _)) => {
-            drop(src_model);
-            model.clone()
-        }
-    };
+    let (model, resume_meta) = resume_or_source(src_model, &dir, args.resume_from_step, device)?;
     let run = ChatRun {
         args,
         tokenizer,
@@ -209,7 +200,7 @@ pub fn chat_train<B: AutodiffBackend>(
         optimizer,
         src_meta,
         src_dir,
-        resume_meta: resume.map(|(_, meta)| meta),
+        resume_meta,
     };
     run_replicated::<B, _, _, _, _, _>(args.distributed.as_ref(), device, model, |model, rank| {
         chat_rank(&run, model, rank)
@@ -271,16 +262,7 @@ fn chat_rank<B: AutodiffBackend>(
             let extra = &meta.metadata.extra;
             let st: ChatLoaderState =
                 rank_state(extra, CHAT_KEYS, rank.rank, rank.world_size, dir)?;
-            let ls: ChatLoopState = extra
-                .get("loop_state")
-                .cloned()
-                .ok_or_else(|| {
-                    TrainError::Resume(format!("{}: meta has no `loop_state`", dir.display()))
-                })
-                .and_then(|v| {
-                    serde_json::from_value(v)
-                        .map_err(|e| TrainError::Resume(format!("loop_state: {e}")))
-                })?;
+            let ls: ChatLoopState = meta_field(meta, "loop_state", dir)?;
             if master {
                 truncate_metrics(dir, step)?;
             }

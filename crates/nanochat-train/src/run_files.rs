@@ -11,6 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use nanochat_core::checkpoint_manager::{self as files, optim_file_name};
 use nanochat_core::fs::IoError;
 use nanochat_core::{CheckpointMeta, CheckpointMetadata, TrainingConfiguration};
+use nanochat_model::Gpt;
+use nanochat_model::checkpoint::load_checkpoint;
 use nanochat_model::weights::read_safetensors;
 
 use crate::error::TrainError;
@@ -28,6 +30,40 @@ pub fn load_optimizer_state<B: Backend>(
     let bytes = files::read_file(dir, meta, &name)?;
     opt.load_state_tensors(read_safetensors(&bytes, "", &dir.join(&name))?, device)?;
     Ok(())
+}
+
+/// The model a post-training stage starts from: its own checkpoint at `resume_from_step` in
+/// `dir` (with that checkpoint's meta), else `source`.
+pub fn resume_or_source<B: Backend>(
+    source: Gpt<B>,
+    dir: &Path,
+    resume_from_step: Option<u64>,
+    device: &B::Device,
+) -> Result<(Gpt<B>, Option<CheckpointMeta>), TrainError> {
+    match resume_from_step {
+        None => Ok((source, None)),
+        Some(step) => {
+            drop(source);
+            let (model, meta) = load_checkpoint::<B>(dir, step, device)?;
+            Ok((model, Some(meta)))
+        }
+    }
+}
+
+/// Field `key` of a checkpoint meta in `dir`, deserialised (`cannot resume` when absent or
+/// malformed).
+pub fn meta_field<T: serde::de::DeserializeOwned>(
+    meta: &CheckpointMeta,
+    key: &str,
+    dir: &Path,
+) -> Result<T, TrainError> {
+    let value = meta
+        .metadata
+        .extra
+        .get(key)
+        .cloned()
+        .ok_or_else(|| TrainError::Resume(format!("{}: meta has no `{key}`", dir.display())))?;
+    serde_json::from_value(value).map_err(|e| TrainError::Resume(format!("{key}: {e}")))
 }
 
 /// `<dir>/metrics.jsonl`.
