@@ -2,47 +2,19 @@
 //! steps give identical parameters, optimizer state and loss log (tiny model, generated shards,
 //! gradient accumulation 2, an eval at the resume point).
 
-use std::path::Path;
-use std::sync::Arc;
+mod common;
 
-use arrow_array::{ArrayRef, RecordBatch, StringArray};
+use common::{byte_tokenizer, write_shards};
+
+use std::path::Path;
+
 use burn::backend::{Autodiff, Flex};
 use nanochat_core::checkpoint_manager::{self as files, checkpoint_dir};
-use nanochat_core::tokenizer_config::Vocabulary;
 use nanochat_core::{LRSchedule, Source, TrainingConfiguration};
 use nanochat_model::ComputeDtype;
-use nanochat_tokenizer::{SPLIT_PATTERN, Tokenizer};
 use nanochat_train::{BaseTrainArgs, base_train};
-use parquet::arrow::ArrowWriter;
-use parquet::file::properties::WriterProperties;
 
 type B = Autodiff<Flex>;
-
-fn write_shards(dir: &Path) {
-    let words = [
-        "the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away", "home",
-    ];
-    for s in 0..3 {
-        let docs: Vec<String> = (0..40)
-            .map(|d| {
-                let n = 5 + (d * 7 + s * 3) % 30;
-                (0..n)
-                    .map(|i| words[(i * 5 + d + s) % words.len()])
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .collect();
-        let array: ArrayRef = Arc::new(StringArray::from(docs));
-        let batch = RecordBatch::try_from_iter([("text", array)]).unwrap();
-        let props = WriterProperties::builder()
-            .set_max_row_group_row_count(Some(8))
-            .build();
-        let f = std::fs::File::create(dir.join(format!("shard_{s:05}.parquet"))).unwrap();
-        let mut w = ArrowWriter::try_new(f, batch.schema(), Some(props)).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
-    }
-}
 
 fn config(k: u64) -> TrainingConfiguration {
     TrainingConfiguration {
@@ -94,10 +66,8 @@ fn final_files(base: &Path, step: u64) -> (Vec<u8>, Vec<u8>) {
 fn resume_is_bit_identical() {
     let k = 3;
     let data = tempfile::tempdir().unwrap();
-    write_shards(data.path());
-    let tok = Arc::new(
-        Tokenizer::from_vocab(Vocabulary::from_merges(&[]).unwrap(), SPLIT_PATTERN).unwrap(),
-    );
+    write_shards(data.path(), 40);
+    let tok = byte_tokenizer();
     let dev = Default::default();
 
     let straight_dir = tempfile::tempdir().unwrap();

@@ -11,16 +11,18 @@
 //!
 //! The collective engine is one per backend type and process, so these tests take a lock.
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+mod common;
 
-use arrow_array::{ArrayRef, RecordBatch, StringArray};
+use common::{byte_tokenizer, write_shards};
+
+use std::path::Path;
+use std::sync::Mutex;
+
 use burn::backend::{Autodiff, Flex};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use nanochat_core::checkpoint_manager::{self as files, checkpoint_dir};
-use nanochat_core::tokenizer_config::Vocabulary;
 use nanochat_core::{
     DistributedConfig, LRSchedule, ModelConfig, OptimizerConfig, Source, TrainingConfiguration,
 };
@@ -28,11 +30,8 @@ use nanochat_model::checkpoint::load_checkpoint;
 use nanochat_model::distributed::{Rank, run_ranks};
 use nanochat_model::weights::named_tensors;
 use nanochat_model::{ComputeDtype, Gpt};
-use nanochat_tokenizer::{SPLIT_PATTERN, Tokenizer};
 use nanochat_train::data_parallel::{MicroBatch, train_step};
 use nanochat_train::{BaseTrainArgs, GroupLrs, MuonAdamW, StepScalars, TrainError, base_train};
-use parquet::arrow::ArrowWriter;
-use parquet::file::properties::WriterProperties;
 
 type B = Autodiff<Flex>;
 type Inner = Flex;
@@ -177,32 +176,6 @@ fn one_device_through_the_collective_is_bit_identical() {
     assert!(bits(&plain) == bits(&through[0]));
 }
 
-fn write_shards(dir: &Path) {
-    let words = [
-        "the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away", "home",
-    ];
-    for s in 0..3 {
-        let docs: Vec<String> = (0..48)
-            .map(|d| {
-                let n = 5 + (d * 7 + s * 3) % 30;
-                (0..n)
-                    .map(|i| words[(i * 5 + d + s) % words.len()])
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .collect();
-        let array: ArrayRef = Arc::new(StringArray::from(docs));
-        let batch = RecordBatch::try_from_iter([("text", array)]).unwrap();
-        let props = WriterProperties::builder()
-            .set_max_row_group_row_count(Some(8))
-            .build();
-        let f = std::fs::File::create(dir.join(format!("shard_{s:05}.parquet"))).unwrap();
-        let mut w = ArrowWriter::try_new(f, batch.schema(), Some(props)).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
-    }
-}
-
 fn config(resume: Option<u64>) -> TrainingConfiguration {
     TrainingConfiguration {
         depth: 2,
@@ -250,10 +223,8 @@ fn args(
 fn a_failing_rank_stops_the_run_and_the_last_checkpoint_resumes() {
     let _g = lock();
     let data = tempfile::tempdir().unwrap();
-    write_shards(data.path());
-    let tok = Arc::new(
-        Tokenizer::from_vocab(Vocabulary::from_merges(&[]).unwrap(), SPLIT_PATTERN).unwrap(),
-    );
+    write_shards(data.path(), 48);
+    let tok = byte_tokenizer();
     let dev = Default::default();
 
     let straight_dir = tempfile::tempdir().unwrap();
@@ -331,9 +302,7 @@ fn sharded_chat_eval_counts_like_one_rank() {
     use nanochat_infer::Engine;
 
     let _g = lock();
-    let tok = Arc::new(
-        Tokenizer::from_vocab(Vocabulary::from_merges(&[]).unwrap(), SPLIT_PATTERN).unwrap(),
-    );
+    let tok = byte_tokenizer();
     let device = Default::default();
     Inner::seed(&device, 5);
     let cfg = ModelConfig {
