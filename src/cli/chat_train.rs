@@ -88,7 +88,7 @@ pub struct Args {
     /// Offline data root (default $NANOCHAT_DATA_DIR or ../shared/data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Device: auto, cpu, wgpu[:N], cuda[:N].
+    /// Device: auto, cpu, wgpu[:N], cuda[:N] (with --devices: the first rank's device).
     #[arg(long, default_value = "auto")]
     device: DeviceSpec,
     #[command(flatten)]
@@ -260,7 +260,7 @@ pub struct RlArgs {
     /// Offline data root.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Device: auto, cpu, wgpu[:N], cuda[:N].
+    /// Device: auto, cpu, wgpu[:N], cuda[:N] (with --devices: the first rank's device).
     #[arg(long, default_value = "auto")]
     device: DeviceSpec,
     #[command(flatten)]

@@ -9,8 +9,9 @@
 //! all-reduce get an error instead of waiting forever, and it reports the first failure.
 //!
 //! [`Rank`] carries the reductions the loops need: gradient averaging, sums of scalars
-//! (bits-per-byte numerators, CORE counts), gathering bytes (per-rank loader states) and a
-//! barrier. A [`Rank::single`] does no communication at all, which is the default path.
+//! (bits-per-byte numerators, CORE counts) and gathering bytes (per-rank loader states). A
+//! [`Rank::single`] does no communication at all, which is the default path. [`run_replicated`]
+//! chooses between the two for a loop that owns a model.
 
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -217,11 +218,6 @@ impl<B: Backend> Rank<B> {
             .into_vec()
             .expect("float32 data");
         Ok(back.chunks(2).map(|p| p[0] as f64 + p[1] as f64).collect())
-    }
-
-    /// Waits until every rank gets here.
-    pub fn barrier(&self) -> Result<(), DistError> {
-        self.sum_f64(&[1.0]).map(|_| ())
     }
 
     /// Every rank's `bytes`, in rank order (upstream `all_gather_object`). Built on the
