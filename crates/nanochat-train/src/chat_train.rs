@@ -437,7 +437,9 @@ fn chat_rank<B: AutodiffBackend>(
         let n_valid = rank.sum_f64(&[local_valid as f64])?[0].round() as usize;
         let (local_loss, grads) = token_weighted_grads_over(&model, &micro, n_valid, device);
         let grads = rank.sum_grads(&model, grads)?;
-        let loss_sum = rank.sum_f64(&[local_loss])?[0];
+        // The step's loss and the epoch progress after it, summed over the ranks in one go.
+        let after = rank.sum_f64(&[local_loss, progress_of(step + 1, &loader)])?;
+        let (loss_sum, p) = (after[0], after[1] / world as f64);
         let lrm = lr_multiplier(progress, args.init_lr_frac, args.warmdown_ratio);
         let frac = (step as f64 / 300.0).min(1.0);
         let scalars = StepScalars {
@@ -452,7 +454,6 @@ fn chat_rank<B: AutodiffBackend>(
         let smooth = ls.smooth_train_loss / (1.0 - 0.9f64.powi(step as i32 + 1));
         ls.total_training_time += dt;
         let tok_per_sec = (grad_accum as usize * b * t * world) as f64 / dt;
-        let p = rank.sum_f64(&[progress_of(step + 1, &loader)])?[0] / world as f64;
         let eta = if p > 0.0 {
             ls.total_training_time * (1.0 - p).max(0.0) / p / 60.0
         } else {
