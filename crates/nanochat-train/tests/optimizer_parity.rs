@@ -1,6 +1,7 @@
 //! MuonAdamW parity with upstream: from every fixture's `param.*` and `grad.*`, one step must
-//! give `step1.*` and a second step (fresh backward of the same batch at the step-1 weights)
-//! `step2.*`, within 1e-5 absolute, for every fixture pair in `$NANOCHAT_FIXTURE_DIR`.
+//! give `step1.*` within 1e-5 absolute, and a second step on PyTorch's own step-2 gradients
+//! (`grad2.*`, taken at the step-1 weights) `step2.*` within 2e-5, everywhere, for every fixture
+//! pair in `$NANOCHAT_FIXTURE_DIR`; our own backward at the step-1 weights must match `grad2.*`.
 //! Also: state save → load → step equals an uninterrupted step exactly.
 
 use std::collections::BTreeMap;
@@ -93,9 +94,10 @@ fn fixture_optimizer(m: &Gpt<B>) -> (MuonAdamW<Flex>, StepScalars) {
     (opt, s)
 }
 
-/// The fixture's gradients (PyTorch layout) registered under the model's parameter ids.
-fn fixture_grads(f: &Fixture, m: &Gpt<B>) -> GradientsParams {
-    let grads: BTreeMap<_, _> = prefixed(f, "grad.").into_iter().collect();
+/// The fixture's gradients under `prefix` (PyTorch layout) registered under the model's
+/// parameter ids.
+fn fixture_grads(f: &Fixture, m: &Gpt<B>, prefix: &str) -> GradientsParams {
+    let grads: BTreeMap<_, _> = prefixed(f, prefix).into_iter().collect();
     let mut out = GradientsParams::new();
     let dev = Default::default();
     for info in param_infos(m) {
@@ -127,13 +129,12 @@ fn backward_grads(f: &Fixture, m: &Gpt<B>) -> GradientsParams {
     GradientsParams::from_grads(loss.backward(), m)
 }
 
-/// Elements further than 1e-5 from upstream: `(name, index, ours, theirs)`, and the max error.
-fn compare(f: &Fixture, m: &Gpt<B>, prefix: &str) -> (f32, Vec<(String, usize, f32, f32)>) {
+/// The largest absolute difference to upstream's `prefix.*` tensors, and where.
+fn max_error(f: &Fixture, m: &Gpt<B>, prefix: &str) -> (f32, String) {
     let want: BTreeMap<_, _> = prefixed(f, prefix).into_iter().collect();
     let got = named_tensors(m).unwrap();
     assert_eq!(got.len(), want.len(), "{}: parameter count", f.name);
-    let mut worst = 0.0f32;
-    let mut off = Vec::new();
+    let mut worst = (0.0f32, String::new());
     for (name, d) in got {
         let a = d.convert::<f32>().to_vec::<f32>().unwrap();
         let b = want[&name]
@@ -143,21 +144,12 @@ fn compare(f: &Fixture, m: &Gpt<B>, prefix: &str) -> (f32, Vec<(String, usize, f
             .unwrap();
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
             let e = (x - y).abs();
-            worst = worst.max(e);
-            if e > 1e-5 {
-                off.push((name.clone(), i, *x, *y));
+            if e > worst.0 {
+                worst = (e, format!("{name}[{i}]: {x} vs {y}"));
             }
         }
     }
-    (worst, off)
-}
-
-fn values(f: &Fixture, key: &str) -> Vec<f32> {
-    f.tensors[key]
-        .clone()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap()
+    worst
 }
 
 fn load(f: &Fixture) -> Gpt<B> {
@@ -166,73 +158,68 @@ fn load(f: &Fixture) -> Gpt<B> {
     m
 }
 
-/// Step 1 (upstream's own gradients) must match everywhere within 1e-5.
-///
-/// Step 2 runs on *our* fresh backward at the step-1 weights (the fixture holds no step-2
-/// gradients), which differs from PyTorch's by float32 rounding (~1e-7). Two rules of the update
-/// are discontinuous in the gradient and turn such rounding into visible differences in a
-/// handful of elements: cautious weight decay (the mask `g·p ≥ 0` flips where `g·p ≈ 0`, moving
-/// the element by exactly `lr_eff·wd·|p|`), and AdamW where two steps' gradients nearly cancel
-/// (`m/√v` becomes ill-conditioned). Step 2 therefore must match within 1e-5 everywhere
-/// except: Muon elements whose difference *is* the decay term (a flip), and at most 0.05 % of
-/// an AdamW tensor's elements, each within 1e-4.
+/// Our backward at the step-1 weights against PyTorch's `grad2.*`: within 1e-4 of each
+/// tensor's largest gradient.
+fn check_backward_at_step1(f: &Fixture, m: &Gpt<B>) {
+    let ours = backward_grads(f, m);
+    let want: BTreeMap<_, _> = prefixed(f, "grad2.").into_iter().collect();
+    for info in param_infos(m) {
+        let g: Vec<f32> = match info.shape.len() {
+            1 => ours
+                .get::<Flex, 1>(info.id)
+                .unwrap()
+                .into_data()
+                .to_vec()
+                .unwrap(),
+            _ => {
+                let t = ours.get::<Flex, 2>(info.id).unwrap();
+                let t = if info.transposed {
+                    t.swap_dims(0, 1)
+                } else {
+                    t
+                };
+                t.into_data().to_vec().unwrap()
+            }
+        };
+        let w = want[&info.name]
+            .clone()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .unwrap();
+        let scale = w.iter().fold(0f32, |a, x| a.max(x.abs())).max(1e-12);
+        let err = g
+            .iter()
+            .zip(&w)
+            .fold(0f32, |a, (x, y)| a.max((x - y).abs()))
+            / scale;
+        assert!(
+            err < 1e-4,
+            "{}: gradient of {} at step 1: {err:e} relative",
+            f.name,
+            info.name
+        );
+    }
+}
+
+/// Step 1 on upstream's gradients must match everywhere within 1e-5; step 2, on upstream's own
+/// step-2 gradients, within 2e-5 (PyTorch 2.15 reproduces its 2.11 fixture within 1.5e-5).
 #[test]
 fn one_and_two_steps_match_upstream() {
     for f in fixtures() {
         let m = load(&f);
         let (mut opt, s) = fixture_optimizer(&m);
-        let grads = fixture_grads(&f, &m);
+        let grads = fixture_grads(&f, &m, "grad.");
         let m = opt.step(m, grads, &s).unwrap();
-        let (e1, off1) = compare(&f, &m, "step1.");
-        assert!(
-            off1.is_empty(),
-            "{}: step 1 max abs err {e1}: {:?}",
-            f.name,
-            &off1[..off1.len().min(5)]
-        );
-        let grads = backward_grads(&f, &m);
+        let (e1, at1) = max_error(&f, &m, "step1.");
+        assert!(e1 <= 1e-5, "{}: step 1 max abs err {e1} at {at1}", f.name);
+        check_backward_at_step1(&f, &m);
+        let grads = fixture_grads(&f, &m, "grad2.");
         let m = opt.step(m, grads, &s).unwrap();
-        let (e2, off2) = compare(&f, &m, "step2.");
-        let shapes: BTreeMap<String, Vec<usize>> = param_infos(&m)
-            .into_iter()
-            .map(|i| (i.name, i.shape))
-            .collect();
-        let mut flips = 0;
-        let mut per_tensor: BTreeMap<String, usize> = BTreeMap::new();
-        for (name, i, ours, theirs) in &off2 {
-            let shape = &shapes[name];
-            if name.starts_with("transformer.h.") {
-                let lr_eff = 0.02 * (shape[0] as f32 / shape[1] as f32).max(1.0).sqrt();
-                let p1 = values(&f, &format!("step1.{name}"))[*i];
-                let decay = lr_eff * s.muon_weight_decay as f32 * p1.abs();
-                assert!(
-                    ((ours - theirs).abs() - decay).abs() < 1e-6,
-                    "{}: {name}[{i}] differs by {} which is not a cautious-decay flip ({decay})",
-                    f.name,
-                    (ours - theirs).abs()
-                );
-                flips += 1;
-            } else {
-                assert!(
-                    (ours - theirs).abs() < 1e-4,
-                    "{}: {name}[{i}]: {ours} vs {theirs}",
-                    f.name
-                );
-                *per_tensor.entry(name.clone()).or_default() += 1;
-            }
-        }
-        for (name, n) in &per_tensor {
-            let total: usize = shapes[name].iter().product();
-            assert!(
-                *n as f64 <= 0.0005 * total as f64,
-                "{}: {name}: {n} of {total} elements off",
-                f.name
-            );
-        }
+        let (e2, at2) = max_error(&f, &m, "step2.");
+        assert!(e2 <= 2e-5, "{}: step 2 max abs err {e2} at {at2}", f.name);
         eprintln!(
-            "{}: step 1 max abs err {e1:.2e}; step 2 max abs err {e2:.2e}, {} element(s) > 1e-5 ({flips} cautious-decay flips, AdamW {per_tensor:?})",
-            f.name,
-            off2.len()
+            "{}: step 1 max abs err {e1:.2e}; step 2 (PyTorch's gradients) {e2:.2e}",
+            f.name
         );
     }
 }
@@ -242,7 +229,7 @@ fn state_round_trip_resumes_exactly() {
     let f = fixtures().into_iter().next().unwrap();
     let m = load(&f);
     let (mut opt, s) = fixture_optimizer(&m);
-    let grads = fixture_grads(&f, &m);
+    let grads = fixture_grads(&f, &m, "grad.");
     let m = opt.step(m, grads, &s).unwrap();
     // Restore the state into a fresh optimizer and take step 2 on both.
     let saved = opt.state_tensors();
