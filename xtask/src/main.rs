@@ -3,11 +3,14 @@
 //! - `cargo xtask ci`: every check CI runs (format, lints, tests, docs, backend builds).
 //! - `cargo xtask bench-tokenizer`: our tokenizer training and encoding against upstream's
 //!   rustbpe and Python tiktoken on this machine, in one run.
+//! - `cargo xtask bench-cpu-vs-torch`: our CPU training step against upstream's on PyTorch,
+//!   same shapes, alternating rounds, with the ratio.
 //! - `cargo xtask speedrun`: the pipeline, stage by stage, resumable.
 //! - `cargo xtask ui-test`: the web chat page in headless Chromium against `nanochat serve`.
 //! - `cargo xtask api-test`: the official `openai` client and a `wrk` load test against it.
 
 mod api_test;
+mod bench_cpu_vs_torch;
 mod bench_tokenizer;
 mod serve_under_test;
 mod speedrun;
@@ -41,6 +44,10 @@ enum Cmd {
     /// the merges are identical, and compare encode throughput with Python tiktoken. Installs
     /// rustbpe, tiktoken and pyarrow into target/bench-venv on first use (needs PyPI).
     BenchTokenizer(bench_tokenizer::Args),
+    /// Time our CPU training step against upstream nanochat's on PyTorch (same shapes, fresh
+    /// random tokens, alternating rounds) and print the ratio; needs an upstream checkout and
+    /// torch (installed into target/bench-torch-venv on first use).
+    BenchCpuVsTorch(bench_cpu_vs_torch::Args),
     /// Run the whole pipeline stage by stage (resumable): tokenizer, base model, midtraining,
     /// SFT, RL, their evaluations and the report card.
     Speedrun(speedrun::Args),
@@ -192,6 +199,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Ci { skip_backends } => ci(skip_backends),
         Cmd::BenchTokenizer(args) => bench_tokenizer::run(&workspace_root(), args),
+        Cmd::BenchCpuVsTorch(args) => bench_cpu_vs_torch::run(&workspace_root(), args),
         Cmd::UiTest(args) => ui_test::run(&workspace_root(), args),
         Cmd::Speedrun(args) => speedrun::run(&workspace_root(), args),
         Cmd::ApiTest(args) => api_test::run(&workspace_root(), args),
