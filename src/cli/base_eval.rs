@@ -3,6 +3,8 @@
 //! tasks), and bits per byte on the train and validation shards. Results go to
 //! `<base>/base_eval/<tag>_<step>.json`.
 
+use nanochat::model::FusedOps;
+use nanochat::model::TrainBackend;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -10,7 +12,6 @@ use nanochat::core::paths::{eval_bundle_dir, pretrain_data_dir};
 use nanochat::core::{DeviceSpec, Source};
 use nanochat::eval::{Bundle, evaluate_core_ranked};
 use nanochat::model::Gpt;
-use nanochat::model::burn::tensor::backend::{AutodiffBackend, Backend};
 use nanochat::model::checkpoint::load_model;
 use nanochat::model::distributed::{Rank, run_replicated};
 use nanochat::model::{BackendTask, dispatch};
@@ -67,7 +68,7 @@ struct Task {
 
 impl BackendTask for Task {
     type Output = anyhow::Result<serde_json::Value>;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+    fn run<B: TrainBackend>(self, device: B::Device) -> Self::Output {
         let a = &self.args;
         let (model, meta, dir) = load_model::<B::InnerBackend>(
             &self.base,
@@ -91,7 +92,7 @@ impl BackendTask for Task {
 }
 
 impl Task {
-    fn evaluate<B: Backend>(
+    fn evaluate<B: FusedOps>(
         &self,
         model: Gpt<B>,
         rank: &Rank<B>,

@@ -205,10 +205,7 @@ struct Task(BaseTrainArgs, Arc<Tokenizer>);
 
 impl BackendTask for Task {
     type Output = Result<TrainSummary, nanochat::train::TrainError>;
-    fn run<B: nanochat::model::burn::tensor::backend::AutodiffBackend>(
-        self,
-        device: B::Device,
-    ) -> Self::Output {
+    fn run<B: nanochat::model::TrainBackend>(self, device: B::Device) -> Self::Output {
         base_train::<B>(&self.0, self.1, &device)
     }
 }

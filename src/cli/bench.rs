@@ -56,6 +56,9 @@ pub struct TrainArgs {
     /// Vocabulary size.
     #[arg(long, default_value_t = 32768)]
     vocab_size: usize,
+    /// Target head dimension (upstream's `--head-dim`; `runcpu.sh` uses 64).
+    #[arg(long, default_value_t = 128)]
+    head_dim: usize,
     /// Timed steps (the median is reported).
     #[arg(long, default_value_t = 10)]
     steps: usize,
@@ -85,10 +88,7 @@ struct OverheadTask(nanochat::train::bench_train::BenchTrainArgs, usize);
 impl nanochat::model::BackendTask for OverheadTask {
     type Output =
         Result<nanochat::train::bench_train::CollectiveOverhead, nanochat::train::TrainError>;
-    fn run<B: nanochat::model::burn::tensor::backend::AutodiffBackend>(
-        self,
-        device: B::Device,
-    ) -> Self::Output {
+    fn run<B: nanochat::model::TrainBackend>(self, device: B::Device) -> Self::Output {
         nanochat::train::bench_train::bench_collective_overhead::<B>(&self.0, &device, self.1)
     }
 }
@@ -98,10 +98,7 @@ struct TrainTask(nanochat::train::bench_train::BenchTrainArgs);
 impl nanochat::model::BackendTask for TrainTask {
     type Output =
         Result<nanochat::train::bench_train::BenchTrainResult, nanochat::train::TrainError>;
-    fn run<B: nanochat::model::burn::tensor::backend::AutodiffBackend>(
-        self,
-        device: B::Device,
-    ) -> Self::Output {
+    fn run<B: nanochat::model::TrainBackend>(self, device: B::Device) -> Self::Output {
         nanochat::train::bench_train::bench_train::<B>(&self.0, &device)
     }
 }
@@ -119,6 +116,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         seq_len: a.seq_len,
         window_pattern: a.window_pattern.clone(),
         vocab_size: a.vocab_size,
+        head_dim: a.head_dim,
         steps: a.steps,
         warmup: a.warmup,
         compute_dtype,
@@ -201,10 +199,7 @@ struct InferTask(InferArgs, PathBuf);
 
 impl nanochat::model::BackendTask for InferTask {
     type Output = anyhow::Result<serde_json::Value>;
-    fn run<B: nanochat::model::burn::tensor::backend::AutodiffBackend>(
-        self,
-        device: B::Device,
-    ) -> Self::Output {
+    fn run<B: nanochat::model::TrainBackend>(self, device: B::Device) -> Self::Output {
         let a = self.0;
         let sizes: Vec<usize> = a
             .batch_sizes

@@ -2,13 +2,13 @@
 //! `scripts/chat_cli.py`): an interactive loop (`quit`/`exit` to leave, `clear` for a new
 //! conversation) or one answer with `-p`.
 
+use nanochat::model::TrainBackend;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nanochat::core::{DeviceSpec, GenerationParams};
 use nanochat::infer::{Chat, Engine};
-use nanochat::model::burn::tensor::backend::AutodiffBackend;
 use nanochat::model::{BackendTask, ComputeDtype, dispatch};
 use nanochat::tokenizer::Tokenizer;
 
@@ -49,7 +49,7 @@ struct Task {
 
 impl BackendTask for Task {
     type Output = anyhow::Result<()>;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
+    fn run<B: TrainBackend>(self, device: B::Device) -> anyhow::Result<()> {
         let a = &self.args;
         let (model, meta, dir) = a.checkpoint.load::<B::InnerBackend>(&self.base, &device)?;
         anyhow::ensure!(

@@ -2,13 +2,13 @@
 //! SpellingBee on a chat model, ChatCORE, results as JSON + CSV in
 //! `<base>/chat_eval/<source>_<tag>_<step>.{json,csv}` and a report section.
 
+use nanochat::model::TrainBackend;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nanochat::core::DeviceSpec;
 use nanochat::eval::chat_eval::{ChatEvalOptions, load_tasks, run_chat_eval_ranked, save_result};
 use nanochat::infer::Engine;
-use nanochat::model::burn::tensor::backend::AutodiffBackend;
 use nanochat::model::distributed::run_replicated;
 use nanochat::model::{BackendTask, dispatch};
 use nanochat::tokenizer::Tokenizer;
@@ -64,7 +64,7 @@ struct Task {
 
 impl BackendTask for Task {
     type Output = anyhow::Result<()>;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
+    fn run<B: TrainBackend>(self, device: B::Device) -> anyhow::Result<()> {
         let a = &self.args;
         let (model, meta, dir) = a.checkpoint.load::<B::InnerBackend>(&self.base, &device)?;
         let tag = dir

@@ -2,11 +2,11 @@
 //! `scripts/chat_sft.py`) and `nanochat chat-rl` (`scripts/chat_rl.py`): flags into
 //! [`ChatTrainArgs`] / [`ChatRlArgs`], then the library loop; a report section at the end.
 
+use nanochat::model::TrainBackend;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nanochat::core::{DeviceSpec, Source};
-use nanochat::model::burn::tensor::backend::AutodiffBackend;
 use nanochat::model::{BackendTask, ComputeDtype, dispatch};
 use nanochat::tokenizer::Tokenizer;
 use nanochat::train::chat_rl::RlSummary;
@@ -155,7 +155,7 @@ struct Task(ChatTrainArgs, Arc<Tokenizer>);
 
 impl BackendTask for Task {
     type Output = Result<ChatTrainSummary, TrainError>;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+    fn run<B: TrainBackend>(self, device: B::Device) -> Self::Output {
         chat_train::<B>(&self.0, self.1, &device)
     }
 }
@@ -274,7 +274,7 @@ struct RlTask(ChatRlArgs, Arc<Tokenizer>);
 
 impl BackendTask for RlTask {
     type Output = Result<RlSummary, TrainError>;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+    fn run<B: TrainBackend>(self, device: B::Device) -> Self::Output {
         chat_rl::<B>(&self.0, self.1, &device)
     }
 }

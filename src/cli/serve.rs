@@ -2,6 +2,7 @@
 //! OpenAI-compatible endpoints). Listens at once (health says 503 until the model is loaded),
 //! loads one model worker per `--num-workers`, and shuts down gracefully on Ctrl-C.
 
+use nanochat::model::TrainBackend;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -9,7 +10,6 @@ use anyhow::Context;
 use nanochat::core::DeviceSpec;
 use nanochat::infer::Engine;
 use nanochat::infer::server::{AppState, WorkerPool, serve};
-use nanochat::model::burn::tensor::backend::AutodiffBackend;
 use nanochat::model::{BackendTask, ComputeDtype, dispatch};
 use nanochat::tokenizer::Tokenizer;
 
@@ -42,7 +42,7 @@ struct Load {
 
 impl BackendTask for Load {
     type Output = anyhow::Result<()>;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
+    fn run<B: TrainBackend>(self, device: B::Device) -> anyhow::Result<()> {
         let mut engines = Vec::new();
         for _ in 0..self.args.num_workers.max(1) {
             let (model, meta, dir) = self

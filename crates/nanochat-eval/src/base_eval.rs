@@ -8,11 +8,11 @@
 //! `CORE-N` (N tasks) and compared with GPT-2's centered scores on the same N tasks, read from
 //! the bundle's `openai-community-gpt2*.csv` reference files.
 
+use nanochat_model::FusedOps;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
 use nanochat_model::Gpt;
 use nanochat_model::distributed::Rank;
 use nanochat_tokenizer::Tokenizer;
@@ -228,7 +228,7 @@ pub struct CoreResult {
 
 /// Evaluates CORE on every task whose data is present (upstream `evaluate_core`). `progress`
 /// is called after each task.
-pub fn evaluate_core<B: Backend>(
+pub fn evaluate_core<B: FusedOps>(
     model: &Gpt<B>,
     tokenizer: &Tokenizer,
     bundle: &Bundle,
@@ -242,7 +242,7 @@ pub fn evaluate_core<B: Backend>(
 /// [`evaluate_core`] on one data-parallel rank: it scores examples `rank, rank + world, …` of
 /// each task and the correct counts are summed over the ranks (upstream's strided examples
 /// and `all_reduce`). Every rank returns the same result.
-pub fn evaluate_core_ranked<B: Backend>(
+pub fn evaluate_core_ranked<B: FusedOps>(
     model: &Gpt<B>,
     tokenizer: &Tokenizer,
     bundle: &Bundle,

@@ -11,12 +11,12 @@
 //!   four-way multiple-choice tasks, 0 for the others). It is only reported when every task
 //!   of [`TaskSpec::CHAT_EVAL`] ran; a subset is named `ChatCORE-<tasks>`.
 
+use nanochat_model::FusedOps;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use nanochat_core::{EvaluationResult, GenerationParams, Validate, ValidationError};
@@ -159,7 +159,7 @@ fn bar(progress: bool, n: usize, name: &str) -> ProgressBar {
 
 /// Categorical scoring of `task`'s `problems` (upstream `run_categorical_eval`): how many
 /// are answered correctly.
-pub fn run_categorical<B: Backend>(
+pub fn run_categorical<B: FusedOps>(
     engine: &Engine<B>,
     task: &dyn Task,
     problems: &[usize],
@@ -234,7 +234,7 @@ pub fn run_categorical<B: Backend>(
 
 /// Generative scoring of `task`'s `problems` (upstream `run_generative_eval`): how many pass
 /// at `num_samples`.
-pub fn run_generative<B: Backend>(
+pub fn run_generative<B: FusedOps>(
     engine: &Engine<B>,
     task: &dyn Task,
     problems: &[usize],
@@ -263,7 +263,7 @@ pub fn run_generative<B: Backend>(
 /// Samples `params.num_samples` replies to problem `i` of `task` and returns how many are
 /// graded correct. The seed is `params.seed + i` and `max_tokens` is capped by the room the
 /// prompt leaves in the context; a prompt that leaves no room scores 0.
-pub fn correct_samples<B: Backend>(
+pub fn correct_samples<B: FusedOps>(
     engine: &Engine<B>,
     task: &dyn Task,
     i: usize,
@@ -289,7 +289,7 @@ pub fn correct_samples<B: Backend>(
 /// Evaluates one task on one data-parallel rank: it scores problems `rank, rank + world, …`
 /// and the passed counts are summed over the ranks (upstream's strided problems and
 /// `all_reduce`); every rank returns the same outcome. [`Rank::single`] evaluates them all.
-pub fn evaluate_task<B: Backend>(
+pub fn evaluate_task<B: FusedOps>(
     engine: &Engine<B>,
     task: &dyn Task,
     opts: &ChatEvalOptions,
@@ -339,7 +339,7 @@ pub fn load_tasks(
 
 /// Runs every task and assembles the validated [`EvaluationResult`] (`model` names what was
 /// evaluated, e.g. `sft/d4@120`).
-pub fn run_chat_eval<B: Backend>(
+pub fn run_chat_eval<B: FusedOps>(
     engine: &Engine<B>,
     tasks: &[Arc<dyn Task>],
     opts: &ChatEvalOptions,
@@ -350,7 +350,7 @@ pub fn run_chat_eval<B: Backend>(
 }
 
 /// [`run_chat_eval`] on one data-parallel rank (see [`evaluate_task`]); rank 0 logs.
-pub fn run_chat_eval_ranked<B: Backend>(
+pub fn run_chat_eval_ranked<B: FusedOps>(
     engine: &Engine<B>,
     tasks: &[Arc<dyn Task>],
     opts: &ChatEvalOptions,

@@ -7,9 +7,9 @@
 //! - **schema**: the context option (shared continuation) with the lowest mean loss;
 //! - **language modelling**: correct when greedy argmax reproduces every continuation token.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use minijinja::{Environment, Value, context};
+use nanochat_model::FusedOps;
 use nanochat_model::{Gpt, Reduction};
 use nanochat_tokenizer::Tokenizer;
 use serde_json::Value as Json;
@@ -222,7 +222,7 @@ pub fn batch_sequences(
 
 /// Per-position losses (target = next token; the last column is NaN) and argmax predictions
 /// of the rows padded with BOS on the right (upstream `forward_model`).
-pub fn forward_rows<B: Backend>(
+pub fn forward_rows<B: FusedOps>(
     model: &Gpt<B>,
     rows: &[Vec<u32>],
     pad: u32,
@@ -283,7 +283,7 @@ pub struct ExampleResult {
 }
 
 /// Evaluates example `idx` of `data` (upstream `evaluate_example`).
-pub fn evaluate_example<B: Backend>(
+pub fn evaluate_example<B: FusedOps>(
     idx: usize,
     model: &Gpt<B>,
     tokenizer: &Tokenizer,

@@ -2,19 +2,19 @@
 //! per turn `<|user_start|>…<|user_end|><|assistant_start|>`, the assistant's generated tokens,
 //! and `<|assistant_end|>`. Text streams out as it is generated, whole characters only.
 
-use burn::tensor::backend::Backend;
 use nanochat_core::GenerationParams;
+use nanochat_model::FusedOps;
 use nanochat_tokenizer::StreamDecoder;
 
 use crate::engine::{Engine, EngineError, RowOutput};
 
 /// One conversation with an engine.
-pub struct Chat<'e, B: Backend> {
+pub struct Chat<'e, B: FusedOps> {
     engine: &'e Engine<B>,
     tokens: Vec<u32>,
 }
 
-impl<'e, B: Backend> Chat<'e, B> {
+impl<'e, B: FusedOps> Chat<'e, B> {
     /// A new conversation (just `<|bos|>`).
     pub fn new(engine: &'e Engine<B>) -> Self {
         Self {
@@ -63,7 +63,7 @@ impl<'e, B: Backend> Chat<'e, B> {
 /// with each whole-character piece of text as it is produced (return `false` to stop, e.g.
 /// when the client went away). The reply ends at `<|assistant_end|>`/`<|bos|>`, a stop string
 /// or `max_tokens`.
-pub fn stream_reply<B: Backend>(
+pub fn stream_reply<B: FusedOps>(
     engine: &Engine<B>,
     prompt: &[u32],
     params: &GenerationParams,

@@ -7,10 +7,10 @@
 //! [`Engine::generate`] streams: the callback sees each step's token column (and whether each
 //! token was sampled or forced) and can stop early. [`Engine::generate_batch`] collects.
 
+use nanochat_model::FusedOps;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use nanochat_core::{GenerationParams, ValidationError};
 use nanochat_model::Gpt;
@@ -91,21 +91,21 @@ struct Specials {
 }
 
 /// A model and its tokenizer, ready to generate.
-pub struct Engine<B: Backend> {
+pub struct Engine<B: FusedOps> {
     model: Gpt<B>,
     tokenizer: Arc<Tokenizer>,
     specials: Specials,
 }
 
 /// Token ids as a `[rows, len / rows]` int tensor.
-pub(crate) fn to_ids<B: Backend>(v: &[u32], rows: usize, device: &B::Device) -> Tensor<B, 2, Int> {
+pub(crate) fn to_ids<B: FusedOps>(v: &[u32], rows: usize, device: &B::Device) -> Tensor<B, 2, Int> {
     let data: Vec<i64> = v.iter().map(|&x| x as i64).collect();
     let cols = data.len() / rows.max(1);
     Tensor::from_data(TensorData::new(data, [rows, cols]), device)
 }
 
 /// The last position's logits of every row, read back to the host.
-pub(crate) fn last_logits<B: Backend>(logits: Tensor<B, 3>) -> Vec<Vec<f32>> {
+pub(crate) fn last_logits<B: FusedOps>(logits: Tensor<B, 3>) -> Vec<Vec<f32>> {
     let [b, t, v] = logits.dims();
     let flat: Vec<f32> = logits
         .narrow(1, t - 1, 1)
@@ -116,7 +116,7 @@ pub(crate) fn last_logits<B: Backend>(logits: Tensor<B, 3>) -> Vec<Vec<f32>> {
     (0..b).map(|i| flat[i * v..(i + 1) * v].to_vec()).collect()
 }
 
-impl<B: Backend> Engine<B> {
+impl<B: FusedOps> Engine<B> {
     /// An engine over `model` (inference backend) and `tokenizer`.
     pub fn new(model: Gpt<B>, tokenizer: Arc<Tokenizer>) -> Result<Self, EngineError> {
         let s = |n: &str| tokenizer.encode_special(n);

@@ -3,10 +3,10 @@
 //! (batch-1 prefill replicated to every row, like the engine), with ms per decode step.
 //! Every timing ends with the logits read back to the host, so the GPU work is included.
 
+use nanochat_model::FusedOps;
 use std::time::Instant;
 
 use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
 use nanochat_model::Gpt;
 use serde::Serialize;
 
@@ -40,13 +40,13 @@ pub struct InferBench {
 }
 
 /// The greedy next token of every row (the readback ends the timed work).
-fn read_last<B: Backend>(logits: Tensor<B, 3>) -> Vec<u32> {
+fn read_last<B: FusedOps>(logits: Tensor<B, 3>) -> Vec<u32> {
     last_logits(logits).iter().map(|row| argmax(row)).collect()
 }
 
 /// Runs the benchmark on `model` with a deterministic pseudo-random prompt (one warm-up pass
 /// first, not timed).
-pub fn bench_inference<B: Backend>(
+pub fn bench_inference<B: FusedOps>(
     model: &Gpt<B>,
     prompt_tokens: usize,
     decode_tokens: usize,

@@ -3,12 +3,12 @@
 //! pieces back to the request that submitted it, and the counters behind `/stats` and
 //! `/metrics` are updated as it goes.
 
+use nanochat_model::FusedOps;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
 use nanochat_core::GenerationParams;
 use tokio::sync::mpsc;
 
@@ -55,7 +55,7 @@ pub struct WorkerPool {
 
 impl WorkerPool {
     /// Starts one worker thread per engine.
-    pub fn start<B: Backend>(engines: Vec<Engine<B>>, stats: Arc<Stats>) -> Self
+    pub fn start<B: FusedOps>(engines: Vec<Engine<B>>, stats: Arc<Stats>) -> Self
     where
         Engine<B>: Send + 'static,
     {
@@ -95,7 +95,7 @@ impl WorkerPool {
     }
 }
 
-fn run_job<B: Backend>(idx: usize, engine: &Engine<B>, job: Job, stats: &Stats) {
+fn run_job<B: FusedOps>(idx: usize, engine: &Engine<B>, job: Job, stats: &Stats) {
     let start = Instant::now();
     let mut first = true;
     let events = &job.events;

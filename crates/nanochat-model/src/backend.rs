@@ -8,8 +8,9 @@
 //! Backends are `Autodiff<…>` so that training code can take gradients; inference code simply
 //! uses `B::InnerBackend` or ignores the autodiff layer.
 
-use burn::tensor::backend::AutodiffBackend;
 use nanochat_core::DeviceSpec;
+
+use crate::ops::TrainBackend;
 
 /// The CPU backend (burn-flex), with autodiff.
 #[cfg(feature = "flex")]
@@ -66,7 +67,7 @@ pub trait BackendTask {
     /// What the task returns.
     type Output;
     /// Runs the task on backend `B`, device `device`.
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output;
+    fn run<B: TrainBackend>(self, device: B::Device) -> Self::Output;
 }
 
 fn not_compiled(requested: DeviceSpec, feature: &'static str) -> BackendError {
@@ -80,7 +81,7 @@ fn not_compiled(requested: DeviceSpec, feature: &'static str) -> BackendError {
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 /// Whether a backend works on this machine: runs one tiny operation, catching the panic a
 /// backend raises when its driver or device is absent.
-fn backend_works<B: AutodiffBackend>(device: &B::Device) -> bool {
+fn backend_works<B: TrainBackend>(device: &B::Device) -> bool {
     use burn::tensor::Tensor;
     use std::panic::{AssertUnwindSafe, catch_unwind};
     let previous = std::panic::take_hook();
@@ -157,7 +158,7 @@ mod tests {
     struct SumTask(Vec<f32>);
     impl BackendTask for SumTask {
         type Output = f32;
-        fn run<B: AutodiffBackend>(self, device: B::Device) -> f32 {
+        fn run<B: TrainBackend>(self, device: B::Device) -> f32 {
             let n = self.0.len();
             Tensor::<B, 1>::from_data(burn::tensor::TensorData::new(self.0, [n]), &device)
                 .sum()

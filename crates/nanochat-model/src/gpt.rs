@@ -20,7 +20,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
-use burn::tensor::activation::{relu, sigmoid};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Int, Tensor};
 use nanochat_core::model_config::{SMEAR_GATE_CHANNELS, VE_GATE_CHANNELS};
@@ -28,7 +28,8 @@ use nanochat_core::{ModelConfig, ParamCounts, WindowSize};
 
 use crate::flash_attention::causal_window_attention;
 use crate::kv_cache::KvCache;
-use crate::rotary::{apply_rotary_emb, rope_tables};
+use crate::ops::{self, FusedOps, rms_norm};
+use crate::rotary::rope_tables;
 
 /// The dtype of activations and matmuls. Master weights stay float32 either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,12 +68,6 @@ pub enum Reduction {
     None,
 }
 
-/// Parameter-free RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps)`.
-pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D> {
-    let ms = x.clone().square().mean_dim(D - 1);
-    x * (ms + eps).sqrt().recip()
-}
-
 /// `x @ W` with the float32 master weight cast to `x`'s dtype (upstream's `Linear`).
 fn linear<B: Backend, const D: usize>(
     l: &Linear<B>,
@@ -108,14 +103,14 @@ pub struct CausalSelfAttention<B: Backend> {
 
 /// Inputs every attention layer needs in one forward.
 struct AttnCtx<'a, B: Backend> {
-    cos: &'a Tensor<B, 4>,
-    sin: &'a Tensor<B, 4>,
+    cos: &'a Tensor<B, 2>,
+    sin: &'a Tensor<B, 2>,
     qk_scale: f64,
     eps: f64,
     dtype: ComputeDtype,
 }
 
-impl<B: Backend> CausalSelfAttention<B> {
+impl<B: FusedOps> CausalSelfAttention<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -126,23 +121,21 @@ impl<B: Backend> CausalSelfAttention<B> {
     ) -> Tensor<B, 3> {
         let [b, t, c] = x.dims();
         let (h, hkv, d) = (self.n_head, self.n_kv_head, self.head_dim);
-        let q = linear(&self.c_q, x.clone(), ctx.dtype)
-            .reshape([b, t, h, d])
-            .swap_dims(1, 2);
-        let k = linear(&self.c_k, x.clone(), ctx.dtype)
-            .reshape([b, t, hkv, d])
-            .swap_dims(1, 2);
+        // [B, T, heads, D] throughout: the projections' own layout.
+        let q = linear(&self.c_q, x.clone(), ctx.dtype).reshape([b, t, h, d]);
+        let k = linear(&self.c_k, x.clone(), ctx.dtype).reshape([b, t, hkv, d]);
         let mut v = linear(&self.c_v, x.clone(), ctx.dtype).reshape([b, t, hkv, d]);
         if let (Some(ve), Some(gate)) = (ve, &self.ve_gate) {
             let g = sigmoid(linear(gate, x.narrow(2, 0, VE_GATE_CHANNELS), ctx.dtype)) * 3.0;
             v = v + g.unsqueeze_dim::<4>(3) * ve.reshape([b, t, hkv, d]);
         }
-        let v = v.swap_dims(1, 2);
-        let q = rms_norm(apply_rotary_emb(q, ctx.cos, ctx.sin), ctx.eps) * ctx.qk_scale;
-        let k = rms_norm(apply_rotary_emb(k, ctx.cos, ctx.sin), ctx.eps) * ctx.qk_scale;
+        let q = ops::rotary_norm(q, ctx.cos, ctx.sin, ctx.eps, ctx.qk_scale);
+        let k = ops::rotary_norm(k, ctx.cos, ctx.sin, ctx.eps, ctx.qk_scale);
         let y = match cache {
-            None => causal_window_attention(q, k, v, window.left),
+            None => ops::attention(q, k, v, window.left),
             Some((cache, layer)) => {
+                // The cache holds [B, H_kv, T, D].
+                let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
                 let (k_all, v_all) = cache.append(layer, k, v);
                 let tk = k_all.dims()[2];
                 let (k_all, v_all) = if t == 1 && window.left + 1 < tk {
@@ -155,11 +148,10 @@ impl<B: Backend> CausalSelfAttention<B> {
                 } else {
                     (k_all, v_all)
                 };
-                causal_window_attention(q, k_all, v_all, window.left)
+                causal_window_attention(q, k_all, v_all, window.left).swap_dims(1, 2)
             }
         };
-        let y = y.swap_dims(1, 2).reshape([b, t, c]);
-        linear(&self.c_proj, y, ctx.dtype)
+        linear(&self.c_proj, y.reshape([b, t, c]), ctx.dtype)
     }
 }
 
@@ -259,7 +251,9 @@ impl<B: Backend> Gpt<B> {
             &self.device(),
         )
     }
+}
 
+impl<B: FusedOps> Gpt<B> {
     /// The final normalised hidden states `[batch, t, n_embd]` for tokens `idx` (`[batch, t]`),
     /// appending to `cache` when given.
     pub fn hidden(
@@ -343,7 +337,7 @@ impl<B: Backend> Gpt<B> {
                 .forward(rms_norm(x.clone(), eps), ve, windows[i], &ctx, layer_cache);
             x = x + self.dropout.forward(a);
             let m = linear(&block.mlp.c_fc, rms_norm(x.clone(), eps), self.compute);
-            let m = linear(&block.mlp.c_proj, relu(m).square(), self.compute);
+            let m = linear(&block.mlp.c_proj, ops::relu_squared(m), self.compute);
             x = x + self.dropout.forward(m);
             if i == c.backout_layer() && self.backout_lambda.is_some() {
                 backout = Some(x.clone());
@@ -378,36 +372,46 @@ impl<B: Backend> Gpt<B> {
         }
     }
 
-    /// Cross-entropy of next-token `targets` (`[batch, t]`, −1 = ignored).
+    /// Cross-entropy of next-token `targets` (`[batch, t]`, −1 = ignored) through the fused
+    /// soft-capped loss ([`ops::cross_entropy`]): the logits are not kept beyond it.
     pub fn forward_loss(
         &self,
         idx: Tensor<B, 2, Int>,
         targets: Tensor<B, 2, Int>,
         reduction: Reduction,
     ) -> Tensor<B, 1> {
-        let logits = self.forward(idx, None);
-        cross_entropy(logits, targets, reduction)
+        let x = self.hidden(idx, None);
+        let [b, t, _] = x.dims();
+        let logits = linear(&self.lm_head, x, self.compute);
+        let v_padded = logits.dims()[2];
+        let mut logits = logits.reshape([b * t, v_padded]);
+        if self.compute != ComputeDtype::F32 {
+            logits = logits.cast(FloatDType::F32);
+        }
+        let targets = targets.reshape([b * t]);
+        let c = &self.config;
+        let losses = ops::cross_entropy(logits, targets.clone(), c.vocab_size, c.logit_softcap);
+        match reduction {
+            Reduction::None => losses,
+            Reduction::Mean => losses.sum() / targets.greater_equal_elem(0).float().sum(),
+        }
     }
 }
 
-/// Cross-entropy with ignore index −1: mean over kept targets, or per position.
+/// Cross-entropy with ignore index −1 of logits that are already final (soft-capped, cropped):
+/// mean over kept targets, or per position.
 pub fn cross_entropy<B: Backend>(
     logits: Tensor<B, 3>,
     targets: Tensor<B, 2, Int>,
     reduction: Reduction,
 ) -> Tensor<B, 1> {
     let [b, t, v] = logits.dims();
-    let logits = logits.reshape([b * t, v]);
     let targets = targets.reshape([b * t]);
-    let keep = targets.clone().greater_equal_elem(0).float();
-    let idx = targets.clamp_min(0).reshape([b * t, 1]);
-    let max = logits.clone().max_dim(1);
-    let lse = (logits.clone() - max.clone()).exp().sum_dim(1).log() + max;
-    let picked = logits.gather(1, idx);
-    let losses = (lse - picked).reshape([b * t]) * keep.clone();
+    let losses =
+        ops::reference::cross_entropy_losses(logits.reshape([b * t, v]), targets.clone(), v, 0.0);
     match reduction {
         Reduction::None => losses,
-        Reduction::Mean => losses.sum() / keep.sum(),
+        Reduction::Mean => losses.sum() / targets.greater_equal_elem(0).float().sum(),
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`gpt`]: the model and its forward pass, loss, counts;
 //! - [`init`]: upstream's weight initialisation;
 //! - [`kv_cache`]: the cache for incremental decoding;
+//! - [`ops`]: the fused operations (loss, norms, attention) with CPU kernels;
 //! - [`flash_attention`], [`rotary`]: attention with sliding windows, rotary embeddings;
 //! - [`backend`]: choosing a backend and device at run time;
 //! - [`distributed`]: data-parallel ranks on burn's collective engine.
@@ -20,6 +21,7 @@ pub mod gpt;
 pub mod hf_export;
 pub mod init;
 pub mod kv_cache;
+pub mod ops;
 pub mod rotary;
 pub mod weights;
 
@@ -28,6 +30,7 @@ pub use backend::{BackendError, BackendTask, compiled_backends, dispatch};
 pub use burn;
 pub use gpt::{ComputeDtype, Gpt, Reduction, cross_entropy};
 pub use kv_cache::KvCache;
+pub use ops::{FusedOps, TrainBackend};
 
 /// The CPU backend used by this crate's tests.
 #[cfg(all(test, feature = "flex"))]

@@ -7,15 +7,15 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-/// Cosine and sine tables for positions `start..start + len`, shaped `[1, 1, len, head_dim/2]`
-/// to broadcast over `[batch, heads, len, head_dim/2]`. Computed in f32 exactly as upstream.
+/// Cosine and sine tables for positions `start..start + len`, shaped `[len, head_dim/2]`.
+/// Computed in f32 exactly as upstream.
 pub fn rope_tables<B: Backend>(
     start: usize,
     len: usize,
     head_dim: usize,
     base: f64,
     device: &B::Device,
-) -> (Tensor<B, 4>, Tensor<B, 4>) {
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let half = head_dim / 2;
     let inv_freq: Vec<f32> = (0..half)
         .map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / head_dim as f32))
@@ -29,25 +29,20 @@ pub fn rope_tables<B: Backend>(
             sin.push(angle.sin());
         }
     }
-    let shape = [1, 1, len, half];
+    let shape = [len, half];
     (
         Tensor::from_data(TensorData::new(cos, shape), device),
         Tensor::from_data(TensorData::new(sin, shape), device),
     )
 }
 
-/// Rotates `x` (`[batch, heads, len, head_dim]`) by the tables from [`rope_tables`].
+/// Rotates `x` (`[batch, len, heads, head_dim]`) by the tables from [`rope_tables`].
 pub fn apply_rotary_emb<B: Backend>(
     x: Tensor<B, 4>,
-    cos: &Tensor<B, 4>,
-    sin: &Tensor<B, 4>,
+    cos: &Tensor<B, 2>,
+    sin: &Tensor<B, 2>,
 ) -> Tensor<B, 4> {
-    let d = x.dims()[3] / 2;
-    let x1 = x.clone().narrow(3, 0, d);
-    let x2 = x.narrow(3, d, d);
-    let y1 = x1.clone() * cos.clone() + x2.clone() * sin.clone();
-    let y2 = x2 * cos.clone() - x1 * sin.clone();
-    Tensor::cat(vec![y1, y2], 3)
+    crate::ops::reference::apply_rotary(x, cos, sin)
 }
 
 #[cfg(all(test, any(feature = "flex", feature = "ndarray")))]
@@ -59,7 +54,7 @@ mod tests {
     fn rotation_preserves_norm_and_position_zero_is_identity() {
         let device = Default::default();
         let x = Tensor::<Flex, 4>::from_data(
-            TensorData::new((0..16).map(|i| i as f32 * 0.1).collect(), [1, 1, 2, 8]),
+            TensorData::new((0..16).map(|i| i as f32 * 0.1).collect(), [1, 2, 1, 8]),
             &device,
         );
         let (cos, sin) = rope_tables::<Flex>(0, 2, 8, 10_000.0, &device);

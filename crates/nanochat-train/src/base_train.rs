@@ -9,13 +9,14 @@
 //! ETA` under a progress bar and appends a JSON line to `metrics.jsonl` in the checkpoint
 //! folder.
 
+use nanochat_model::FusedOps;
+use nanochat_model::TrainBackend;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use nanochat_core::checkpoint_manager::{checkpoint_dir, optim_file_name};
 use nanochat_core::{
@@ -134,7 +135,7 @@ fn ema_debiased(smooth: f64, step: u64) -> f64 {
 }
 
 /// Greedy continuation of `prompt` for `max_tokens` tokens with the KV cache.
-pub fn sample_greedy<B: Backend>(
+pub fn sample_greedy<B: FusedOps>(
     model: &Gpt<B>,
     tokenizer: &Tokenizer,
     prompt: &str,
@@ -168,7 +169,7 @@ pub fn sample_greedy<B: Backend>(
 
 /// Where a run starts: the model (fresh or loaded) and, when resuming, what the checkpoint
 /// holds besides it.
-struct Start<B: AutodiffBackend> {
+struct Start<B: TrainBackend> {
     model: Gpt<B>,
     resume: Option<Resumed>,
 }
@@ -183,7 +184,7 @@ struct Resumed {
 /// Runs (or resumes) pretraining: on `device` alone, or on `args.distributed`'s devices with
 /// one thread per rank (rank `r` on the `r`-th device after `device`; see
 /// [`nanochat_model::distributed::rank_device`]).
-pub fn base_train<B: AutodiffBackend>(
+pub fn base_train<B: TrainBackend>(
     args: &BaseTrainArgs,
     tokenizer: Arc<Tokenizer>,
     device: &B::Device,
@@ -248,7 +249,7 @@ pub fn base_train<B: AutodiffBackend>(
 }
 
 /// The loop of one rank.
-fn train_rank<B: AutodiffBackend>(
+fn train_rank<B: TrainBackend>(
     args: &BaseTrainArgs,
     tokenizer: Arc<Tokenizer>,
     plan: &RunPlan,
@@ -477,7 +478,7 @@ fn train_rank<B: AutodiffBackend>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn save<B: AutodiffBackend>(
+fn save<B: TrainBackend>(
     dir: &std::path::Path,
     model: &Gpt<B>,
     opt: &MuonAdamW<B::InnerBackend>,

@@ -4,9 +4,9 @@
 //! [`train_step`] as pretraining — so `--devices` measures the data-parallel path too.
 //! Reports the median step time, tokens per second and MFU (upstream's FLOPs formula).
 
+use nanochat_model::TrainBackend;
 use std::time::Instant;
 
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Int, Tensor};
 use nanochat_core::{DistributedConfig, ModelConfig, TrainingConfiguration, Validate};
 use nanochat_model::distributed::{Rank, run_replicated};
@@ -30,6 +30,8 @@ pub struct BenchTrainArgs {
     pub window_pattern: String,
     /// Vocabulary size of the random tokens and the model.
     pub vocab_size: usize,
+    /// Target head dimension (the model width is rounded up to a multiple of it).
+    pub head_dim: usize,
     /// Timed steps.
     pub steps: usize,
     /// Untimed steps first (autotuning, allocation).
@@ -72,6 +74,7 @@ pub fn bench_model(args: &BenchTrainArgs) -> Result<ModelConfig, TrainError> {
         depth: args.depth,
         max_seq_len: args.seq_len,
         window_pattern: args.window_pattern.clone(),
+        head_dim: args.head_dim,
         ..TrainingConfiguration::default()
     };
     let model = cfg.depth_dial(args.vocab_size).build()?;
@@ -80,7 +83,7 @@ pub fn bench_model(args: &BenchTrainArgs) -> Result<ModelConfig, TrainError> {
 }
 
 /// Runs the benchmark on `device` (the first rank's device).
-pub fn bench_train<B: AutodiffBackend>(
+pub fn bench_train<B: TrainBackend>(
     args: &BenchTrainArgs,
     device: &B::Device,
 ) -> Result<BenchTrainResult, TrainError> {
@@ -106,7 +109,7 @@ pub struct CollectiveOverhead {
 }
 
 /// Measures [`CollectiveOverhead`] on `device`.
-pub fn bench_collective_overhead<B: AutodiffBackend>(
+pub fn bench_collective_overhead<B: TrainBackend>(
     args: &BenchTrainArgs,
     device: &B::Device,
     rounds: usize,
@@ -143,7 +146,7 @@ pub fn bench_collective_overhead<B: AutodiffBackend>(
     })
 }
 
-fn bench_rank<B: AutodiffBackend>(
+fn bench_rank<B: TrainBackend>(
     args: &BenchTrainArgs,
     config: &ModelConfig,
     model: Gpt<B>,

@@ -11,6 +11,7 @@
 //! on GSM8K test are measured every `eval_every` steps. Sampling seeds derive from the run
 //! seed and the step, so `--resume-from-step` continues bit-identically.
 
+use nanochat_model::TrainBackend;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,7 +19,6 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use nanochat_core::checkpoint_manager::{checkpoint_dir, optim_file_name};
 use nanochat_core::{CheckpointMetadata, GenerationParams, Source};
@@ -172,7 +172,7 @@ pub struct Rollout {
 
 /// Loss `Σ −logp · A · weight` over the sampled tokens of `rollouts` and its gradient,
 /// `batch` rows per forward pass (BOS-padded).
-pub fn policy_gradient<B: AutodiffBackend>(
+pub fn policy_gradient<B: TrainBackend>(
     model: &Gpt<B>,
     rollouts: &[Rollout],
     bos: u32,
@@ -215,7 +215,7 @@ pub fn policy_gradient<B: AutodiffBackend>(
 }
 
 /// Runs (or resumes) RL.
-pub fn chat_rl<B: AutodiffBackend>(
+pub fn chat_rl<B: TrainBackend>(
     args: &ChatRlArgs,
     tokenizer: Arc<Tokenizer>,
     device: &B::Device,
@@ -297,7 +297,7 @@ struct RlRun<'a> {
 /// The loop of one rank: it samples its share of the step's problems (`rank, rank + world,
 /// …`), and the ranks' gradients are summed (each rollout is already weighted by the whole
 /// step's problem count).
-fn rl_rank<B: AutodiffBackend>(
+fn rl_rank<B: TrainBackend>(
     run: &RlRun<'_>,
     model: Gpt<B>,
     rank: Rank<B::InnerBackend>,

@@ -17,6 +17,7 @@
 //! 0.85 → 0.95 over 300 steps; weight decay is 0. `--resume-from-step` restores the model,
 //! the optimizer, the loader (exactly) and the loop state.
 
+use nanochat_model::TrainBackend;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,7 +26,6 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::ElementConversion;
-use burn::tensor::backend::AutodiffBackend;
 use nanochat_core::checkpoint_manager::{checkpoint_dir, optim_file_name};
 use nanochat_core::{CheckpointMetadata, OptimizerConfig};
 use nanochat_eval::chat_eval::{ChatEvalOptions, load_tasks, run_chat_eval};
@@ -108,7 +108,7 @@ pub struct ChatTrainSummary {
 /// The loss and gradient of one optimizer step over `micro`-batches, every trained target
 /// weighted equally: each micro-batch contributes `Σ CE / N` with `N` the trained targets of
 /// the whole step, so accumulating gives exactly the gradient of one batch holding them all.
-pub fn token_weighted_grads<B: AutodiffBackend>(
+pub fn token_weighted_grads<B: TrainBackend>(
     model: &Gpt<B>,
     micro: &[ChatBatch],
     device: &B::Device,
@@ -119,7 +119,7 @@ pub fn token_weighted_grads<B: AutodiffBackend>(
 
 /// [`token_weighted_grads`] with the divisor given: with data parallelism, the trained
 /// targets of every rank's micro-batches (the per-rank gradients are then summed).
-pub fn token_weighted_grads_over<B: AutodiffBackend>(
+pub fn token_weighted_grads_over<B: TrainBackend>(
     model: &Gpt<B>,
     micro: &[ChatBatch],
     n_valid: usize,
@@ -138,7 +138,7 @@ pub fn token_weighted_grads_over<B: AutodiffBackend>(
 }
 
 /// Runs (or resumes) midtraining or SFT.
-pub fn chat_train<B: AutodiffBackend>(
+pub fn chat_train<B: TrainBackend>(
     args: &ChatTrainArgs,
     tokenizer: Arc<Tokenizer>,
     device: &B::Device,
@@ -224,7 +224,7 @@ struct ChatRun<'a> {
 }
 
 /// The loop of one rank.
-fn chat_rank<B: AutodiffBackend>(
+fn chat_rank<B: TrainBackend>(
     run: &ChatRun<'_>,
     model: Gpt<B>,
     rank: Rank<B::InnerBackend>,
@@ -514,7 +514,7 @@ fn chat_rank<B: AutodiffBackend>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn save_chat<B: AutodiffBackend>(
+fn save_chat<B: TrainBackend>(
     dir: &Path,
     model: &Gpt<B>,
     opt: &MuonAdamW<B::InnerBackend>,

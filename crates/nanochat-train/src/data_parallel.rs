@@ -13,8 +13,8 @@
 //!   run resumes with the world size that wrote it.
 
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Int, Tensor};
+use nanochat_model::TrainBackend;
 use nanochat_model::distributed::Rank;
 use nanochat_model::{Gpt, Reduction};
 use serde::Serialize;
@@ -56,7 +56,7 @@ pub const CHAT_KEYS: StateKeys = StateKeys {
 ///
 /// `fail` makes the rank fail after its backward pass and before the reduction: the test
 /// hook for a rank dying mid-step.
-pub fn train_step<B: AutodiffBackend>(
+pub fn train_step<B: TrainBackend>(
     model: Gpt<B>,
     opt: &mut MuonAdamW<B::InnerBackend>,
     mut next_batch: impl FnMut() -> Result<MicroBatch<B>, TrainError>,

@@ -2,12 +2,12 @@
 //! nats over the summed byte length of the target tokens, so that models with different
 //! vocabularies compare. Special tokens (0 bytes) and ignored targets (−1) count for nothing.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use nanochat_model::FusedOps;
 use nanochat_model::{Gpt, Reduction};
 
 /// Byte lengths of every token id as a device tensor (0 for special tokens).
-pub fn token_bytes_tensor<B: Backend>(
+pub fn token_bytes_tensor<B: FusedOps>(
     token_bytes: &[u32],
     device: &B::Device,
 ) -> Tensor<B, 1, Int> {
@@ -36,7 +36,7 @@ impl BpbSums {
 }
 
 /// Adds one batch `(x, y)` to `sums`.
-pub fn accumulate_bpb<B: Backend>(
+pub fn accumulate_bpb<B: FusedOps>(
     model: &Gpt<B>,
     x: Tensor<B, 2, Int>,
     y: Tensor<B, 2, Int>,
@@ -59,7 +59,7 @@ pub fn accumulate_bpb<B: Backend>(
 }
 
 /// Bits per byte of `model` over `steps` batches.
-pub fn evaluate_bpb<B: Backend, I, E>(
+pub fn evaluate_bpb<B: FusedOps, I, E>(
     model: &Gpt<B>,
     batches: I,
     steps: usize,
@@ -73,7 +73,7 @@ where
 
 /// The sums behind [`evaluate_bpb`], for ranks that each evaluate their share of the batches
 /// and add their sums up ([`reduce_bpb`]).
-pub fn evaluate_bpb_sums<B: Backend, I, E>(
+pub fn evaluate_bpb_sums<B: FusedOps, I, E>(
     model: &Gpt<B>,
     batches: I,
     steps: usize,
@@ -91,7 +91,7 @@ where
 }
 
 /// Adds every rank's sums (upstream's `all_reduce(SUM)` of `total_nats` and `total_bytes`).
-pub fn reduce_bpb<B: Backend>(
+pub fn reduce_bpb<B: FusedOps>(
     rank: &nanochat_model::distributed::Rank<B>,
     sums: BpbSums,
 ) -> Result<BpbSums, nanochat_model::distributed::DistError> {

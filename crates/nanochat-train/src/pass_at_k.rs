@@ -25,7 +25,7 @@ pub struct PassAtK {
 /// pass@1 / pass@k of `engine` on the first `n` problems of `task`. This rank samples
 /// problems `rank, rank + world, …`; the counts are summed over the ranks (upstream's
 /// `all_reduce` of the records), so every rank returns the same result.
-pub fn evaluate_pass_at_k<B: burn::tensor::backend::Backend>(
+pub fn evaluate_pass_at_k<B: nanochat_model::FusedOps>(
     engine: &Engine<B>,
     task: &dyn Task,
     n: usize,

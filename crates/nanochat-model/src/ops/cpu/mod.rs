@@ -1,0 +1,323 @@
+//! The fused ops on the CPU backend (burn-flex): float32 kernels on the tensors' storage,
+//! parallel with rayon, vectorised at the CPU's width ([`simd`]), matrix products through the
+//! `gemm` crate ([`gemm`]). Other dtypes (bf16 compute) take the reference path.
+
+mod attention;
+mod gemm;
+mod loss;
+mod norm;
+mod simd;
+
+use burn::backend::Flex;
+use burn::backend::flex::{FlexTensor, Layout};
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{Bytes, DType, Shape};
+
+use super::{FusedOps, reference};
+
+/// A new float32 tensor of `shape` holding `data`.
+fn from_vec(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(data),
+        Layout::contiguous(Shape::from(shape.to_vec())),
+        DType::F32,
+    )
+}
+
+fn dims(t: &FlexTensor) -> Vec<usize> {
+    t.layout().shape().to_vec()
+}
+
+/// The tensor in row-major order (a copy only when not contiguous). Consumes `t`, so that a
+/// tensor nothing else holds stays unique (`to_contiguous` returns a second handle).
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    let c = t.to_contiguous();
+    drop(t);
+    c
+}
+
+fn f32s(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>()
+        .expect("a contiguous float32 tensor (checked by the caller)")
+}
+
+/// The tensor's elements, row-major, in a buffer this kernel may overwrite: the tensor's own
+/// when it is contiguous and nothing else holds it, else a copy.
+fn owned_f32(t: FlexTensor) -> FlexTensor {
+    let mut t = contiguous(t);
+    if t.try_storage_mut::<f32>().is_none() || t.bytes().len() != t.layout().num_elements() * 4 {
+        let data = f32s(&t).to_vec();
+        t = from_vec(data, &dims(&t));
+    }
+    t
+}
+
+fn is_f32(ts: &[&FlexTensor]) -> bool {
+    ts.iter().all(|t| t.dtype() == DType::F32)
+}
+
+/// Integer targets of any integer dtype as i64.
+fn ints(t: FlexTensor) -> Vec<i64> {
+    let t = contiguous(t);
+    match t.dtype() {
+        DType::I64 => t.as_slice::<i64>().map(<[i64]>::to_vec),
+        DType::I32 => t
+            .as_slice::<i32>()
+            .map(|s| s.iter().map(|&x| i64::from(x)).collect()),
+        DType::I16 => t
+            .as_slice::<i16>()
+            .map(|s| s.iter().map(|&x| i64::from(x)).collect()),
+        DType::I8 => t
+            .as_slice::<i8>()
+            .map(|s| s.iter().map(|&x| i64::from(x)).collect()),
+        DType::U32 => t
+            .as_slice::<u32>()
+            .map(|s| s.iter().map(|&x| i64::from(x)).collect()),
+        other => panic!("cross-entropy targets must be integers, got {other:?}"),
+    }
+    .expect("contiguous after to_contiguous")
+}
+
+fn storage_mut(t: &mut FlexTensor) -> &mut [f32] {
+    t.try_storage_mut::<f32>()
+        .expect("a tensor this kernel owns (made by owned_f32 or from_vec)")
+}
+
+impl FusedOps for Flex {
+    const FUSED: bool = true;
+
+    fn cross_entropy_forward(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        vocab: usize,
+        softcap: f64,
+        with_grad: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        if !is_f32(&[&logits]) {
+            return reference::cross_entropy_forward::<Self>(
+                logits, targets, vocab, softcap, with_grad,
+            );
+        }
+        let [n, v_padded] = dims(&logits)[..] else {
+            panic!("cross-entropy logits must be [rows, vocab]");
+        };
+        assert!(vocab <= v_padded, "vocab {vocab} > logits width {v_padded}");
+        let targets = ints(targets);
+        assert_eq!(targets.len(), n, "one target per row");
+        let cap = softcap as f32;
+        if with_grad {
+            let mut grad = owned_f32(logits);
+            let losses =
+                loss::losses_and_grad(storage_mut(&mut grad), v_padded, vocab, &targets, cap);
+            (from_vec(losses, &[n]), Some(grad))
+        } else {
+            let logits = contiguous(logits);
+            let losses = loss::losses(f32s(&logits), v_padded, vocab, &targets, cap);
+            (from_vec(losses, &[n]), None)
+        }
+    }
+
+    fn cross_entropy_backward(
+        unit: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        if !is_f32(&[&unit, &grad]) {
+            return reference::scale_rows::<Self>(unit, grad);
+        }
+        let v = dims(&unit)[1];
+        let grad = contiguous(grad);
+        let mut unit = owned_f32(unit);
+        loss::scale_rows(storage_mut(&mut unit), v, f32s(&grad));
+        unit
+    }
+
+    fn rms_norm_forward(
+        x: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        if !is_f32(&[&x]) {
+            return (reference::rms_norm_2d::<Self>(x, eps), None);
+        }
+        let shape = dims(&x);
+        let x = contiguous(x);
+        let mut y = vec![0.0f32; x.layout().num_elements()];
+        let r = norm::rms_norm(f32s(&x), &mut y, shape[1], eps as f32);
+        (from_vec(y, &shape), Some(from_vec(r, &shape[..1])))
+    }
+
+    fn rms_norm_backward(
+        x: FloatTensor<Self>,
+        saved: Option<FloatTensor<Self>>,
+        dy: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        let Some(r) = saved.filter(|r| is_f32(&[&x, r, &dy])) else {
+            return reference::vjp1::<Self, 2>(x, dy, |x| reference::rms_norm(x, eps));
+        };
+        let c = dims(&x)[1];
+        let (x, r) = (contiguous(x), contiguous(r));
+        let mut dy = owned_f32(dy);
+        norm::rms_norm_backward(f32s(&x), f32s(&r), storage_mut(&mut dy), c);
+        dy
+    }
+
+    fn rotary_norm_forward(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        eps: f64,
+        scale: f64,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        if !is_f32(&[&x, &cos, &sin]) {
+            return (
+                reference::rotary_norm_prim::<Self>(x, cos, sin, eps, scale),
+                None,
+            );
+        }
+        let shape = dims(&x);
+        let (x, cos, sin) = (contiguous(x), contiguous(cos), contiguous(sin));
+        let rot = norm::Rotary {
+            cos: f32s(&cos),
+            sin: f32s(&sin),
+            t: shape[1],
+            h: shape[2],
+            d: shape[3],
+        };
+        let mut y = vec![0.0f32; x.layout().num_elements()];
+        let r = norm::rotary_norm(f32s(&x), &mut y, rot, eps as f32, scale as f32);
+        (from_vec(y, &shape), Some(from_vec(r, &shape[..3])))
+    }
+
+    fn rotary_norm_backward(
+        x: FloatTensor<Self>,
+        saved: Option<FloatTensor<Self>>,
+        dy: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        eps: f64,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        let Some(r) = saved.filter(|r| is_f32(&[&x, r, &dy, &cos, &sin])) else {
+            let cos = burn::tensor::Tensor::<Self, 2>::from_primitive(
+                burn::tensor::TensorPrimitive::Float(cos),
+            );
+            let sin = burn::tensor::Tensor::<Self, 2>::from_primitive(
+                burn::tensor::TensorPrimitive::Float(sin),
+            );
+            return reference::vjp1::<Self, 4>(x, dy, |x| {
+                let (cos, sin) = (
+                    burn::tensor::Tensor::from_inner(cos),
+                    burn::tensor::Tensor::from_inner(sin),
+                );
+                reference::rotary_norm(x, &cos, &sin, eps, scale)
+            });
+        };
+        let shape = dims(&x);
+        let (x, r, cos, sin) = (
+            contiguous(x),
+            contiguous(r),
+            contiguous(cos),
+            contiguous(sin),
+        );
+        let rot = norm::Rotary {
+            cos: f32s(&cos),
+            sin: f32s(&sin),
+            t: shape[1],
+            h: shape[2],
+            d: shape[3],
+        };
+        let mut dy = owned_f32(dy);
+        norm::rotary_norm_backward(f32s(&x), f32s(&r), storage_mut(&mut dy), rot, scale as f32);
+        dy
+    }
+
+    fn attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        window: usize,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        if !is_f32(&[&q, &k, &v]) {
+            return (reference::attention_prim::<Self>(q, k, v, window), None);
+        }
+        let sh = attention_shape(&q, &k, window);
+        let (q, k, v) = (contiguous(q), contiguous(k), contiguous(v));
+        let mut o = vec![0.0f32; q.layout().num_elements()];
+        let mut lse = vec![0.0f32; sh.b * sh.tq * sh.h];
+        attention::forward(&sh, f32s(&q), f32s(&k), f32s(&v), &mut o, &mut lse);
+        (
+            from_vec(o, &dims(&q)),
+            Some(from_vec(lse, &[sh.b, sh.tq, sh.h])),
+        )
+    }
+
+    fn attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        saved: Option<FloatTensor<Self>>,
+        dout: FloatTensor<Self>,
+        window: usize,
+    ) -> [FloatTensor<Self>; 3] {
+        let Some(lse) = saved.filter(|l| is_f32(&[&q, &k, &v, &out, l, &dout])) else {
+            return reference::attention_vjp::<Self>(q, k, v, dout, window);
+        };
+        let sh = attention_shape(&q, &k, window);
+        let (qs, ks) = (dims(&q), dims(&k));
+        let [q, k, v, out, lse, dout] = [q, k, v, out, lse, dout].map(contiguous);
+        let saved = attention::Saved {
+            q: f32s(&q),
+            k: f32s(&k),
+            v: f32s(&v),
+            o: f32s(&out),
+            lse: f32s(&lse),
+        };
+        let (dq, dk, dv) = attention::backward(&sh, &saved, f32s(&dout));
+        [from_vec(dq, &qs), from_vec(dk, &ks), from_vec(dv, &ks)]
+    }
+
+    fn relu_squared(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        if !is_f32(&[&x]) {
+            return reference::relu_squared_prim::<Self>(x);
+        }
+        let shape = dims(&x);
+        let x = contiguous(x);
+        let mut y = vec![0.0f32; x.layout().num_elements()];
+        norm::relu_squared(f32s(&x), &mut y);
+        from_vec(y, &shape)
+    }
+
+    fn relu_squared_backward(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        if !is_f32(&[&x, &dy]) || dims(&x) != dims(&dy) {
+            return reference::relu_squared_backward_prim::<Self>(x, dy);
+        }
+        let x = contiguous(x);
+        let mut dy = owned_f32(dy);
+        norm::relu_squared_backward(f32s(&x), storage_mut(&mut dy));
+        dy
+    }
+}
+
+fn attention_shape(q: &FlexTensor, k: &FlexTensor, window: usize) -> attention::Shape {
+    let [b, tq, h, d] = <[usize; 4]>::try_from(dims(q)).expect("q is [B, T, H, D]");
+    let [bk, tk, hkv, dk] = <[usize; 4]>::try_from(dims(k)).expect("k is [B, T, H_kv, D]");
+    assert!(
+        b == bk && d == dk && hkv > 0 && h % hkv == 0 && tq <= tk,
+        "attention shapes q {:?} k {:?}",
+        dims(q),
+        dims(k)
+    );
+    attention::Shape {
+        b,
+        tq,
+        tk,
+        h,
+        hkv,
+        d,
+        window,
+    }
+}
+
+#[cfg(test)]
+mod tests;

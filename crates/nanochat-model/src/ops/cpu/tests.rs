@@ -1,0 +1,169 @@
+//! The fused CPU kernels against the reference compositions: forward values and, through
+//! `Autodiff<Flex>`, every input gradient, on shapes that exercise the edge cases (padding,
+//! ignored targets, no soft cap, grouped heads, windows, partial blocks, queries after a
+//! prefix of keys).
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::ops::{self, reference};
+
+type Ad = Autodiff<Flex>;
+
+fn randn<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<Ad, D> {
+    let n: usize = shape.iter().product();
+    // A small deterministic generator: the same inputs on every run.
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(v, shape), &Default::default())
+}
+
+/// max |a − b| / max |b|.
+fn rel<const D: usize>(a: Tensor<Ad, D>, b: Tensor<Ad, D>) -> f32 {
+    let a = a.inner().into_data().to_vec::<f32>().unwrap();
+    let b = b.inner().into_data().to_vec::<f32>().unwrap();
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+    a.iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+fn grad<const D: usize>(
+    x: &Tensor<Ad, D>,
+    g: &<Ad as burn::tensor::backend::AutodiffBackend>::Gradients,
+) -> Tensor<Ad, D> {
+    Tensor::from_inner(x.grad(g).expect("gradient"))
+}
+
+#[test]
+fn cross_entropy_matches_reference_with_padding_ignores_and_without_cap() {
+    let (n, vp, vocab) = (37, 70, 65);
+    let t: Vec<i64> = (0..n as i64)
+        .map(|i| {
+            if i % 5 == 3 {
+                -1
+            } else {
+                (i * 7) % vocab as i64
+            }
+        })
+        .collect();
+    let targets = Tensor::<Ad, 1, Int>::from_data(TensorData::new(t, [n]), &Default::default());
+    for cap in [15.0, 0.0] {
+        let x = (randn([n, vp], 1) * 4.0).require_grad();
+        let w = randn([n], 2);
+        let fused = ops::cross_entropy(x.clone(), targets.clone(), vocab, cap);
+        let gf = (fused.clone() * w.clone()).sum().backward();
+        let x2 = x.clone().detach().require_grad();
+        let refr = reference::cross_entropy_losses(x2.clone(), targets.clone(), vocab, cap);
+        let gr = (refr.clone() * w).sum().backward();
+        assert!(rel(fused, refr) < 1e-5, "cap {cap}: losses");
+        let (a, b) = (grad(&x, &gf), grad(&x2, &gr));
+        assert!(rel(a.clone(), b) < 1e-5, "cap {cap}: gradient");
+        // Padding columns and ignored rows get no gradient.
+        let a = a.inner().into_data().to_vec::<f32>().unwrap();
+        assert!(a[vocab..vp].iter().all(|&g| g == 0.0));
+        assert!(a[3 * vp..4 * vp].iter().all(|&g| g == 0.0));
+    }
+}
+
+#[test]
+fn rms_norm_matches_reference() {
+    let x = randn([5, 3, 48], 3).require_grad();
+    let dy = randn([5, 3, 48], 4);
+    let f = ops::rms_norm(x.clone(), 1e-6);
+    let gf = (f.clone() * dy.clone()).sum().backward();
+    let x2 = x.clone().detach().require_grad();
+    let r = reference::rms_norm(x2.clone(), 1e-6);
+    let gr = (r.clone() * dy).sum().backward();
+    assert!(rel(f, r) < 1e-6);
+    assert!(rel(grad(&x, &gf), grad(&x2, &gr)) < 1e-5);
+}
+
+#[test]
+fn rotary_norm_matches_reference() {
+    let (b, t, h, d) = (2, 7, 4, 16);
+    let (cos, sin) = crate::rotary::rope_tables::<Ad>(3, t, d, 10_000.0, &Default::default());
+    let x = randn([b, t, h, d], 5).require_grad();
+    let dy = randn([b, t, h, d], 6);
+    let f = ops::rotary_norm(x.clone(), &cos, &sin, 1e-6, 1.2);
+    let gf = (f.clone() * dy.clone()).sum().backward();
+    let x2 = x.clone().detach().require_grad();
+    let r = reference::rotary_norm(x2.clone(), &cos, &sin, 1e-6, 1.2);
+    let gr = (r.clone() * dy).sum().backward();
+    assert!(rel(f, r) < 1e-6);
+    assert!(rel(grad(&x, &gf), grad(&x2, &gr)) < 1e-5);
+}
+
+#[test]
+fn attention_matches_reference_on_windows_groups_and_offsets() {
+    // (b, tq, tk, h, hkv, d, window): two blocks with a partial one, grouped heads, a window
+    // shorter than a block, queries after a prefix of keys.
+    for (i, &(b, tq, tk, h, hkv, d, window)) in [
+        (2, 70, 70, 4, 2, 16, 1000),
+        (2, 70, 70, 4, 2, 16, 5),
+        (1, 130, 130, 3, 3, 8, 64),
+        (1, 3, 9, 2, 1, 8, 4),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 10 * i as u64;
+        let q = randn([b, tq, h, d], seed).require_grad();
+        let k = randn([b, tk, hkv, d], seed + 1).require_grad();
+        let v = randn([b, tk, hkv, d], seed + 2).require_grad();
+        let dy = randn([b, tq, h, d], seed + 3);
+        let f = ops::attention(q.clone(), k.clone(), v.clone(), window);
+        let gf = (f.clone() * dy.clone()).sum().backward();
+        let [q2, k2, v2] = [&q, &k, &v].map(|x| x.clone().detach().require_grad());
+        let r = reference::attention(q2.clone(), k2.clone(), v2.clone(), window);
+        let gr = (r.clone() * dy).sum().backward();
+        assert!(rel(f, r) < 1e-5, "case {i}: output");
+        for (name, a, b) in [("q", &q, &q2), ("k", &k, &k2), ("v", &v, &v2)] {
+            let e = rel(grad(a, &gf), grad(b, &gr));
+            assert!(e < 1e-4, "case {i}: d{name} {e}");
+        }
+    }
+}
+
+#[test]
+fn relu_squared_matches_reference() {
+    let x = randn([3, 50], 7).require_grad();
+    let dy = randn([3, 50], 8);
+    let f = ops::relu_squared(x.clone());
+    let gf = (f.clone() * dy.clone()).sum().backward();
+    let x2 = x.clone().detach().require_grad();
+    let r = burn::tensor::activation::relu(x2.clone()).square();
+    let gr = (r.clone() * dy).sum().backward();
+    assert!(rel(f, r) < 1e-7);
+    assert!(rel(grad(&x, &gf), grad(&x2, &gr)) < 1e-6);
+}
+
+#[test]
+fn inference_forward_without_autodiff_matches() {
+    let (n, vp) = (9, 40);
+    let x = randn([n, vp], 9).inner();
+    let t = Tensor::<Flex, 1, Int>::from_data(
+        TensorData::new((0..n as i64).collect::<Vec<_>>(), [n]),
+        &Default::default(),
+    );
+    let a = ops::cross_entropy(x.clone(), t.clone(), 33, 15.0);
+    let b = reference::cross_entropy_losses(x, t, 33, 15.0);
+    let (a, b) = (
+        a.into_data().to_vec::<f32>().unwrap(),
+        b.into_data().to_vec::<f32>().unwrap(),
+    );
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-5 * y.abs().max(1.0));
+    }
+}

@@ -1,0 +1,316 @@
+//! Fused operations: the parts of the GPT's step that a backend may run as single kernels
+//! instead of chains of element-wise tensor ops (burn's custom-op pattern, as in its
+//! `examples/custom-*-kernel`: a backend extension trait, implemented for the backends and for
+//! `Autodiff<B>` with its own backward).
+//!
+//! | op | the model's code | what the composition costs |
+//! |---|---|---|
+//! | [`cross_entropy`] | soft cap + log-softmax + pick (upstream `F.cross_entropy` on `15·tanh(z/15)`) | ~15 passes over the `[B·T, V]` logits and their gradient |
+//! | [`rms_norm`] | `F.rms_norm` | 5 ops forward, more backward |
+//! | [`rotary_norm`] | `norm(apply_rotary_emb(q)) · 1.2` on queries and keys | narrows, a cat and the norm, each a copy |
+//! | [`attention`] | causal, sliding-window, grouped-query SDPA | `B·H·T·T` scores, mask, softmax, their gradients |
+//! | [`relu_squared`] | `F.relu(x).square()` | two passes and two backward passes |
+//!
+//! Each op has a reference composition of burn tensor ops ([`reference`]): what every backend
+//! computes unless it overrides the kernels, and the definition the fused kernels are tested
+//! against. A backend that sets [`FusedOps::FUSED`] gets one autodiff node per op whose backward
+//! calls its `*_backward` kernel; otherwise `Autodiff<B>` differentiates the reference
+//! composition exactly as before. The CPU backend (burn-flex) has fused kernels (`cpu`, with
+//! the `flex` feature); WGPU, CUDA and ndarray use the reference today.
+//!
+//! Layouts: attention and the rotary norm take `[batch, time, heads, head_dim]` (upstream's
+//! flash-attention layout, what the projections produce without a transpose).
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{Int, Tensor, TensorPrimitive};
+
+mod autodiff;
+#[cfg(feature = "flex")]
+mod cpu;
+pub mod reference;
+
+/// A backend extended with nanochat's fused operations. Every method has a default: the
+/// reference composition (forward) and a backward obtained by differentiating it.
+///
+/// The `*_forward` / `*_backward` methods are the kernels; the plain-named methods are the ops
+/// the model calls (on an autodiff backend they record one node).
+pub trait FusedOps: Backend {
+    /// Whether `Autodiff<Self>` records each op as one node backed by the kernels below
+    /// (`true`), or differentiates the reference composition (`false`).
+    const FUSED: bool = false;
+
+    /// Per-row cross-entropy of soft-capped logits (see [`cross_entropy`]).
+    fn cross_entropy(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        vocab: usize,
+        softcap: f64,
+    ) -> FloatTensor<Self> {
+        Self::cross_entropy_forward(logits, targets, vocab, softcap, false).0
+    }
+
+    /// The losses `[N]` and, when `with_grad`, the gradient of their sum with respect to
+    /// `logits` (`[N, V_padded]`, zero in the padding and on ignored rows).
+    fn cross_entropy_forward(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        vocab: usize,
+        softcap: f64,
+        with_grad: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        reference::cross_entropy_forward::<Self>(logits, targets, vocab, softcap, with_grad)
+    }
+
+    /// The logits' gradient: `unit_grad` (from the forward) scaled row by row by `grad` (`[N]`).
+    fn cross_entropy_backward(
+        unit_grad: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        reference::scale_rows::<Self>(unit_grad, grad)
+    }
+
+    /// RMSNorm over the last dimension of `x` (`[N, C]`), see [`rms_norm`].
+    fn rms_norm(x: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        Self::rms_norm_forward(x, eps).0
+    }
+
+    /// The output and what the backward keeps (a kernel's choice; the reference keeps none).
+    fn rms_norm_forward(
+        x: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        (reference::rms_norm_2d::<Self>(x, eps), None)
+    }
+
+    /// `dx` from the input, the forward's saved tensor and `dy`.
+    fn rms_norm_backward(
+        x: FloatTensor<Self>,
+        saved: Option<FloatTensor<Self>>,
+        dy: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        let _ = saved;
+        reference::vjp1::<Self, 2>(x, dy, |x| reference::rms_norm(x, eps))
+    }
+
+    /// Rotary embedding, RMSNorm and scale of `x` (`[B, T, H, D]`), see [`rotary_norm`].
+    fn rotary_norm(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        eps: f64,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        Self::rotary_norm_forward(x, cos, sin, eps, scale).0
+    }
+
+    /// The output and what the backward keeps.
+    fn rotary_norm_forward(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        eps: f64,
+        scale: f64,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        (
+            reference::rotary_norm_prim::<Self>(x, cos, sin, eps, scale),
+            None,
+        )
+    }
+
+    /// `dx` of the rotary norm.
+    #[allow(clippy::too_many_arguments)]
+    fn rotary_norm_backward(
+        x: FloatTensor<Self>,
+        saved: Option<FloatTensor<Self>>,
+        dy: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        eps: f64,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        let _ = saved;
+        let cos = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(cos));
+        let sin = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(sin));
+        reference::vjp1::<Self, 4>(x, dy, |x| {
+            let (cos, sin) = (
+                Tensor::from_inner(cos.clone()),
+                Tensor::from_inner(sin.clone()),
+            );
+            reference::rotary_norm(x, &cos, &sin, eps, scale)
+        })
+    }
+
+    /// Causal sliding-window grouped-query attention, see [`attention`].
+    fn causal_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        window: usize,
+    ) -> FloatTensor<Self> {
+        Self::attention_forward(q, k, v, window).0
+    }
+
+    /// The output and what the backward keeps (the fused CPU kernel: the row log-sum-exps).
+    fn attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        window: usize,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        (reference::attention_prim::<Self>(q, k, v, window), None)
+    }
+
+    /// `(dq, dk, dv)` from the inputs, the output, the saved tensor and `dout`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        saved: Option<FloatTensor<Self>>,
+        dout: FloatTensor<Self>,
+        window: usize,
+    ) -> [FloatTensor<Self>; 3] {
+        let _ = (out, saved);
+        reference::attention_vjp::<Self>(q, k, v, dout, window)
+    }
+
+    /// `relu(x)²`, see [`relu_squared`].
+    fn relu_squared(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::relu_squared_prim::<Self>(x)
+    }
+
+    /// `dx = 2·relu(x)·dy`.
+    fn relu_squared_backward(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::relu_squared_backward_prim::<Self>(x, dy)
+    }
+}
+
+/// A backend the model trains on: autodiff over a backend with fused ops.
+pub trait TrainBackend: AutodiffBackend<InnerBackend: FusedOps> + FusedOps {}
+
+impl<B> TrainBackend for B
+where
+    B: AutodiffBackend + FusedOps,
+    B::InnerBackend: FusedOps,
+{
+}
+
+impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn cross_entropy(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        vocab: usize,
+        softcap: f64,
+    ) -> FloatTensor<Self> {
+        autodiff::cross_entropy::<B, C>(logits, targets, vocab, softcap)
+    }
+
+    fn rms_norm(x: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        autodiff::rms_norm::<B, C>(x, eps)
+    }
+
+    fn rotary_norm(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        eps: f64,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        autodiff::rotary_norm::<B, C>(x, cos, sin, eps, scale)
+    }
+
+    fn causal_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        window: usize,
+    ) -> FloatTensor<Self> {
+        autodiff::attention::<B, C>(q, k, v, window)
+    }
+
+    fn relu_squared(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        autodiff::relu_squared::<B, C>(x)
+    }
+}
+
+#[cfg(feature = "ndarray")]
+impl FusedOps for burn::backend::NdArray {}
+#[cfg(feature = "wgpu")]
+impl FusedOps for burn::backend::Wgpu {}
+#[cfg(feature = "cuda")]
+impl FusedOps for burn::backend::Cuda {}
+
+fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+fn tensor<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+/// Cross-entropy of next-token `targets` (`[N]`, −1 = ignored: loss 0) under the logits
+/// `[N, V_padded]` cropped to the first `vocab` columns and soft-capped
+/// (`softcap · tanh(z / softcap)`, none when `softcap ≤ 0`), computed in float32.
+/// One loss per row (`[N]`).
+pub fn cross_entropy<B: FusedOps>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+    vocab: usize,
+    softcap: f64,
+) -> Tensor<B, 1> {
+    tensor(B::cross_entropy(
+        prim(logits),
+        targets.into_primitive(),
+        vocab,
+        softcap,
+    ))
+}
+
+/// Parameter-free RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps)`.
+pub fn rms_norm<B: FusedOps, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D> {
+    let dims = x.dims();
+    let c = dims[D - 1];
+    let rows = x.shape().num_elements() / c.max(1);
+    let y: Tensor<B, 2> = tensor(B::rms_norm(prim(x.reshape([rows, c])), eps));
+    y.reshape(dims)
+}
+
+/// Upstream's query/key preparation on `x` (`[B, T, H, D]`): rotary embedding (half-split,
+/// tables `cos`/`sin` `[T, D/2]` for the T positions), RMSNorm over `D`, times `scale`.
+pub fn rotary_norm<B: FusedOps>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 2>,
+    sin: &Tensor<B, 2>,
+    eps: f64,
+    scale: f64,
+) -> Tensor<B, 4> {
+    tensor(B::rotary_norm(
+        prim(x),
+        prim(cos.clone()),
+        prim(sin.clone()),
+        eps,
+        scale,
+    ))
+}
+
+/// Attention of `q` (`[B, Tq, H, D]`) over `k`, `v` (`[B, Tk, H_kv, D]`), the queries being the
+/// last `Tq` of the `Tk` positions: query head `h` uses kv head `h / (H / H_kv)`, and sees its
+/// own position and at most `window` earlier ones; scale `1/sqrt(D)`. Returns `[B, Tq, H, D]`.
+pub fn attention<B: FusedOps>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    window: usize,
+) -> Tensor<B, 4> {
+    tensor(B::causal_attention(prim(q), prim(k), prim(v), window))
+}
+
+/// `relu(x)²`, upstream's MLP activation.
+pub fn relu_squared<B: FusedOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    tensor(B::relu_squared(prim(x)))
+}
