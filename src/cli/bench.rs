@@ -149,7 +149,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
     }
     let r = nanochat::model::dispatch(device, TrainTask(args))??;
     println!(
-        "d{} ({} params) | {} rank(s){} | batch {}x{} per rank | median step {:.1} ms | {:.0} tok/s | MFU {}",
+        "d{} ({} params) | {} rank(s){} | batch {}x{} per rank | median step {:.1} ms | {:.0} tok/s | MFU {} | page faults/step {}",
         r.depth,
         r.params,
         r.world_size,
@@ -159,6 +159,8 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         r.median_step_s * 1e3,
         r.tok_per_sec,
         r.mfu.map_or("-".into(), |m| format!("{m:.1} %")),
+        r.minor_faults_per_step
+            .map_or("-".into(), |f| format!("{f:.0}")),
     );
     println!(
         "{}",

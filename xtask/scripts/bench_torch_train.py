@@ -60,11 +60,12 @@ g = torch.Generator().manual_seed(0)
 
 times = []
 for step in range(args.warmup + args.steps):
-    t0 = time.perf_counter()
-    # A fresh random batch every step, as `nanochat bench train` draws: a fixed batch is
-    # memorised within a few steps and the tiny activations that follow slow the CPU down.
+    # A fresh random batch every step, drawn before the clock starts, as `nanochat bench train`
+    # does: a fixed batch is memorised within a few steps and the tiny activations that follow
+    # slow the CPU down.
     row = torch.randint(0, args.vocab_size, (B, T + 1), generator=g)
     x, y = row[:, :-1].contiguous(), row[:, 1:].contiguous()
+    t0 = time.perf_counter()
     loss = step_model(x, y)
     loss.backward()
     opt.step()

@@ -69,17 +69,14 @@ pub enum Reduction {
 }
 
 /// `x @ W` with the float32 master weight cast to `x`'s dtype (upstream's `Linear`).
-fn linear<B: Backend, const D: usize>(
+fn linear<B: FusedOps, const D: usize>(
     l: &Linear<B>,
     x: Tensor<B, D>,
     dtype: ComputeDtype,
 ) -> Tensor<B, D> {
     match dtype {
-        ComputeDtype::F32 => l.forward(x),
-        ComputeDtype::BF16 => {
-            let w = l.weight.val().cast(FloatDType::BF16);
-            burn::tensor::module::linear(x, w, None)
-        }
+        ComputeDtype::F32 => ops::linear(x, l.weight.val()),
+        ComputeDtype::BF16 => ops::linear(x, l.weight.val().cast(FloatDType::BF16)),
     }
 }
 

@@ -9,10 +9,12 @@
 //! - [`ops`]: the fused operations (loss, norms, attention) with CPU kernels;
 //! - [`flash_attention`], [`rotary`]: attention with sliding windows, rotary embeddings;
 //! - [`backend`]: choosing a backend and device at run time;
+//! - [`alloc`]: a caching global allocator for CPU tensors (what the `nanochat` binary uses);
 //! - [`distributed`]: data-parallel ranks on burn's collective engine.
 
 #![warn(missing_docs)]
 
+pub mod alloc;
 pub mod backend;
 pub mod checkpoint;
 pub mod distributed;

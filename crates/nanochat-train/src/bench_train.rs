@@ -66,6 +66,16 @@ pub struct BenchTrainResult {
     pub tok_per_sec: f64,
     /// Model FLOPs utilisation (%), when the peak is known.
     pub mfu: Option<f64>,
+    /// Minor page faults of the process per timed step (Linux; `None` elsewhere).
+    pub minor_faults_per_step: Option<f64>,
+}
+
+/// The process's minor page faults so far (`/proc/self/stat`, field 10), on Linux.
+fn minor_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(7)?.parse().ok()
 }
 
 /// The model configuration `args` describes.
@@ -164,12 +174,21 @@ fn bench_rank<B: TrainBackend>(
     };
     let (b, t) = (args.device_batch_size, args.seq_len);
     let mut times = Vec::with_capacity(args.steps);
+    let mut faults_at_warmup_end = None;
     for step in 0..args.warmup + args.steps {
+        if step == args.warmup {
+            faults_at_warmup_end = minor_faults();
+        }
+        // A fresh random batch every step, drawn before the clock starts.
+        let dist = Distribution::Uniform(0.0, args.vocab_size as f64);
+        let row = Tensor::<B, 2, Int>::random([b, t + 1], dist, &device);
+        let mut batch = Some((row.clone().narrow(1, 0, t), row.narrow(1, 1, t)));
+        B::sync(&device).ok();
         let t0 = Instant::now();
         let next = || {
-            let dist = Distribution::Uniform(0.0, args.vocab_size as f64);
-            let row = Tensor::<B, 2, Int>::random([b, t + 1], dist, &device);
-            Ok((row.clone().narrow(1, 0, t), row.narrow(1, 1, t)))
+            batch
+                .take()
+                .ok_or_else(|| TrainError::Data("one micro-batch per bench step".into()))
         };
         let (updated, _) = train_step(model, &mut opt, next, 1, &scalars, &rank, None)?;
         model = updated;
@@ -190,6 +209,10 @@ fn bench_rank<B: TrainBackend>(
             );
         }
     }
+    let minor_faults_per_step = match (faults_at_warmup_end, minor_faults()) {
+        (Some(a), Some(b)) if !times.is_empty() => Some((b - a) as f64 / times.len() as f64),
+        _ => None,
+    };
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let median = if sorted.is_empty() {
@@ -212,5 +235,6 @@ fn bench_rank<B: TrainBackend>(
         mfu: args
             .peak_flops
             .map(|p| 100.0 * flops * tok_per_sec / (p * rank.world_size as f64)),
+        minor_faults_per_step,
     })
 }

@@ -7,7 +7,7 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
-use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::ops::{FloatTensor, IntTensor, ModuleOps};
 use burn::tensor::{Int, Tensor, TensorPrimitive};
 
 use super::{FusedOps, reference};
@@ -20,6 +20,46 @@ fn tensor<B: burn::tensor::backend::Backend, const D: usize>(p: FloatTensor<B>) 
 
 fn prim<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
     t.into_primitive().tensor()
+}
+
+pub(super) fn linear<B: FusedOps, C: CheckpointStrategy>(
+    x: FloatTensor<Ad<B, C>>,
+    w: FloatTensor<Ad<B, C>>,
+) -> FloatTensor<Ad<B, C>> {
+    if !B::FUSED {
+        return <Ad<B, C> as ModuleOps<Ad<B, C>>>::linear(x, w, None);
+    }
+
+    #[derive(Debug)]
+    struct Linear;
+
+    impl<B: FusedOps> Backward<B, 2> for Linear {
+        type State = (FloatTensor<B>, FloatTensor<B>);
+
+        fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let (x, w) = ops.state;
+            let dy = grads.consume::<B>(&ops.node);
+            let need = [ops.parents[0].is_some(), ops.parents[1].is_some()];
+            let dxw = B::linear_backward(x, w, dy, need);
+            for (parent, grad) in ops.parents.into_iter().zip(dxw) {
+                if let (Some(node), Some(grad)) = (parent, grad) {
+                    grads.register::<B>(node.id, grad);
+                }
+            }
+        }
+    }
+
+    match Linear
+        .prepare::<C>([x.node.clone(), w.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let y = B::linear_forward(x.primitive.clone(), w.primitive.clone());
+            prep.finish((x.primitive, w.primitive), y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(B::linear_forward(x.primitive, w.primitive)),
+    }
 }
 
 pub(super) fn cross_entropy<B: FusedOps, C: CheckpointStrategy>(

@@ -5,6 +5,7 @@
 //!
 //! | op | the model's code | what the composition costs |
 //! |---|---|---|
+//! | [`linear`] | `nn.Linear` without bias | burn-flex's batched matmul: a copied zero buffer per output, transposed weight copies |
 //! | [`cross_entropy`] | soft cap + log-softmax + pick (upstream `F.cross_entropy` on `15·tanh(z/15)`) | ~15 passes over the `[B·T, V]` logits and their gradient |
 //! | [`rms_norm`] | `F.rms_norm` | 5 ops forward, more backward |
 //! | [`rotary_norm`] | `norm(apply_rotary_emb(q)) · 1.2` on queries and keys | narrows, a cat and the norm, each a copy |
@@ -24,7 +25,7 @@
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::ops::{FloatTensor, IntTensor, ModuleOps};
 use burn::tensor::{Int, Tensor, TensorPrimitive};
 
 mod autodiff;
@@ -41,6 +42,28 @@ pub trait FusedOps: Backend {
     /// Whether `Autodiff<Self>` records each op as one node backed by the kernels below
     /// (`true`), or differentiates the reference composition (`false`).
     const FUSED: bool = false;
+
+    /// `x · w` without bias (x `[.., K]`, w `[K, N]`), see [`linear`].
+    fn fused_linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::linear_forward(x, w)
+    }
+
+    /// The forward kernel of [`linear`] (default: the backend's own `ModuleOps::linear`).
+    fn linear_forward(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::linear(x, w, None)
+    }
+
+    /// `(dx, dw)` of [`linear`] for the output gradient `dy`, each only when asked for.
+    fn linear_backward(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        need: [bool; 2],
+    ) -> [Option<FloatTensor<Self>>; 2] {
+        let dx = need[0].then(|| <Self as ModuleOps<Self>>::linear_x_backward(w, dy.clone()));
+        let dw = need[1].then(|| <Self as ModuleOps<Self>>::linear_weight_backward(x, dy));
+        [dx, dw]
+    }
 
     /// Per-row cross-entropy of soft-capped logits (see [`cross_entropy`]).
     fn cross_entropy(
@@ -201,6 +224,10 @@ where
 }
 
 impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn fused_linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        autodiff::linear::<B, C>(x, w)
+    }
+
     fn cross_entropy(
         logits: FloatTensor<Self>,
         targets: IntTensor<Self>,
@@ -251,6 +278,12 @@ fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
 
 fn tensor<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+/// `x · w` (burn's `Linear` without bias: `x` `[.., in]`, `w` `[in, out]`); the model's
+/// projections and `lm_head`, forward and both backward matrix products.
+pub fn linear<B: FusedOps, const D: usize>(x: Tensor<B, D>, w: Tensor<B, 2>) -> Tensor<B, D> {
+    tensor(B::fused_linear(prim(x), prim(w)))
 }
 
 /// Cross-entropy of next-token `targets` (`[N]`, −1 = ignored: loss 0) under the logits

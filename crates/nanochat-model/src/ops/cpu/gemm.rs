@@ -89,6 +89,28 @@ impl<'a> MatMut<'a> {
 /// `dst = alpha · lhs · rhs`, or `dst += alpha · lhs · rhs` when `accumulate`; single-threaded
 /// (the kernels parallelise over heads and rows themselves).
 pub fn matmul(dst: MatMut<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>, alpha: f32, accumulate: bool) {
+    product(dst, lhs, rhs, alpha, accumulate, gemm::Parallelism::None);
+}
+
+/// [`matmul`] on every core (through rayon) when the product is large enough to pay for it.
+pub fn matmul_parallel(dst: MatMut<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>) {
+    let work = dst.rows * dst.cols * lhs.cols;
+    let par = if work >= 1 << 18 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    product(dst, lhs, rhs, 1.0, false, par);
+}
+
+fn product(
+    dst: MatMut<'_>,
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
+    alpha: f32,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
     assert_eq!(dst.rows, lhs.rows, "matmul: rows");
     assert_eq!(dst.cols, rhs.cols, "matmul: columns");
     assert_eq!(lhs.cols, rhs.rows, "matmul: inner dimension");
@@ -128,7 +150,7 @@ pub fn matmul(dst: MatMut<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>, alpha: f32, acc
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
 }

@@ -10,7 +10,7 @@ mod simd;
 
 use burn::backend::Flex;
 use burn::backend::flex::{FlexTensor, Layout};
-use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::ops::{FloatTensor, IntTensor, ModuleOps};
 use burn::tensor::{Bytes, DType, Shape};
 
 use super::{FusedOps, reference};
@@ -85,6 +85,66 @@ fn storage_mut(t: &mut FlexTensor) -> &mut [f32] {
 
 impl FusedOps for Flex {
     const FUSED: bool = true;
+
+    fn linear_forward(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        if !is_f32(&[&x, &w]) || dims(&w).len() != 2 {
+            return <Self as ModuleOps<Self>>::linear(x, w, None);
+        }
+        let mut shape = dims(&x);
+        let (k, n) = (dims(&w)[0], dims(&w)[1]);
+        assert_eq!(shape.last(), Some(&k), "linear: x {shape:?} · w [{k}, {n}]");
+        let m = x.layout().num_elements() / k.max(1);
+        let (x, w) = (contiguous(x), contiguous(w));
+        let mut y = vec![0.0f32; m * n];
+        gemm::matmul_parallel(
+            gemm::MatMut::new(&mut y, 0, (m, n), n),
+            gemm::MatRef::new(f32s(&x), 0, (m, k), (k, 1)),
+            gemm::MatRef::new(f32s(&w), 0, (k, n), (n, 1)),
+        );
+        if let Some(last) = shape.last_mut() {
+            *last = n;
+        }
+        from_vec(y, &shape)
+    }
+
+    fn linear_backward(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        need: [bool; 2],
+    ) -> [Option<FloatTensor<Self>>; 2] {
+        if !is_f32(&[&x, &w, &dy]) || dims(&w).len() != 2 {
+            let dx = need[0].then(|| <Self as ModuleOps<Self>>::linear_x_backward(w, dy.clone()));
+            let dw = need[1].then(|| <Self as ModuleOps<Self>>::linear_weight_backward(x, dy));
+            return [dx, dw];
+        }
+        let xshape = dims(&x);
+        let (k, n) = (dims(&w)[0], dims(&w)[1]);
+        let m = x.layout().num_elements() / k.max(1);
+        let (x, w, dy) = (contiguous(x), contiguous(w), contiguous(dy));
+        let dyv = gemm::MatRef::new(f32s(&dy), 0, (m, n), (n, 1));
+        let dx = need[0].then(|| {
+            let mut dx = vec![0.0f32; m * k];
+            // dx = dy · wᵀ.
+            gemm::matmul_parallel(
+                gemm::MatMut::new(&mut dx, 0, (m, k), k),
+                dyv,
+                gemm::MatRef::new(f32s(&w), 0, (k, n), (n, 1)).t(),
+            );
+            from_vec(dx, &xshape)
+        });
+        let dw = need[1].then(|| {
+            let mut dw = vec![0.0f32; k * n];
+            // dw = xᵀ · dy.
+            gemm::matmul_parallel(
+                gemm::MatMut::new(&mut dw, 0, (k, n), n),
+                gemm::MatRef::new(f32s(&x), 0, (m, k), (k, 1)).t(),
+                dyv,
+            );
+            from_vec(dw, &[k, n])
+        });
+        [dx, dw]
+    }
 
     fn cross_entropy_forward(
         logits: FloatTensor<Self>,

@@ -167,3 +167,25 @@ fn inference_forward_without_autodiff_matches() {
         assert!((x - y).abs() < 1e-5 * y.abs().max(1.0));
     }
 }
+
+#[test]
+fn linear_matches_burn_linear() {
+    let x = randn([3, 5, 24], 11).require_grad();
+    let w = randn([24, 40], 12).require_grad();
+    let dy = randn([3, 5, 40], 13);
+    let f = ops::linear(x.clone(), w.clone());
+    let gf = (f.clone() * dy.clone()).sum().backward();
+    let (x2, w2) = (
+        x.clone().detach().require_grad(),
+        w.clone().detach().require_grad(),
+    );
+    let r = burn::tensor::module::linear(x2.clone(), w2.clone(), None);
+    let gr = (r.clone() * dy).sum().backward();
+    assert!(rel(f, r) < 1e-6);
+    assert!(rel(grad(&x, &gf), grad(&x2, &gr)) < 1e-5);
+    assert!(rel(grad(&w, &gf), grad(&w2, &gr)) < 1e-5);
+    // Only the weight takes part: no gradient is asked for x.
+    let xc = x.clone().detach();
+    let g = ops::linear(xc, w.clone()).sum().backward();
+    assert!(w.grad(&g).is_some());
+}
