@@ -9,6 +9,11 @@
 //! again. With this allocator a steady-state step reuses its buffers (`nanochat bench train`
 //! reports the page faults per step).
 //!
+//! Below 1 MiB the system allocator serves; on glibc its own thresholds are fixed at start-up
+//! (blocks up to 1 MiB from the heap, freed heap kept) — left dynamic, glibc lowers its mmap
+//! threshold back to 128 KiB once large blocks stop being returned to it, and every mid-sized
+//! buffer becomes a fresh mapping again.
+//!
 //! Install it in a binary with `#[global_allocator] static A: CachingAllocator = CachingAllocator;`
 //! (the `nanochat` command does). The cache holds at most half the machine's memory (or
 //! `NANOCHAT_ALLOC_CACHE_MB` MiB; `0` turns caching off); beyond that the oldest cached block
@@ -17,18 +22,21 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Blocks at least this large are cached.
 const MIN_BYTES: usize = 1 << 20;
 /// Sizes are rounded up to pages, so that equal tensor shapes share blocks.
 const GRANULE: usize = 4096;
-/// Alignment of the cached blocks (requests for more pass through).
-const ALIGN: usize = 64;
+/// Alignment of the cached blocks (requests for more pass through): a page, so that the
+/// 128-byte-aligned packing buffers of the matrix products are cached too.
+const ALIGN: usize = 4096;
 /// Cached blocks at most.
 const SLOTS: usize = 512;
 /// `usize::MAX`: the limit is not computed yet.
 static LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// Whether the system allocator's thresholds were set.
+static TUNED: AtomicBool = AtomicBool::new(false);
 static CACHE: Mutex<Cache> = Mutex::new(Cache {
     blocks: [(0, 0); SLOTS],
     len: 0,
@@ -98,6 +106,22 @@ fn physical_memory() -> usize {
         .map_or(4 << 30, |kb| kb << 10)
 }
 
+/// glibc: serve up to `MIN_BYTES` from the heap and keep freed heap memory (256 MiB) instead of
+/// trimming it, once, before the first allocation through this allocator.
+#[inline]
+fn tune_system_allocator() {
+    if TUNED.load(Ordering::Relaxed) {
+        return;
+    }
+    TUNED.store(true, Ordering::Relaxed);
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only sets allocator parameters; no allocator lock is held here.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MIN_BYTES as libc::c_int);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
 fn cached_layout(layout: Layout) -> Option<Layout> {
     if layout.size() < MIN_BYTES || layout.align() > ALIGN {
         return None;
@@ -138,6 +162,7 @@ pub fn release_cached() {
 // back to `System` with that same layout.
 unsafe impl GlobalAlloc for CachingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        tune_system_allocator();
         let Some(big) = cached_layout(layout) else {
             // SAFETY: forwarded unchanged.
             return unsafe { System.alloc(layout) };
@@ -150,6 +175,7 @@ unsafe impl GlobalAlloc for CachingAllocator {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        tune_system_allocator();
         let Some(big) = cached_layout(layout) else {
             // SAFETY: forwarded unchanged.
             return unsafe { System.alloc_zeroed(layout) };
@@ -218,12 +244,12 @@ mod tests {
             bytes: 0,
         };
         let mut ev = Vec::new();
-        c.put(8192, 1, 20_000, &mut ev);
-        c.put(4096, 2, 20_000, &mut ev);
-        c.put(8192, 3, 20_000, &mut ev);
+        c.put(8192, 1, 21_000, &mut ev);
+        c.put(4096, 2, 21_000, &mut ev);
+        c.put(8192, 3, 21_000, &mut ev);
         assert!(ev.is_empty());
         // Over the limit: the oldest goes.
-        c.put(4096, 4, 20_000, &mut ev);
+        c.put(4096, 4, 21_000, &mut ev);
         assert_eq!(ev, [(8192, 1)]);
         assert_eq!(c.take(8192), Some(3 as *mut u8));
         assert_eq!(c.take(8192), None);
@@ -238,7 +264,8 @@ mod tests {
     #[test]
     fn only_large_plainly_aligned_blocks_are_cached() {
         assert!(cached_layout(Layout::from_size_align(1000, 8).unwrap()).is_none());
-        assert!(cached_layout(Layout::from_size_align(MIN_BYTES, 4096).unwrap()).is_none());
+        assert!(cached_layout(Layout::from_size_align(MIN_BYTES, 8192).unwrap()).is_none());
+        assert!(cached_layout(Layout::from_size_align(MIN_BYTES, 128).unwrap()).is_some());
         let l = cached_layout(Layout::from_size_align(MIN_BYTES + 1, 16).unwrap()).unwrap();
         assert_eq!((l.size(), l.align()), (MIN_BYTES + GRANULE, ALIGN));
     }
