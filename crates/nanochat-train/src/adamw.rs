@@ -1,8 +1,11 @@
 //! One AdamW step on a parameter (upstream HEAD `nanochat/optim.py`, `adamw_step_fused`):
-//! decoupled weight decay first, then the bias-corrected Adam update, all in float32.
+//! decoupled weight decay first, then the bias-corrected Adam update, all in float32. The update
+//! itself is a fused op ([`nanochat_model::ops::optim::adamw_update`] defines it).
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use nanochat_model::FusedOps;
+use nanochat_model::ops::{self, AdamScalars};
 
 /// Scalars of one AdamW step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -39,21 +42,30 @@ impl<B: Backend, const D: usize> AdamState<B, D> {
     }
 }
 
-/// One AdamW step; returns the new parameter and updates `state`.
-pub fn adamw_step<B: Backend, const D: usize>(
-    param: Tensor<B, D>,
-    grad: Tensor<B, D>,
-    state: &mut AdamState<B, D>,
+/// One AdamW step ([`nanochat_model::ops::adamw_step`]); returns the new parameter and updates
+/// `state`.
+pub fn adamw_step<B: FusedOps>(
+    param: Tensor<B, 1>,
+    grad: Tensor<B, 1>,
+    state: &mut AdamState<B, 1>,
     h: &AdamHyper,
-) -> Tensor<B, D> {
+) -> Tensor<B, 1> {
     state.step += 1;
-    let [b1, b2] = h.betas;
-    let p = param * (1.0 - h.lr * h.weight_decay);
-    state.exp_avg = state.exp_avg.clone() + (grad.clone() - state.exp_avg.clone()) * (1.0 - b1);
-    state.exp_avg_sq =
-        state.exp_avg_sq.clone() + (grad.square() - state.exp_avg_sq.clone()) * (1.0 - b2);
-    let bias1 = 1.0 - b1.powi(state.step as i32);
-    let bias2 = 1.0 - b2.powi(state.step as i32);
-    let denom = (state.exp_avg_sq.clone() / bias2).sqrt() + h.eps;
-    p - state.exp_avg.clone() / denom * (h.lr / bias1)
+    let scalars = AdamScalars {
+        lr: h.lr,
+        betas: h.betas,
+        eps: h.eps,
+        weight_decay: h.weight_decay,
+        step: state.step,
+    };
+    let [p, m, v] = ops::adamw_step(
+        param,
+        grad,
+        state.exp_avg.clone(),
+        state.exp_avg_sq.clone(),
+        &scalars,
+    );
+    state.exp_avg = m;
+    state.exp_avg_sq = v;
+    p
 }

@@ -1,39 +1,13 @@
 //! One Muon step on a stack of same-shape matrices (upstream HEAD `nanochat/optim.py`,
-//! `muon_step_fused` and `polar_express_coeffs`).
-//!
-//! The matrices are in PyTorch layout (`[K, out, in]`): MuonEq equalises *rows*, the tall/wide
-//! branch and NorMuon's reduction axis depend on `out` vs `in`, and the aspect-ratio learning-rate
-//! factor is `max(1, out/in)^0.5`, exactly as upstream sees its `nn.Linear` weights.
+//! `muon_step_fused`): the per-group state and the call of the fused op
+//! ([`nanochat_model::ops::optim::muon_update`] defines the update).
 
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
-
-/// Polar Express coefficients `(a, b, c)` for 5 iterations (arXiv 2505.16932; safety factor
-/// 2e-2, cushion 2), upstream's `polar_express_coeffs`.
-pub const POLAR_EXPRESS_COEFFS: [(f64, f64, f64); 5] = [
-    (8.156554524902461, -22.48329292557795, 15.878769915207462),
-    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
-    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
-    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
-    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
-];
-
-/// Scalars of one Muon step.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MuonHyper {
-    /// Nesterov momentum (scheduled by base_train: 0.85 → 0.97 → 0.90).
-    pub momentum: f64,
-    /// Learning rate before the aspect-ratio factor.
-    pub lr: f64,
-    /// Cautious weight decay (scheduled).
-    pub weight_decay: f64,
-    /// NorMuon's second-moment decay (0.9).
-    pub beta2: f64,
-    /// Polar Express iterations (at most 5).
-    pub ns_steps: usize,
-    /// Run the orthogonalisation in bfloat16 (upstream does on GPU).
-    pub bf16: bool,
-}
+use nanochat_model::FusedOps;
+use nanochat_model::ops;
+pub use nanochat_model::ops::MuonHyper;
+pub use nanochat_model::ops::optim::{POLAR_EXPRESS_COEFFS, polar_express};
 
 /// Muon's per-group state: the momentum buffer `[K, m, n]` and NorMuon's factored second moment
 /// (`[K, m, 1]` when `m >= n`, else `[K, 1, n]`).
@@ -56,90 +30,22 @@ impl<B: Backend> MuonState<B> {
     }
 }
 
-/// Frobenius norm of each matrix of the stack, `[K, 1, 1]`.
-fn fro<B: Backend>(x: &Tensor<B, 3>) -> Tensor<B, 3> {
-    x.clone().square().sum_dims(&[1, 2]).sqrt()
-}
-
-/// `a + w·(b − a)`, torch's `lerp`.
-fn lerp<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>, w: f64) -> Tensor<B, 3> {
-    a.clone() + (b - a) * w
-}
-
-/// Polar Express orthogonalisation of each matrix (after MuonEq and normalisation).
-pub fn polar_express<B: Backend>(x: Tensor<B, 3>, ns_steps: usize) -> Tensor<B, 3> {
-    let [_, m, n] = x.dims();
-    let mut x = x.clone() / (fro(&x) * 1.01 + 1e-6);
-    for &(a, b, c) in POLAR_EXPRESS_COEFFS.iter().take(ns_steps) {
-        if m > n {
-            let xt = x.clone().swap_dims(1, 2);
-            let am = xt.matmul(x.clone());
-            let bm = am.clone() * b + am.clone().matmul(am) * c;
-            x = x.clone() * a + x.matmul(bm);
-        } else {
-            let xt = x.clone().swap_dims(1, 2);
-            let am = x.clone().matmul(xt);
-            let bm = am.clone() * b + am.clone().matmul(am) * c;
-            x = x.clone() * a + bm.matmul(x);
-        }
-    }
-    x
-}
-
 /// One Muon step: Nesterov momentum → MuonEq → Polar Express → Muon+ → NorMuon → cautious
 /// weight decay. Returns the new parameters; `state` is updated in place.
-pub fn muon_step<B: Backend>(
+pub fn muon_step<B: FusedOps>(
     params: Tensor<B, 3>,
     grads: Tensor<B, 3>,
     state: &mut MuonState<B>,
     h: &MuonHyper,
 ) -> Tensor<B, 3> {
-    let [_, m, n] = params.dims();
-    // Nesterov momentum.
-    state.momentum_buffer = lerp(
+    let [p, m, v] = ops::muon_step(
+        params,
+        grads,
         state.momentum_buffer.clone(),
-        grads.clone(),
-        1.0 - h.momentum,
-    );
-    let g = lerp(grads, state.momentum_buffer.clone(), h.momentum);
-
-    // MuonEq: every row to the mean row norm.
-    let target = fro(&g) / (m as f64).sqrt();
-    let row_norm = g.clone().square().sum_dim(2).sqrt().clamp_min(1e-6);
-    let mut x = g * (target / row_norm);
-    if h.bf16 {
-        x = x.cast(DType::BF16);
-    }
-    let x = polar_express(x, h.ns_steps);
-    let x = if h.bf16 { x.cast(DType::F32) } else { x };
-
-    // Muon+: Frobenius norm of a semi-orthogonal matrix.
-    let target_norm = (m.min(n) as f64).sqrt();
-    let g = x.clone() * (fro(&x).clamp_min(1e-6).recip() * target_norm);
-
-    // NorMuon: factored second moment over the larger dimension, total norm preserved.
-    let red_dim = if m >= n { 2 } else { 1 };
-    let red_size = if m >= n { n } else { m } as f64;
-    let v_mean = g.clone().square().mean_dim(red_dim);
-    let v_norm = (v_mean.clone().sum_dims(&[1, 2]) * red_size).sqrt();
-    state.second_momentum_buffer = lerp(
         state.second_momentum_buffer.clone(),
-        v_mean.clone(),
-        1.0 - h.beta2,
+        h,
     );
-    let step_size = state
-        .second_momentum_buffer
-        .clone()
-        .clamp_min(1e-10)
-        .sqrt()
-        .recip();
-    let scaled_sq_sum = v_mean * red_size * step_size.clone().square();
-    let v_norm_new = scaled_sq_sum.sum_dims(&[1, 2]).sqrt();
-    let final_scale = step_size * (v_norm / v_norm_new.clamp_min(1e-10));
-    let g = g * final_scale;
-
-    // Cautious weight decay and the update, with the aspect-ratio learning-rate factor.
-    let lr = h.lr * (m as f64 / n as f64).max(1.0).sqrt();
-    let mask = (g.clone() * params.clone()).greater_equal_elem(0.0).float();
-    params.clone() - g * lr - params * mask * (lr * h.weight_decay)
+    state.momentum_buffer = m;
+    state.second_momentum_buffer = v;
+    p
 }

@@ -22,6 +22,7 @@ use nanochat_model::weights::{ParamInfo, param_infos};
 
 use crate::adamw::{AdamHyper, AdamState, adamw_step};
 use crate::muon::{MuonHyper, MuonState, muon_step};
+use nanochat_model::FusedOps;
 
 /// Why an optimizer could not be built, stepped or restored.
 #[derive(Debug, thiserror::Error)]
@@ -287,97 +288,6 @@ impl<B: Backend> MuonAdamW<B> {
         self.adam.values().map(|s| s.step).max().unwrap_or(0)
     }
 
-    /// Applies one step with `grads` (consumed) and returns the updated model.
-    pub fn step<A: AutodiffBackend<InnerBackend = B>>(
-        &mut self,
-        model: Gpt<A>,
-        mut grads: GradientsParams,
-        s: &StepScalars,
-    ) -> Result<Gpt<A>, OptimError> {
-        let mut collect = Collect::<A> {
-            grads: &mut grads,
-            slots: HashMap::new(),
-        };
-        model.visit(&mut collect);
-        let mut slots = collect.slots;
-        let mut updated = HashMap::new();
-        for group in &self.groups {
-            let lr = group.initial_lr * s.lr_multiplier;
-            let mut take = |name: &str| -> Result<(ParamId, Slot<B>), OptimError> {
-                let info = &self.infos[name];
-                let slot = slots
-                    .remove(&info.id)
-                    .ok_or_else(|| OptimError::UnknownParam(name.to_string()))?;
-                if slot.grad.is_none() {
-                    return Err(OptimError::MissingGrad(name.to_string()));
-                }
-                Ok((info.id, slot))
-            };
-            match &group.kind {
-                GroupKind::AdamW {
-                    betas,
-                    eps,
-                    weight_decay,
-                } => {
-                    let h = AdamHyper {
-                        lr,
-                        betas: *betas,
-                        eps: *eps,
-                        weight_decay: *weight_decay,
-                    };
-                    for name in &group.params {
-                        let (id, slot) = take(name)?;
-                        let state = self
-                            .adam
-                            .entry(name.clone())
-                            .or_insert_with(|| AdamState::zeros_like(&slot.value));
-                        let grad = slot.grad.expect("checked");
-                        updated.insert(id, adamw_step(slot.value, grad, state, &h));
-                    }
-                }
-                GroupKind::Muon { shape } => {
-                    let [m, n] = *shape;
-                    let mut ids = Vec::new();
-                    let mut ps = Vec::new();
-                    let mut gs = Vec::new();
-                    for name in &group.params {
-                        let (id, slot) = take(name)?;
-                        let transposed = self.infos[name].transposed;
-                        let to_torch = |t: Tensor<B, 1>| {
-                            let t: Tensor<B, 2> = t.reshape([slot.dims[0], slot.dims[1]]);
-                            if transposed { t.swap_dims(0, 1) } else { t }
-                        };
-                        ps.push(to_torch(slot.value.clone()));
-                        gs.push(to_torch(slot.grad.clone().expect("checked")));
-                        ids.push((id, transposed));
-                    }
-                    let params = Tensor::stack::<3>(ps, 0);
-                    let grads = Tensor::stack::<3>(gs, 0);
-                    let device = params.device();
-                    let state = self
-                        .muon
-                        .entry(group.name.clone())
-                        .or_insert_with(|| MuonState::zeros(ids.len(), m, n, &device));
-                    let h = MuonHyper {
-                        momentum: s.muon_momentum,
-                        lr,
-                        weight_decay: s.muon_weight_decay,
-                        beta2: self.muon_beta2,
-                        ns_steps: self.ns_steps,
-                        bf16: self.bf16,
-                    };
-                    let new = muon_step(params, grads, state, &h);
-                    for (k, (id, transposed)) in ids.into_iter().enumerate() {
-                        let t: Tensor<B, 2> = new.clone().narrow(0, k, 1).reshape([m, n]);
-                        let t = if transposed { t.swap_dims(0, 1) } else { t };
-                        updated.insert(id, t.reshape([m * n]));
-                    }
-                }
-            }
-        }
-        Ok(model.map(&mut Write { updated }))
-    }
-
     /// Optimizer state as named tensors in PyTorch layout: `adamw.<param>.exp_avg`,
     /// `adamw.<param>.exp_avg_sq`, `adamw.<param>.step` (int64 `[1]`), and
     /// `muon.<group>.momentum_buffer` / `.second_momentum_buffer` (`[K, …]`, the group's
@@ -514,6 +424,99 @@ impl<B: Backend> MuonAdamW<B> {
         self.adam = adam;
         self.muon = muon;
         Ok(())
+    }
+}
+
+impl<B: FusedOps> MuonAdamW<B> {
+    /// Applies one step with `grads` (consumed) and returns the updated model.
+    pub fn step<A: AutodiffBackend<InnerBackend = B>>(
+        &mut self,
+        model: Gpt<A>,
+        mut grads: GradientsParams,
+        s: &StepScalars,
+    ) -> Result<Gpt<A>, OptimError> {
+        let mut collect = Collect::<A> {
+            grads: &mut grads,
+            slots: HashMap::new(),
+        };
+        model.visit(&mut collect);
+        let mut slots = collect.slots;
+        let mut updated = HashMap::new();
+        for group in &self.groups {
+            let lr = group.initial_lr * s.lr_multiplier;
+            let mut take = |name: &str| -> Result<(ParamId, Slot<B>), OptimError> {
+                let info = &self.infos[name];
+                let slot = slots
+                    .remove(&info.id)
+                    .ok_or_else(|| OptimError::UnknownParam(name.to_string()))?;
+                if slot.grad.is_none() {
+                    return Err(OptimError::MissingGrad(name.to_string()));
+                }
+                Ok((info.id, slot))
+            };
+            match &group.kind {
+                GroupKind::AdamW {
+                    betas,
+                    eps,
+                    weight_decay,
+                } => {
+                    let h = AdamHyper {
+                        lr,
+                        betas: *betas,
+                        eps: *eps,
+                        weight_decay: *weight_decay,
+                    };
+                    for name in &group.params {
+                        let (id, slot) = take(name)?;
+                        let state = self
+                            .adam
+                            .entry(name.clone())
+                            .or_insert_with(|| AdamState::zeros_like(&slot.value));
+                        let grad = slot.grad.expect("checked");
+                        updated.insert(id, adamw_step(slot.value, grad, state, &h));
+                    }
+                }
+                GroupKind::Muon { shape } => {
+                    let [m, n] = *shape;
+                    let mut ids = Vec::new();
+                    let mut ps = Vec::new();
+                    let mut gs = Vec::new();
+                    for name in &group.params {
+                        let (id, slot) = take(name)?;
+                        let transposed = self.infos[name].transposed;
+                        let to_torch = |t: Tensor<B, 1>| {
+                            let t: Tensor<B, 2> = t.reshape([slot.dims[0], slot.dims[1]]);
+                            if transposed { t.swap_dims(0, 1) } else { t }
+                        };
+                        ps.push(to_torch(slot.value.clone()));
+                        gs.push(to_torch(slot.grad.clone().expect("checked")));
+                        ids.push((id, transposed));
+                    }
+                    let params = Tensor::stack::<3>(ps, 0);
+                    let grads = Tensor::stack::<3>(gs, 0);
+                    let device = params.device();
+                    let state = self
+                        .muon
+                        .entry(group.name.clone())
+                        .or_insert_with(|| MuonState::zeros(ids.len(), m, n, &device));
+                    let h = MuonHyper {
+                        momentum: s.muon_momentum,
+                        lr,
+                        weight_decay: s.muon_weight_decay,
+                        beta2: self.muon_beta2,
+                        ns_steps: self.ns_steps,
+                        bf16: self.bf16,
+                    };
+                    let new = muon_step(params, grads, state, &h);
+                    for (k, (id, transposed)) in ids.into_iter().enumerate() {
+                        let t: Tensor<B, 2> = new.clone().narrow(0, k, 1).reshape([m, n]);
+                        let t = if transposed { t.swap_dims(0, 1) } else { t };
+                        updated.insert(id, t.reshape([m * n]));
+                    }
+                }
+            }
+        }
+        Ok(model.map(&mut Write { updated }))
     }
 }
 

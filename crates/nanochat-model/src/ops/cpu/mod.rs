@@ -6,6 +6,7 @@ mod attention;
 mod gemm;
 mod loss;
 mod norm;
+mod optim;
 mod simd;
 
 use burn::backend::Flex;
@@ -13,7 +14,7 @@ use burn::backend::flex::{FlexTensor, Layout};
 use burn::tensor::ops::{FloatTensor, IntTensor, ModuleOps};
 use burn::tensor::{Bytes, DType, Shape};
 
-use super::{FusedOps, reference};
+use super::{AdamScalars, FusedOps, MuonHyper, reference};
 
 /// A new float32 tensor of `shape` holding `data`.
 fn from_vec(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
@@ -356,6 +357,71 @@ impl FusedOps for Flex {
         let mut dy = owned_f32(dy);
         norm::relu_squared_backward(f32s(&x), storage_mut(&mut dy));
         dy
+    }
+
+    fn adamw_update(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        exp_avg: FloatTensor<Self>,
+        exp_avg_sq: FloatTensor<Self>,
+        h: &AdamScalars,
+    ) -> [FloatTensor<Self>; 3] {
+        let shape = dims(&param);
+        let same = [&grad, &exp_avg, &exp_avg_sq]
+            .iter()
+            .all(|t| dims(t) == shape);
+        if !is_f32(&[&param, &grad, &exp_avg, &exp_avg_sq]) || !same {
+            let ts = [param, grad, exp_avg, exp_avg_sq].map(|t| {
+                burn::tensor::Tensor::<Self, 1>::from_primitive(
+                    burn::tensor::TensorPrimitive::Float(t),
+                )
+            });
+            let [p, g, m, v] = ts;
+            return super::optim::adamw_update(p, g, m, v, h).map(|t| t.into_primitive().tensor());
+        }
+        let [p, g, m, v] = [param, grad, exp_avg, exp_avg_sq].map(contiguous);
+        optim::adamw(f32s(&p), f32s(&g), f32s(&m), f32s(&v), h).map(|v| from_vec(v, &shape))
+    }
+
+    fn muon_update(
+        params: FloatTensor<Self>,
+        grads: FloatTensor<Self>,
+        momentum: FloatTensor<Self>,
+        second: FloatTensor<Self>,
+        h: &MuonHyper,
+    ) -> [FloatTensor<Self>; 3] {
+        let shape = dims(&params);
+        let sshape = dims(&second);
+        let fits = shape.len() == 3
+            && dims(&grads) == shape
+            && dims(&momentum) == shape
+            && sshape.len() == 3
+            && sshape[0] == shape[0]
+            && sshape[1] * sshape[2] == shape[1].max(shape[2])
+            && (if shape[1] >= shape[2] {
+                sshape[2] == 1
+            } else {
+                sshape[1] == 1
+            });
+        if h.bf16 || !fits || !is_f32(&[&params, &grads, &momentum, &second]) {
+            let [p, g, m, v] = [params, grads, momentum, second].map(|t| {
+                burn::tensor::Tensor::<Self, 3>::from_primitive(
+                    burn::tensor::TensorPrimitive::Float(t),
+                )
+            });
+            return super::optim::muon_update(p, g, m, v, h).map(|t| t.into_primitive().tensor());
+        }
+        let [p, g, m, v] = [params, grads, momentum, second].map(contiguous);
+        let [po, mo, so] = optim::muon(
+            (f32s(&p), f32s(&g), f32s(&m), f32s(&v)),
+            (shape[1], shape[2]),
+            h,
+        );
+        [
+            from_vec(po, &shape),
+            from_vec(mo, &shape),
+            from_vec(so, &sshape),
+        ]
     }
 }
 

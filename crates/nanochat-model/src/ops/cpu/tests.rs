@@ -189,3 +189,53 @@ fn linear_matches_burn_linear() {
     let g = ops::linear(xc, w.clone()).sum().backward();
     assert!(w.grad(&g).is_some());
 }
+
+#[test]
+fn optimizer_updates_match_the_reference() {
+    use crate::ops::optim::{self, AdamScalars, MuonHyper};
+    let f = |t: Tensor<Ad, 1>| t.inner();
+    let h = AdamScalars {
+        lr: 0.01,
+        betas: [0.8, 0.95],
+        eps: 1e-10,
+        weight_decay: 0.1,
+        step: 3,
+    };
+    let (p, g, m, v) = (
+        f(randn([40_000], 20)),
+        f(randn([40_000], 21)),
+        f(randn([40_000], 22) * 0.1),
+        f(randn([40_000], 23).abs() * 0.01),
+    );
+    let fused = ops::adamw_step(p.clone(), g.clone(), m.clone(), v.clone(), &h);
+    let refr = optim::adamw_update(p, g, m, v, &h);
+    for (a, b) in fused.into_iter().zip(refr) {
+        assert!(rel(Tensor::from_inner(a), Tensor::from_inner(b)) < 1e-6);
+    }
+    let h = MuonHyper {
+        momentum: 0.95,
+        lr: 0.02,
+        weight_decay: 0.1,
+        beta2: 0.9,
+        ns_steps: 5,
+        bf16: false,
+    };
+    // Tall, wide and square stacks.
+    for (i, &(k, m, n)) in [(3, 48, 16), (2, 16, 40), (2, 24, 24)].iter().enumerate() {
+        let s = 30 + 10 * i as u64;
+        let second = if m >= n { [k, m, 1] } else { [k, 1, n] };
+        let t3 = |t: Tensor<Ad, 3>| t.inner();
+        let (p, g, mo, sec) = (
+            t3(randn([k, m, n], s)),
+            t3(randn([k, m, n], s + 1)),
+            t3(randn([k, m, n], s + 2) * 0.5),
+            t3(randn(second, s + 3).abs() * 0.01),
+        );
+        let fused = ops::muon_step(p.clone(), g.clone(), mo.clone(), sec.clone(), &h);
+        let refr = optim::muon_update(p, g, mo, sec, &h);
+        for (j, (a, b)) in fused.into_iter().zip(refr).enumerate() {
+            let e = rel(Tensor::<Ad, 3>::from_inner(a), Tensor::from_inner(b));
+            assert!(e < 1e-5, "case {i}, output {j}: {e}");
+        }
+    }
+}
