@@ -26,7 +26,6 @@ use burn::tensor::{FloatDType, Int, Tensor};
 use nanochat_core::model_config::{SMEAR_GATE_CHANNELS, VE_GATE_CHANNELS};
 use nanochat_core::{ModelConfig, ParamCounts, WindowSize};
 
-use crate::flash_attention::causal_window_attention;
 use crate::kv_cache::KvCache;
 use crate::ops::{self, FusedOps, rms_norm};
 use crate::rotary::rope_tables;
@@ -131,21 +130,19 @@ impl<B: FusedOps> CausalSelfAttention<B> {
         let y = match cache {
             None => ops::attention(q, k, v, window.left),
             Some((cache, layer)) => {
-                // The cache holds [B, H_kv, T, D].
-                let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
                 let (k_all, v_all) = cache.append(layer, k, v);
-                let tk = k_all.dims()[2];
+                let tk = k_all.dims()[1];
                 let (k_all, v_all) = if t == 1 && window.left + 1 < tk {
                     // Decode: only the last `window + 1` keys are visible.
                     let start = tk - (window.left + 1);
                     (
-                        k_all.narrow(2, start, tk - start),
-                        v_all.narrow(2, start, tk - start),
+                        k_all.narrow(1, start, tk - start),
+                        v_all.narrow(1, start, tk - start),
                     )
                 } else {
                     (k_all, v_all)
                 };
-                causal_window_attention(q, k_all, v_all, window.left).swap_dims(1, 2)
+                ops::attention(q, k_all, v_all, window.left)
             }
         };
         linear(&self.c_proj, y.reshape([b, t, c]), ctx.dtype)
@@ -363,7 +360,7 @@ impl<B: FusedOps> Gpt<B> {
         let logits = logits.cast(FloatDType::F32);
         let cap = self.config.logit_softcap;
         if cap > 0.0 {
-            (logits / cap).tanh() * cap
+            ops::softcap(logits, cap)
         } else {
             logits
         }

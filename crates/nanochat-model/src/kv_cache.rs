@@ -1,8 +1,9 @@
 //! The key/value cache for incremental decoding (upstream `KVCache` in `nanochat/engine.py`).
 //!
 //! Logically a `(layers, batch, max_len, kv_heads, head_dim)` buffer per keys and values, held
-//! as one `[batch, kv_heads, max_len, head_dim]` tensor per layer (the attention layout), in the
-//! model's compute dtype. All rows advance together by one shared position. The cache also keeps
+//! as one `[batch, max_len, kv_heads, head_dim]` tensor per layer (upstream's layout, the one
+//! the projections produce and the fused attention reads in place), in the model's compute
+//! dtype. All rows advance together by one shared position. The cache also keeps
 //! the last token's pre-smear embedding (smear mixes the previous token into the current one).
 
 use burn::tensor::backend::Backend;
@@ -32,7 +33,7 @@ impl<B: Backend> KvCache<B> {
         device: &B::Device,
     ) -> Self {
         let zeros =
-            || Tensor::<B, 4>::zeros([batch, num_kv_heads, max_len, head_dim], device).cast(dtype);
+            || Tensor::<B, 4>::zeros([batch, max_len, num_kv_heads, head_dim], device).cast(dtype);
         Self {
             k: (0..num_layers).map(|_| zeros()).collect(),
             v: (0..num_layers).map(|_| zeros()).collect(),
@@ -65,27 +66,27 @@ impl<B: Backend> KvCache<B> {
 
     /// The logical shape `(layers, batch, max_len, kv_heads, head_dim)`.
     pub fn shape(&self) -> (usize, usize, usize, usize, usize) {
-        let [b, h, t, d] = self.k.first().map_or([0; 4], |k| k.dims());
+        let [b, t, h, d] = self.k.first().map_or([0; 4], |k| k.dims());
         (self.k.len(), b, t, h, d)
     }
 
-    /// Writes `k`, `v` (`[batch, kv_heads, t, head_dim]`) of `layer` at the current position
-    /// and returns all keys and values up to and including them.
+    /// Writes `k`, `v` (`[batch, t, kv_heads, head_dim]`) of `layer` at the current position
+    /// and returns all keys and values up to and including them (views of the cache).
     pub(crate) fn append(
         &mut self,
         layer: usize,
         k: Tensor<B, 4>,
         v: Tensor<B, 4>,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let [b, h, t, d] = k.dims();
+        let [b, t, h, d] = k.dims();
         let end = self.pos + t;
         let ck = std::mem::replace(&mut self.k[layer], Tensor::empty([0, 0, 0, 0], &k.device()));
         let cv = std::mem::replace(&mut self.v[layer], Tensor::empty([0, 0, 0, 0], &v.device()));
-        self.k[layer] = ck.slice_assign([0..b, 0..h, self.pos..end, 0..d], k);
-        self.v[layer] = cv.slice_assign([0..b, 0..h, self.pos..end, 0..d], v);
+        self.k[layer] = ck.slice_assign([0..b, self.pos..end, 0..h, 0..d], k);
+        self.v[layer] = cv.slice_assign([0..b, self.pos..end, 0..h, 0..d], v);
         (
-            self.k[layer].clone().slice([0..b, 0..h, 0..end, 0..d]),
-            self.v[layer].clone().slice([0..b, 0..h, 0..end, 0..d]),
+            self.k[layer].clone().slice([0..b, 0..end, 0..h, 0..d]),
+            self.v[layer].clone().slice([0..b, 0..end, 0..h, 0..d]),
         )
     }
 
@@ -104,21 +105,17 @@ impl<B: Backend> KvCache<B> {
             "the new cache must hold the prefilled tokens"
         );
         let grow = |t: &Tensor<B, 4>| {
-            let [_, h, _, d] = t.dims();
+            let [_, _, h, d] = t.dims();
             let filled = t
                 .clone()
-                .slice([0..1, 0..h, 0..self.pos, 0..d])
+                .slice([0..1, 0..self.pos, 0..h, 0..d])
                 .repeat_dim(0, rows);
-            let mut out = Tensor::<B, 4>::zeros_like(t)
-                .narrow(0, 0, 1)
-                .repeat_dim(0, rows);
-            if max_len != t.dims()[2] {
-                out = Tensor::<B, 4>::zeros([rows, h, max_len, d], &t.device()).cast(self.dtype);
-            }
+            let out = Tensor::<B, 4>::zeros([rows, max_len, h, d], &t.device()).cast(self.dtype);
             if self.pos > 0 {
-                out = out.slice_assign([0..rows, 0..h, 0..self.pos, 0..d], filled);
+                out.slice_assign([0..rows, 0..self.pos, 0..h, 0..d], filled)
+            } else {
+                out
             }
-            out
         };
         Self {
             k: self.k.iter().map(grow).collect(),

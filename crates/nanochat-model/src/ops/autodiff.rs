@@ -302,3 +302,38 @@ pub(super) fn relu_squared<B: FusedOps, C: CheckpointStrategy>(
         OpsKind::UnTracked(prep) => prep.finish(B::relu_squared(x.primitive)),
     }
 }
+
+pub(super) fn softcap<B: FusedOps, C: CheckpointStrategy>(
+    x: FloatTensor<Ad<B, C>>,
+    cap: f64,
+) -> FloatTensor<Ad<B, C>> {
+    if !B::FUSED {
+        return reference::softcap_prim::<Ad<B, C>>(x, cap);
+    }
+
+    #[derive(Debug)]
+    struct Softcap;
+
+    impl<B: FusedOps> Backward<B, 1> for Softcap {
+        type State = (FloatTensor<B>, f64);
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let (y, cap) = ops.state;
+            unary::<B, _>(ops.parents, ops.node, grads, |dy| {
+                B::softcap_backward(y, dy, cap)
+            });
+        }
+    }
+
+    match Softcap
+        .prepare::<C>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let y = B::softcap(x.primitive, cap);
+            prep.finish((y.clone(), cap), y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(B::softcap(x.primitive, cap)),
+    }
+}

@@ -216,6 +216,20 @@ pub trait FusedOps: Backend {
         reference::relu_squared_backward_prim::<Self>(x, dy)
     }
 
+    /// `cap · tanh(x / cap)`, element-wise, see [`softcap`].
+    fn softcap(x: FloatTensor<Self>, cap: f64) -> FloatTensor<Self> {
+        reference::softcap_prim::<Self>(x, cap)
+    }
+
+    /// `dx = dy · (1 − (y / cap)²)` from the output `y`.
+    fn softcap_backward(
+        y: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        cap: f64,
+    ) -> FloatTensor<Self> {
+        reference::softcap_backward_prim::<Self>(y, dy, cap)
+    }
+
     /// One AdamW step on a flat parameter `[N]` and its moments: `[param, exp_avg,
     /// exp_avg_sq]`, see [`adamw_step`].
     fn adamw_update(
@@ -303,6 +317,10 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
 
     fn relu_squared(x: FloatTensor<Self>) -> FloatTensor<Self> {
         autodiff::relu_squared::<B, C>(x)
+    }
+
+    fn softcap(x: FloatTensor<Self>, cap: f64) -> FloatTensor<Self> {
+        autodiff::softcap::<B, C>(x, cap)
     }
 }
 
@@ -405,6 +423,11 @@ pub fn muon_step<B: FusedOps>(
     h: &MuonHyper,
 ) -> [Tensor<B, 3>; 3] {
     B::muon_update(prim(params), prim(grads), prim(momentum), prim(second), h).map(tensor)
+}
+
+/// Upstream's logit soft cap `cap · tanh(x / cap)` (`cap > 0`).
+pub fn softcap<B: FusedOps, const D: usize>(x: Tensor<B, D>, cap: f64) -> Tensor<B, D> {
+    tensor(B::softcap(prim(x), cap))
 }
 
 /// `relu(x)²`, upstream's MLP activation.

@@ -206,3 +206,20 @@ pub fn relu_squared_backward_prim<B: Backend>(
     let r = B::float_mul_scalar(B::relu(x), 2.0f32.into());
     B::float_mul(r, dy)
 }
+
+/// `cap · tanh(x / cap)` (element-wise, any rank).
+pub fn softcap_prim<B: Backend>(x: FloatTensor<B>, cap: f64) -> FloatTensor<B> {
+    let t = B::float_tanh(B::float_div_scalar(x, (cap as f32).into()));
+    B::float_mul_scalar(t, (cap as f32).into())
+}
+
+/// `dy · (1 − (y / cap)²)` (element-wise, any rank).
+pub fn softcap_backward_prim<B: Backend>(
+    y: FloatTensor<B>,
+    dy: FloatTensor<B>,
+    cap: f64,
+) -> FloatTensor<B> {
+    let t = B::float_div_scalar(y, (cap as f32).into());
+    let one_minus = B::float_add_scalar(B::float_neg(B::float_mul(t.clone(), t)), 1.0f32.into());
+    B::float_mul(dy, one_minus)
+}

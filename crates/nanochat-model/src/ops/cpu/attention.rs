@@ -17,6 +17,20 @@ use super::simd::{self, vectorized};
 /// Query rows per block.
 pub const BLOCK: usize = 64;
 
+/// Where a `[b, tk, hkv, d]` key or value tensor lives in its buffer: rows of `hkv · d`
+/// consecutive elements, batches `bstride` apart from `offset` (a KV cache's prefix, or a
+/// contiguous tensor with `bstride = tk · hkv · d`).
+#[derive(Clone, Copy, Debug)]
+pub struct KvAt {
+    /// First element.
+    pub offset: usize,
+    /// Elements between batches.
+    pub bstride: usize,
+}
+
+/// A key or value buffer and where the tensor lives in it.
+pub type KvRef<'a> = (&'a [f32], KvAt);
+
 /// The problem's shape: `q` `[b, tq, h, d]`, `k`/`v` `[b, tk, hkv, d]`.
 #[derive(Clone, Copy, Debug)]
 pub struct Shape {
@@ -62,9 +76,24 @@ impl Shape {
         MatRef::new(q, off, (rows, self.d), (self.h * self.d, 1))
     }
 
-    fn kv_view<'a>(&self, k: &'a [f32], b: usize, g: usize, lo: usize, rows: usize) -> MatRef<'a> {
-        let off = ((b * self.tk + lo) * self.hkv + g) * self.d;
+    fn kv_view<'a>(
+        &self,
+        (k, at): KvRef<'a>,
+        b: usize,
+        g: usize,
+        lo: usize,
+        rows: usize,
+    ) -> MatRef<'a> {
+        let off = at.offset + b * at.bstride + (lo * self.hkv + g) * self.d;
         MatRef::new(k, off, (rows, self.d), (self.hkv * self.d, 1))
+    }
+
+    /// The layout of a contiguous key or value tensor.
+    pub fn contiguous_kv(&self) -> KvAt {
+        KvAt {
+            offset: 0,
+            bstride: self.tk * self.hkv * self.d,
+        }
     }
 }
 
@@ -72,7 +101,7 @@ impl Shape {
 /// (`rows × n` over the block's keys `[lo, hi)`, which it returns).
 fn scores(
     sh: &Shape,
-    (q, k): (&[f32], &[f32]),
+    (q, k): (&[f32], KvRef<'_>),
     (b, h): (usize, usize),
     (r0, rows): (usize, usize),
     s: &mut [f32],
@@ -91,7 +120,13 @@ fn scores(
 }
 
 /// The forward: `o` `[b, tq, h, d]` and the log-sum-exps `lse` `[b, tq, h]`.
-pub fn forward(sh: &Shape, q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: &mut [f32]) {
+pub fn forward(
+    sh: &Shape,
+    q: &[f32],
+    (k, v): (KvRef<'_>, KvRef<'_>),
+    o: &mut [f32],
+    lse: &mut [f32],
+) {
     let (hd, tq) = (sh.h * sh.d, sh.tq);
     if tq == 0 || hd == 0 {
         return;
@@ -154,7 +189,7 @@ struct HeadGrads {
     dv: Vec<f32>,
 }
 
-/// Inputs of the backward.
+/// Inputs of the backward (contiguous).
 pub struct Saved<'a> {
     /// Queries.
     pub q: &'a [f32],
@@ -171,6 +206,7 @@ pub struct Saved<'a> {
 /// The backward: `(dq, dk, dv)` in the inputs' layouts.
 pub fn backward(sh: &Shape, x: &Saved<'_>, dout: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (d, groups, scale) = (sh.d, sh.groups(), sh.scale());
+    let (k, v) = ((x.k, sh.contiguous_kv()), (x.v, sh.contiguous_kv()));
     let heads: Vec<HeadGrads> = (0..sh.b * sh.hkv)
         .into_par_iter()
         .map(|task| {
@@ -192,13 +228,13 @@ pub fn backward(sh: &Shape, x: &Saved<'_>, dout: &[f32]) -> (Vec<f32>, Vec<f32>,
                     let n = hi - lo;
                     p.resize(rows * n, 0.0);
                     dp.resize(rows * n, 0.0);
-                    scores(sh, (x.q, x.k), (b, h), (r0, rows), &mut p);
+                    scores(sh, (x.q, k), (b, h), (r0, rows), &mut p);
                     let dout_blk = sh.q_view(dout, b, h, r0, rows);
                     // dP = dO·Vᵀ.
                     matmul(
                         MatMut::new(&mut dp, 0, (rows, n), n),
                         dout_blk,
-                        sh.kv_view(x.v, b, g, lo, n).t(),
+                        sh.kv_view(v, b, g, lo, n).t(),
                         1.0,
                         false,
                     );
@@ -244,7 +280,7 @@ pub fn backward(sh: &Shape, x: &Saved<'_>, dout: &[f32]) -> (Vec<f32>, Vec<f32>,
                     matmul(
                         MatMut::new(&mut hg.dq, (gi * sh.tq + r0) * d, (rows, d), d),
                         dsm,
-                        sh.kv_view(x.k, b, g, lo, n),
+                        sh.kv_view(k, b, g, lo, n),
                         1.0,
                         false,
                     );

@@ -302,10 +302,19 @@ impl FusedOps for Flex {
             return (reference::attention_prim::<Self>(q, k, v, window), None);
         }
         let sh = attention_shape(&q, &k, window);
-        let (q, k, v) = (contiguous(q), contiguous(k), contiguous(v));
+        // Keys and values are read where they are (a KV cache's prefix is a strided view).
+        let (k, k_at) = kv_rows(k);
+        let (v, v_at) = kv_rows(v);
+        let q = contiguous(q);
         let mut o = vec![0.0f32; q.layout().num_elements()];
         let mut lse = vec![0.0f32; sh.b * sh.tq * sh.h];
-        attention::forward(&sh, f32s(&q), f32s(&k), f32s(&v), &mut o, &mut lse);
+        attention::forward(
+            &sh,
+            f32s(&q),
+            ((k.storage::<f32>(), k_at), (v.storage::<f32>(), v_at)),
+            &mut o,
+            &mut lse,
+        );
         (
             from_vec(o, &dims(&q)),
             Some(from_vec(lse, &[sh.b, sh.tq, sh.h])),
@@ -356,6 +365,31 @@ impl FusedOps for Flex {
         let x = contiguous(x);
         let mut dy = owned_f32(dy);
         norm::relu_squared_backward(f32s(&x), storage_mut(&mut dy));
+        dy
+    }
+
+    fn softcap(x: FloatTensor<Self>, cap: f64) -> FloatTensor<Self> {
+        if !is_f32(&[&x]) || cap <= 0.0 {
+            return reference::softcap_prim::<Self>(x, cap);
+        }
+        let shape = dims(&x);
+        let x = contiguous(x);
+        let mut y = vec![0.0f32; x.layout().num_elements()];
+        norm::softcap(f32s(&x), &mut y, cap as f32);
+        from_vec(y, &shape)
+    }
+
+    fn softcap_backward(
+        y: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        cap: f64,
+    ) -> FloatTensor<Self> {
+        if !is_f32(&[&y, &dy]) || dims(&y) != dims(&dy) {
+            return reference::softcap_backward_prim::<Self>(y, dy, cap);
+        }
+        let y = contiguous(y);
+        let mut dy = owned_f32(dy);
+        norm::softcap_backward(f32s(&y), storage_mut(&mut dy), cap as f32);
         dy
     }
 
@@ -423,6 +457,32 @@ impl FusedOps for Flex {
             from_vec(so, &sshape),
         ]
     }
+}
+
+/// A `[B, T, H, D]` tensor whose rows of `H · D` are contiguous, with where it starts and its
+/// batch stride (a copy when its layout is anything else).
+fn kv_rows(t: FlexTensor) -> (FlexTensor, attention::KvAt) {
+    let shape = dims(&t);
+    let l = t.layout();
+    let st = l.strides();
+    let (tk, h, d) = (shape[1], shape[2], shape[3]);
+    let rows_ok = (d <= 1 || st[3] == 1)
+        && (h <= 1 || st[2] == d as isize)
+        && (tk <= 1 || st[1] == (h * d) as isize)
+        && st[0] >= 0;
+    if rows_ok {
+        let at = attention::KvAt {
+            offset: l.start_offset(),
+            bstride: if shape[0] <= 1 { 0 } else { st[0] as usize },
+        };
+        return (t, at);
+    }
+    let t = contiguous(t);
+    let at = attention::KvAt {
+        offset: 0,
+        bstride: tk * h * d,
+    };
+    (t, at)
 }
 
 fn attention_shape(q: &FlexTensor, k: &FlexTensor, window: usize) -> attention::Shape {

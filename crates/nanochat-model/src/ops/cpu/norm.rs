@@ -1,5 +1,5 @@
-//! Row-wise CPU kernels: RMSNorm, the rotary norm of queries and keys, and ReLU², forward and
-//! backward, each one pass over its rows in parallel.
+//! Row-wise and element-wise CPU kernels: RMSNorm, the rotary norm of queries and keys, ReLU²
+//! and the logit soft cap, forward and backward, each one pass in parallel.
 //!
 //! RMSNorm of a row `x` (`C` wide): `r = 1/sqrt(mean(x²) + eps)`, `y = x·r`; backward
 //! `dx = r·dy − r³·x·(dy·x)/C`. The rotary norm rotates first (`y1 = x1·cos + x2·sin`,
@@ -186,6 +186,43 @@ pub fn relu_squared_backward(x: &[f32], dy: &mut [f32]) {
                 || {
                     for (d, &x) in dy.iter_mut().zip(x) {
                         *d *= 2.0 * x.max(0.0);
+                    }
+                },
+            )
+        });
+}
+
+/// `y = cap · tanh(x / cap)`.
+pub fn softcap(x: &[f32], y: &mut [f32], cap: f32) {
+    const CHUNK: usize = 1 << 14;
+    let inv = 1.0 / cap;
+    x.par_chunks(CHUNK)
+        .zip(y.par_chunks_mut(CHUNK))
+        .for_each(|(x, y)| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        *y = cap * simd::tanh(x * inv);
+                    }
+                },
+            )
+        });
+}
+
+/// `dx = dy · (1 − (y / cap)²)`, written over `dy`.
+pub fn softcap_backward(y: &[f32], dy: &mut [f32], cap: f32) {
+    const CHUNK: usize = 1 << 14;
+    let inv = 1.0 / cap;
+    y.par_chunks(CHUNK)
+        .zip(dy.par_chunks_mut(CHUNK))
+        .for_each(|(y, dy)| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (d, &y) in dy.iter_mut().zip(y) {
+                        let t = y * inv;
+                        *d *= 1.0 - t * t;
                     }
                 },
             )

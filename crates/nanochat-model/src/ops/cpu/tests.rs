@@ -239,3 +239,36 @@ fn optimizer_updates_match_the_reference() {
         }
     }
 }
+
+#[test]
+fn softcap_matches_reference() {
+    let x = (randn([4, 300], 50) * 20.0).require_grad();
+    let dy = randn([4, 300], 51);
+    let f = ops::softcap(x.clone(), 15.0);
+    let gf = (f.clone() * dy.clone()).sum().backward();
+    let x2 = x.clone().detach().require_grad();
+    let r = (x2.clone() / 15.0).tanh() * 15.0;
+    let gr = (r.clone() * dy).sum().backward();
+    assert!(rel(f, r) < 1e-6);
+    assert!(rel(grad(&x, &gf), grad(&x2, &gr)) < 1e-5);
+}
+
+#[test]
+fn attention_reads_a_kv_cache_prefix_in_place() {
+    // Keys/values as a strided view (a cache of 12 positions, 7 filled) give what the same
+    // values made contiguous give.
+    let (b, h, hkv, d) = (2, 4, 2, 8);
+    let cache_k = randn([b, 12, hkv, d], 60).inner();
+    let cache_v = randn([b, 12, hkv, d], 61).inner();
+    let q = randn([b, 3, h, d], 62).inner();
+    let (k, v) = (cache_k.narrow(1, 0, 7), cache_v.narrow(1, 0, 7));
+    let strided = ops::attention(q.clone(), k.clone(), v.clone(), 4);
+    let copied = ops::attention(q.clone(), k.clone() * 1.0, v.clone() * 1.0, 4);
+    let refr = reference::attention(q, k, v, 4);
+    let (a, c) = (
+        Tensor::<Ad, 4>::from_inner(strided),
+        Tensor::from_inner(copied),
+    );
+    assert!(rel(a.clone(), c) < 1e-7);
+    assert!(rel(a, Tensor::from_inner(refr)) < 1e-5);
+}
