@@ -3,7 +3,9 @@
 //! that the ratio is not skewed by whatever else the machine is doing. Ours is `nanochat bench
 //! train --device cpu`; upstream's is `xtask/scripts/bench_torch_train.py` (its `GPT`,
 //! `init_weights()`, `setup_optimizer()`; float32, eager). Both draw fresh random tokens every
-//! step. A benchmark, not a test: it prints the table and writes
+//! step. With `--infer`, also decode: `nanochat bench infer --device cpu` against upstream's
+//! `Engine` (`xtask/scripts/bench_torch_infer.py`), random d4 model, vocab 32768, a 128-token
+//! prompt, batch 1 and 8. A benchmark, not a test: it prints the tables and writes
 //! `target/bench-cpu-vs-torch.json`.
 
 use std::path::{Path, PathBuf};
@@ -35,6 +37,12 @@ pub struct Args {
     /// Alternating rounds per side.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
+    /// Also compare decoding (time to first token, tok/s at batch 1 and 8).
+    #[arg(long)]
+    infer: bool,
+    /// Skip the training shapes (with `--infer`: decoding only).
+    #[arg(long)]
+    no_train: bool,
 }
 
 /// One benchmark shape.
@@ -79,12 +87,20 @@ fn run_json(cmd: &mut Command, what: &str) -> Result<Value> {
         );
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
+    // One JSON line last (train, the Python scripts) or a pretty-printed document (infer).
     let last = stdout
         .lines()
         .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .with_context(|| format!("{what} printed no JSON line:\n{stdout}"))?;
-    serde_json::from_str(last).with_context(|| format!("{what}: bad JSON {last}"))
+        .find(|l| l.trim_start().starts_with('{'));
+    if let Some(v) = last.and_then(|l| serde_json::from_str(l).ok()) {
+        return Ok(v);
+    }
+    let start = stdout
+        .find("\n{")
+        .map(|i| i + 1)
+        .or_else(|| stdout.starts_with('{').then_some(0))
+        .with_context(|| format!("{what} printed no JSON:\n{stdout}"))?;
+    serde_json::from_str(&stdout[start..]).with_context(|| format!("{what}: bad JSON in\n{stdout}"))
 }
 
 fn torch_python(root: &Path, given: Option<PathBuf>) -> Result<PathBuf> {
@@ -95,12 +111,12 @@ fn torch_python(root: &Path, given: Option<PathBuf>) -> Result<PathBuf> {
     let python = venv.join("bin").join("python");
     let ready = python.exists()
         && Command::new(&python)
-            .args(["-c", "import torch, numpy, filelock"])
+            .args(["-c", "import torch, numpy, filelock, rustbpe, tiktoken"])
             .output()
             .is_ok_and(|o| o.status.success());
     if !ready {
         println!(
-            "Installing torch, numpy, filelock into {} …",
+            "Installing torch, numpy, filelock, rustbpe, tiktoken into {} …",
             venv.display()
         );
         let ok = |c: &mut Command| c.status().is_ok_and(|s| s.success());
@@ -163,7 +179,7 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     let mut rows = Vec::new();
     for shape in SHAPES
         .iter()
-        .filter(|s| args.shapes.iter().any(|n| n == s.name))
+        .filter(|s| !args.no_train && args.shapes.iter().any(|n| n == s.name))
     {
         let common = |c: &mut Command| {
             c.args(["--depth", &shape.depth.to_string()])
@@ -216,27 +232,112 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
             "ratio": b / a,
         }));
     }
-    println!(
-        "\n| shape | ours ms/step | ours tok/s | PyTorch ms/step | PyTorch tok/s | ours / PyTorch |"
-    );
-    println!("|---|---|---|---|---|---|");
-    for r in &rows {
+    if !rows.is_empty() {
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | **{:.2}×** |",
-            r["shape"].as_str().unwrap_or("?"),
-            r["ours_median_s"].as_f64().unwrap_or(f64::NAN) * 1e3,
-            r["ours_tok_per_sec"].as_f64().unwrap_or(f64::NAN),
-            r["torch_median_s"].as_f64().unwrap_or(f64::NAN) * 1e3,
-            r["torch_tok_per_sec"].as_f64().unwrap_or(f64::NAN),
-            r["ratio"].as_f64().unwrap_or(f64::NAN),
+            "\n| shape | ours ms/step | ours tok/s | PyTorch ms/step | PyTorch tok/s | ours / PyTorch |"
         );
+        println!("|---|---|---|---|---|---|");
+        for r in &rows {
+            println!(
+                "| {} | {:.0} | {:.0} | {:.0} | {:.0} | **{:.2}×** |",
+                r["shape"].as_str().unwrap_or("?"),
+                r["ours_median_s"].as_f64().unwrap_or(f64::NAN) * 1e3,
+                r["ours_tok_per_sec"].as_f64().unwrap_or(f64::NAN),
+                r["torch_median_s"].as_f64().unwrap_or(f64::NAN) * 1e3,
+                r["torch_tok_per_sec"].as_f64().unwrap_or(f64::NAN),
+                r["ratio"].as_f64().unwrap_or(f64::NAN),
+            );
+        }
     }
+    let infer = if args.infer {
+        Some(bench_infer(
+            root,
+            &nanochat,
+            &python,
+            &upstream,
+            args.rounds,
+        )?)
+    } else {
+        None
+    };
     let out = target.join("bench-cpu-vs-torch.json");
     std::fs::write(
         &out,
-        serde_json::to_string_pretty(&json!({ "rows": rows }))?,
+        serde_json::to_string_pretty(&json!({ "rows": rows, "infer": infer }))?,
     )
     .with_context(|| format!("cannot write {}", out.display()))?;
-    println!("\n(all step times in {})", out.display());
+    println!("\n(all timings in {})", out.display());
     Ok(())
+}
+
+/// Decode on both sides, alternating rounds; the best round of each (decode speed is a
+/// capability, and the machine's noise only ever slows a round down).
+fn bench_infer(
+    root: &Path,
+    nanochat: &Path,
+    python: &Path,
+    upstream: &Path,
+    rounds: usize,
+) -> Result<Value> {
+    let script = root
+        .join("xtask")
+        .join("scripts")
+        .join("bench_torch_infer.py");
+    let common = [
+        "--depth",
+        "4",
+        "--prompt-tokens",
+        "128",
+        "--decode-tokens",
+        "64",
+        "--batch-sizes",
+        "1,8",
+    ];
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..rounds.max(1) {
+        println!("decode: round {} of {rounds}: ours …", round + 1);
+        let mut c = Command::new(nanochat);
+        c.args(["bench", "infer", "--device", "cpu"]).args(common);
+        ours.push(run_json(&mut c, "nanochat bench infer")?["result"].clone());
+        println!("decode: round {} of {rounds}: PyTorch …", round + 1);
+        let mut c = Command::new(python);
+        c.arg(&script).arg("--nanochat").arg(upstream).args(common);
+        theirs.push(run_json(&mut c, "bench_torch_infer.py")?);
+    }
+    let best = |runs: &[Value], f: &dyn Fn(&Value) -> Option<f64>, lower: bool| {
+        runs.iter()
+            .filter_map(f)
+            .fold(None, |acc: Option<f64>, x| {
+                Some(acc.map_or(x, |a| if lower { a.min(x) } else { a.max(x) }))
+            })
+            .unwrap_or(f64::NAN)
+    };
+    let ttft = |v: &Value| v["ttft_ms"].as_f64();
+    let tps = |b: u64| {
+        move |v: &Value| {
+            v["decode"]
+                .as_array()?
+                .iter()
+                .find(|d| d["batch_size"].as_u64() == Some(b))?["tok_per_sec"]
+                .as_f64()
+        }
+    };
+    let (o_ttft, t_ttft) = (best(&ours, &ttft, true), best(&theirs, &ttft, true));
+    let (o1, t1) = (best(&ours, &tps(1), false), best(&theirs, &tps(1), false));
+    let (o8, t8) = (best(&ours, &tps(8), false), best(&theirs, &tps(8), false));
+    println!("\n| decode (d4, vocab 32768, 128-token prompt) | ours | PyTorch | ours / PyTorch |");
+    println!("|---|---|---|---|");
+    println!(
+        "| time to first token | {o_ttft:.1} ms | {t_ttft:.1} ms | **{:.2}×** |",
+        t_ttft / o_ttft
+    );
+    println!(
+        "| batch 1 | {o1:.0} tok/s | {t1:.0} tok/s | **{:.2}×** |",
+        o1 / t1
+    );
+    println!(
+        "| batch 8 | {o8:.0} tok/s | {t8:.0} tok/s | **{:.2}×** |",
+        o8 / t8
+    );
+    Ok(json!({ "ours": ours, "torch": theirs }))
 }
