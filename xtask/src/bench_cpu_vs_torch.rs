@@ -104,34 +104,17 @@ fn run_json(cmd: &mut Command, what: &str) -> Result<Value> {
 }
 
 fn torch_python(root: &Path, given: Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(p) = given {
-        return Ok(p);
+    match given {
+        Some(p) => Ok(p),
+        // rustbpe and tiktoken: upstream's engine imports its tokenizer module.
+        None => crate::venv::python(
+            root,
+            "bench-torch-venv",
+            &["torch", "numpy", "filelock", "rustbpe", "tiktoken"],
+            "torch, numpy, filelock, rustbpe, tiktoken",
+        )
+        .context("setting up PyTorch (pass --python to use an existing one)"),
     }
-    let venv = root.join("target").join("bench-torch-venv");
-    let python = venv.join("bin").join("python");
-    let ready = python.exists()
-        && Command::new(&python)
-            .args(["-c", "import torch, numpy, filelock, rustbpe, tiktoken"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ready {
-        println!(
-            "Installing torch, numpy, filelock, rustbpe, tiktoken into {} …",
-            venv.display()
-        );
-        let ok = |c: &mut Command| c.status().is_ok_and(|s| s.success());
-        ensure!(
-            ok(Command::new("python3").args(["-m", "venv"]).arg(&venv)),
-            "python3 -m venv {} failed",
-            venv.display()
-        );
-        ensure!(
-            ok(Command::new(&python)
-                .args(["-m", "pip", "install", "-q", "torch", "numpy", "filelock"])),
-            "pip install torch numpy filelock failed (pass --python to use an existing one)"
-        );
-    }
-    Ok(python)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

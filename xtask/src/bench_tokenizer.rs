@@ -39,39 +39,6 @@ fn run_ok(cmd: &mut Command, what: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn venv_python(root: &Path) -> Result<PathBuf> {
-    let venv = root.join("target").join("bench-venv");
-    let python = venv.join("bin").join("python");
-    let ready = python.exists()
-        && Command::new(&python)
-            .args(["-c", "import rustbpe, tiktoken, pyarrow"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ready {
-        println!(
-            "Installing rustbpe==0.1.0, tiktoken, pyarrow into {} …",
-            venv.display()
-        );
-        run_ok(
-            Command::new("python3").args(["-m", "venv"]).arg(&venv),
-            "python3 -m venv",
-        )?;
-        run_ok(
-            Command::new(&python).args([
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "rustbpe==0.1.0",
-                "tiktoken",
-                "pyarrow",
-            ]),
-            "pip install",
-        )?;
-    }
-    Ok(python)
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -86,7 +53,12 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         "no shard folder at {}",
         data_dir.display()
     );
-    let python = venv_python(root)?;
+    let python = crate::venv::python(
+        root,
+        "bench-venv",
+        &["rustbpe==0.1.0", "tiktoken", "pyarrow"],
+        "rustbpe, tiktoken, pyarrow",
+    )?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     println!("Building nanochat (release) …");
     run_ok(

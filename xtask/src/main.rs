@@ -15,6 +15,7 @@ mod bench_tokenizer;
 mod serve_under_test;
 mod speedrun;
 mod ui_test;
+mod venv;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -13,7 +13,7 @@
 //! | [`relu_squared`] | `F.relu(x).square()` | two passes and two backward passes |
 //! | [`adamw_step`], [`muon_step`] | `adamw_step_fused`, `muon_step_fused` (upstream compiles them) | ~15 passes per AdamW parameter, ~40 small ops per Muon group, one thread |
 //!
-//! Each op has a reference composition of burn tensor ops ([`reference`]): what every backend
+//! Each op has a reference composition of burn tensor ops ([`reference`](mod@reference)): what every backend
 //! computes unless it overrides the kernels, and the definition the fused kernels are tested
 //! against. A backend that sets [`FusedOps::FUSED`] gets one autodiff node per op whose backward
 //! calls its `*_backward` kernel; otherwise `Autodiff<B>` differentiates the reference
@@ -64,9 +64,7 @@ pub trait FusedOps: Backend {
         dy: FloatTensor<Self>,
         need: [bool; 2],
     ) -> [Option<FloatTensor<Self>>; 2] {
-        let dx = need[0].then(|| <Self as ModuleOps<Self>>::linear_x_backward(w, dy.clone()));
-        let dw = need[1].then(|| <Self as ModuleOps<Self>>::linear_weight_backward(x, dy));
-        [dx, dw]
+        reference::linear_vjp::<Self>(x, w, dy, need)
     }
 
     /// Per-row cross-entropy of soft-capped logits (see [`cross_entropy`]).
@@ -160,15 +158,7 @@ pub trait FusedOps: Backend {
         scale: f64,
     ) -> FloatTensor<Self> {
         let _ = saved;
-        let cos = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(cos));
-        let sin = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(sin));
-        reference::vjp1::<Self, 4>(x, dy, |x| {
-            let (cos, sin) = (
-                Tensor::from_inner(cos.clone()),
-                Tensor::from_inner(sin.clone()),
-            );
-            reference::rotary_norm(x, &cos, &sin, eps, scale)
-        })
+        reference::rotary_norm_vjp::<Self>(x, dy, (cos, sin), eps, scale)
     }
 
     /// Causal sliding-window grouped-query attention, see [`attention`].
@@ -239,14 +229,7 @@ pub trait FusedOps: Backend {
         exp_avg_sq: FloatTensor<Self>,
         h: &AdamScalars,
     ) -> [FloatTensor<Self>; 3] {
-        optim::adamw_update::<Self, 1>(
-            tensor(param),
-            tensor(grad),
-            tensor(exp_avg),
-            tensor(exp_avg_sq),
-            h,
-        )
-        .map(prim)
+        optim::adamw_update_prim::<Self>([param, grad, exp_avg, exp_avg_sq], h)
     }
 
     /// One Muon step on a `[K, m, n]` stack: `[params, momentum, second]`, see [`muon_step`].
@@ -257,14 +240,7 @@ pub trait FusedOps: Backend {
         second: FloatTensor<Self>,
         h: &MuonHyper,
     ) -> [FloatTensor<Self>; 3] {
-        optim::muon_update::<Self>(
-            tensor(params),
-            tensor(grads),
-            tensor(momentum),
-            tensor(second),
-            h,
-        )
-        .map(prim)
+        optim::muon_update_prim::<Self>([params, grads, momentum, second], h)
     }
 }
 

@@ -10,7 +10,8 @@
 //! weights.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, Tensor, TensorPrimitive};
 
 /// Polar Express coefficients `(a, b, c)` for 5 iterations (arXiv 2505.16932; safety factor
 /// 2e-2, cushion 2), upstream's `polar_express_coeffs`.
@@ -150,4 +151,26 @@ pub fn muon_update<B: Backend>(
     let mask = (g.clone() * params.clone()).greater_equal_elem(0.0).float();
     let params = params.clone() - g * lr - params * mask * (lr * h.weight_decay);
     [params, momentum, second]
+}
+
+fn tensor<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+/// [`adamw_update`] on flat primitives.
+pub fn adamw_update_prim<B: Backend>(
+    [p, g, m, v]: [FloatTensor<B>; 4],
+    h: &AdamScalars,
+) -> [FloatTensor<B>; 3] {
+    adamw_update::<B, 1>(tensor(p), tensor(g), tensor(m), tensor(v), h)
+        .map(|t| t.into_primitive().tensor())
+}
+
+/// [`muon_update`] on `[K, m, n]` primitives.
+pub fn muon_update_prim<B: Backend>(
+    [p, g, m, v]: [FloatTensor<B>; 4],
+    h: &MuonHyper,
+) -> [FloatTensor<B>; 3] {
+    muon_update::<B>(tensor(p), tensor(g), tensor(m), tensor(v), h)
+        .map(|t| t.into_primitive().tensor())
 }

@@ -5,7 +5,7 @@
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::ops::{FloatTensor, IntTensor, ModuleOps};
 use burn::tensor::{FloatDType, Int, Tensor, TensorPrimitive};
 
 use crate::flash_attention::causal_window_attention;
@@ -132,6 +132,33 @@ pub fn rotary_norm_prim<B: Backend>(
 ) -> FloatTensor<B> {
     let (cos, sin) = (tensor::<B, 2>(cos), tensor::<B, 2>(sin));
     prim(rotary_norm(tensor::<B, 4>(x), &cos, &sin, eps, scale))
+}
+
+/// `dx` of [`rotary_norm`] for `dy`, by autodiff (tables `[T, D/2]`).
+pub fn rotary_norm_vjp<B: Backend>(
+    x: FloatTensor<B>,
+    dy: FloatTensor<B>,
+    (cos, sin): (FloatTensor<B>, FloatTensor<B>),
+    eps: f64,
+    scale: f64,
+) -> FloatTensor<B> {
+    let (cos, sin) = (tensor::<B, 2>(cos), tensor::<B, 2>(sin));
+    vjp1::<B, 4>(x, dy, |x| {
+        let (cos, sin) = (Tensor::from_inner(cos), Tensor::from_inner(sin));
+        rotary_norm(x, &cos, &sin, eps, scale)
+    })
+}
+
+/// `(dx, dw)` of `x · w` through the backend's own `ModuleOps` backward, each when asked for.
+pub fn linear_vjp<B: Backend>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    dy: FloatTensor<B>,
+    need: [bool; 2],
+) -> [Option<FloatTensor<B>>; 2] {
+    let dx = need[0].then(|| <B as ModuleOps<B>>::linear_x_backward(w, dy.clone()));
+    let dw = need[1].then(|| <B as ModuleOps<B>>::linear_weight_backward(x, dy));
+    [dx, dw]
 }
 
 /// Attention on `[B, T, H, D]` tensors through [`causal_window_attention`] (`[B, H, T, D]`).

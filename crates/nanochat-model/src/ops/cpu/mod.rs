@@ -14,6 +14,7 @@ use burn::backend::flex::{FlexTensor, Layout};
 use burn::tensor::ops::{FloatTensor, IntTensor, ModuleOps};
 use burn::tensor::{Bytes, DType, Shape};
 
+use super::optim as optim_ref;
 use super::{AdamScalars, FusedOps, MuonHyper, reference};
 
 /// A new float32 tensor of `shape` holding `data`.
@@ -115,9 +116,7 @@ impl FusedOps for Flex {
         need: [bool; 2],
     ) -> [Option<FloatTensor<Self>>; 2] {
         if !is_f32(&[&x, &w, &dy]) || dims(&w).len() != 2 {
-            let dx = need[0].then(|| <Self as ModuleOps<Self>>::linear_x_backward(w, dy.clone()));
-            let dw = need[1].then(|| <Self as ModuleOps<Self>>::linear_weight_backward(x, dy));
-            return [dx, dw];
+            return reference::linear_vjp::<Self>(x, w, dy, need);
         }
         let xshape = dims(&x);
         let (k, n) = (dims(&w)[0], dims(&w)[1]);
@@ -259,19 +258,7 @@ impl FusedOps for Flex {
         scale: f64,
     ) -> FloatTensor<Self> {
         let Some(r) = saved.filter(|r| is_f32(&[&x, r, &dy, &cos, &sin])) else {
-            let cos = burn::tensor::Tensor::<Self, 2>::from_primitive(
-                burn::tensor::TensorPrimitive::Float(cos),
-            );
-            let sin = burn::tensor::Tensor::<Self, 2>::from_primitive(
-                burn::tensor::TensorPrimitive::Float(sin),
-            );
-            return reference::vjp1::<Self, 4>(x, dy, |x| {
-                let (cos, sin) = (
-                    burn::tensor::Tensor::from_inner(cos),
-                    burn::tensor::Tensor::from_inner(sin),
-                );
-                reference::rotary_norm(x, &cos, &sin, eps, scale)
-            });
+            return reference::rotary_norm_vjp::<Self>(x, dy, (cos, sin), eps, scale);
         };
         let shape = dims(&x);
         let (x, r, cos, sin) = (
@@ -405,13 +392,7 @@ impl FusedOps for Flex {
             .iter()
             .all(|t| dims(t) == shape);
         if !is_f32(&[&param, &grad, &exp_avg, &exp_avg_sq]) || !same {
-            let ts = [param, grad, exp_avg, exp_avg_sq].map(|t| {
-                burn::tensor::Tensor::<Self, 1>::from_primitive(
-                    burn::tensor::TensorPrimitive::Float(t),
-                )
-            });
-            let [p, g, m, v] = ts;
-            return super::optim::adamw_update(p, g, m, v, h).map(|t| t.into_primitive().tensor());
+            return optim_ref::adamw_update_prim::<Self>([param, grad, exp_avg, exp_avg_sq], h);
         }
         let [p, g, m, v] = [param, grad, exp_avg, exp_avg_sq].map(contiguous);
         optim::adamw(f32s(&p), f32s(&g), f32s(&m), f32s(&v), h).map(|v| from_vec(v, &shape))
@@ -438,12 +419,7 @@ impl FusedOps for Flex {
                 sshape[1] == 1
             });
         if h.bf16 || !fits || !is_f32(&[&params, &grads, &momentum, &second]) {
-            let [p, g, m, v] = [params, grads, momentum, second].map(|t| {
-                burn::tensor::Tensor::<Self, 3>::from_primitive(
-                    burn::tensor::TensorPrimitive::Float(t),
-                )
-            });
-            return super::optim::muon_update(p, g, m, v, h).map(|t| t.into_primitive().tensor());
+            return optim_ref::muon_update_prim::<Self>([params, grads, momentum, second], h);
         }
         let [p, g, m, v] = [params, grads, momentum, second].map(contiguous);
         let [po, mo, so] = optim::muon(

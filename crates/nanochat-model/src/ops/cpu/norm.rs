@@ -157,74 +157,49 @@ pub fn rotary_norm_backward(x: &[f32], r: &[f32], dy: &mut [f32], rot: Rotary<'_
         });
 }
 
-/// `relu(x)²`.
-pub fn relu_squared(x: &[f32], y: &mut [f32]) {
+/// `out[i] = f(a[i], out[i])` in parallel chunks, vectorised (`f` is inlined into the
+/// dispatched loop: pass a closure).
+#[inline(always)]
+fn zip_map(a: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32 + Copy + Send + Sync) {
     const CHUNK: usize = 1 << 14;
-    x.par_chunks(CHUNK)
-        .zip(y.par_chunks_mut(CHUNK))
-        .for_each(|(x, y)| {
+    a.par_chunks(CHUNK)
+        .zip(out.par_chunks_mut(CHUNK))
+        .for_each(|(a, out)| {
             vectorized(
                 #[inline(always)]
                 || {
-                    for (y, &x) in y.iter_mut().zip(x) {
-                        let r = x.max(0.0);
-                        *y = r * r;
+                    for (o, &a) in out.iter_mut().zip(a) {
+                        *o = f(a, *o);
                     }
                 },
             )
         });
+}
+
+/// `relu(x)²`.
+pub fn relu_squared(x: &[f32], y: &mut [f32]) {
+    zip_map(x, y, |x, _| {
+        let r = x.max(0.0);
+        r * r
+    });
 }
 
 /// `dx = 2·relu(x)·dy`, written over `dy`.
 pub fn relu_squared_backward(x: &[f32], dy: &mut [f32]) {
-    const CHUNK: usize = 1 << 14;
-    x.par_chunks(CHUNK)
-        .zip(dy.par_chunks_mut(CHUNK))
-        .for_each(|(x, dy)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (d, &x) in dy.iter_mut().zip(x) {
-                        *d *= 2.0 * x.max(0.0);
-                    }
-                },
-            )
-        });
+    zip_map(x, dy, |x, d| d * (2.0 * x.max(0.0)));
 }
 
 /// `y = cap · tanh(x / cap)`.
 pub fn softcap(x: &[f32], y: &mut [f32], cap: f32) {
-    const CHUNK: usize = 1 << 14;
     let inv = 1.0 / cap;
-    x.par_chunks(CHUNK)
-        .zip(y.par_chunks_mut(CHUNK))
-        .for_each(|(x, y)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (y, &x) in y.iter_mut().zip(x) {
-                        *y = cap * simd::tanh(x * inv);
-                    }
-                },
-            )
-        });
+    zip_map(x, y, |x, _| cap * simd::tanh(x * inv));
 }
 
 /// `dx = dy · (1 − (y / cap)²)`, written over `dy`.
 pub fn softcap_backward(y: &[f32], dy: &mut [f32], cap: f32) {
-    const CHUNK: usize = 1 << 14;
     let inv = 1.0 / cap;
-    y.par_chunks(CHUNK)
-        .zip(dy.par_chunks_mut(CHUNK))
-        .for_each(|(y, dy)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (d, &y) in dy.iter_mut().zip(y) {
-                        let t = y * inv;
-                        *d *= 1.0 - t * t;
-                    }
-                },
-            )
-        });
+    zip_map(y, dy, |y, d| {
+        let t = y * inv;
+        d * (1.0 - t * t)
+    });
 }
