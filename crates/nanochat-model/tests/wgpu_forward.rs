@@ -8,16 +8,16 @@ use std::time::{Duration, Instant};
 
 use burn::backend::wgpu::WgpuDevice;
 use burn::backend::{Flex, Wgpu};
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use nanochat_core::ModelConfig;
 use nanochat_core::paths::fixture_dir;
+use nanochat_model::FusedOps;
 use nanochat_model::Gpt;
 use nanochat_model::weights::{load_named, read_safetensors};
 
 const LIMIT: Duration = Duration::from_secs(600);
 
-fn logits<B: Backend>(
+fn logits<B: FusedOps>(
     config: &ModelConfig,
     params: Vec<(String, TensorData)>,
     idx: &TensorData,
