@@ -1,6 +1,7 @@
 //! `nanochat doctor`: what this build and machine can do and what is missing — backends
-//! compiled in and working, cores and memory, the tokenizer, pretraining shards, the CORE eval
-//! bundle, and checkpoints — each missing piece with the command that provides it.
+//! compiled in and working, cores and memory, the GPU kernel caches, the tokenizer, pretraining
+//! shards, the CORE eval bundle, and checkpoints — each missing piece with the command that
+//! provides it.
 
 use std::path::Path;
 
@@ -27,6 +28,37 @@ fn mem_gib(key: &str) -> Option<f64> {
         .parse()
         .ok()?;
     Some(kb / 1024.0 / 1024.0)
+}
+
+/// The GPU kernel caches: where, and which GPUs have been tuned (with their sizes).
+fn kernel_cache_line() {
+    use nanochat::model::kernel_cache::{self, ENV};
+    let root = kernel_cache::root();
+    let gpus = kernel_cache::summary(&root);
+    let tuned: Vec<String> = gpus
+        .iter()
+        .filter(|g| g.files > 0)
+        .map(|g| {
+            format!(
+                "{} ({} files, {:.1} MB)",
+                g.gpu,
+                g.files,
+                g.bytes as f64 / 1e6
+            )
+        })
+        .collect();
+    line(
+        true,
+        "kernel cache",
+        if tuned.is_empty() {
+            format!(
+                "{} (empty: the first GPU run autotunes and compiles its kernels; ${ENV} moves it)",
+                root.display()
+            )
+        } else {
+            format!("{} — tuned for: {}", root.display(), tuned.join(", "))
+        },
+    );
 }
 
 pub fn run(base: &Path) -> anyhow::Result<()> {
@@ -61,6 +93,9 @@ pub fn run(base: &Path) -> anyhow::Result<()> {
         _ => String::new(),
     };
     line(true, "machine", format!("{cores} cores{mem}"));
+    if compiled.iter().any(|b| *b == "cuda" || *b == "wgpu") {
+        kernel_cache_line();
+    }
 
     let tok_dir = tokenizer_dir(base);
     match Tokenizer::load(&tok_dir) {

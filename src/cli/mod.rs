@@ -92,7 +92,7 @@ pub fn init_logging(verbose: u8) {
 }
 
 /// The base dir: `--base-dir`, else `$NANOCHAT_BASE_DIR`, else `~/.cache/nanochat`.
-fn base_dir(cli: &Cli) -> PathBuf {
+pub fn base_dir(cli: &Cli) -> PathBuf {
     cli.base_dir
         .clone()
         .unwrap_or_else(nanochat::core::paths::base_dir)

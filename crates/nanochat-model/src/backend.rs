@@ -99,14 +99,34 @@ fn backend_works<B: TrainBackend>(device: &B::Device) -> bool {
 /// CPU.
 pub fn resolve_auto() -> DeviceSpec {
     #[cfg(feature = "cuda")]
-    if backend_works::<CudaBackend>(&Default::default()) {
-        return DeviceSpec::Cuda(0);
+    {
+        configure_kernel_cache(DeviceSpec::Cuda(0));
+        if backend_works::<CudaBackend>(&Default::default()) {
+            return DeviceSpec::Cuda(0);
+        }
     }
     #[cfg(feature = "wgpu")]
-    if backend_works::<WgpuBackend>(&Default::default()) {
-        return DeviceSpec::Wgpu(None);
+    {
+        configure_kernel_cache(DeviceSpec::Wgpu(None));
+        if backend_works::<WgpuBackend>(&Default::default()) {
+            return DeviceSpec::Wgpu(None);
+        }
     }
     DeviceSpec::Cpu
+}
+
+/// Points the GPU runtime's caches at [`crate::kernel_cache`]'s folder for this device's GPU
+/// model, before its first use (a no-op for the CPU and after the first call).
+pub fn configure_kernel_cache(spec: DeviceSpec) -> crate::kernel_cache::Configured {
+    use crate::kernel_cache::{Configured, configure, cuda_device_name, slug};
+    match spec {
+        DeviceSpec::Cuda(index) => {
+            let name = cuda_device_name(index).unwrap_or_else(|| format!("device {index}"));
+            configure(&format!("cuda-{}", slug(&name)))
+        }
+        DeviceSpec::Wgpu(_) => configure("wgpu"),
+        DeviceSpec::Cpu | DeviceSpec::Auto => Configured::NoGpuBackend,
+    }
 }
 
 /// Runs `task` on the backend and device `spec` names.
@@ -126,6 +146,7 @@ pub fn dispatch<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output, 
         DeviceSpec::Wgpu(index) => {
             #[cfg(feature = "wgpu")]
             {
+                configure_kernel_cache(spec);
                 use burn::backend::wgpu::WgpuDevice;
                 let device = index.map_or(WgpuDevice::DefaultDevice, WgpuDevice::DiscreteGpu);
                 Ok(task.run::<WgpuBackend>(device))
@@ -139,6 +160,7 @@ pub fn dispatch<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output, 
         DeviceSpec::Cuda(index) => {
             #[cfg(feature = "cuda")]
             {
+                configure_kernel_cache(spec);
                 Ok(task.run::<CudaBackend>(burn::backend::cuda::CudaDevice::new(index)))
             }
             #[cfg(not(feature = "cuda"))]

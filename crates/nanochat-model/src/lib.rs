@@ -9,6 +9,7 @@
 //! - [`ops`]: the fused operations (loss, norms, attention) with CPU kernels;
 //! - [`flash_attention`], [`rotary`]: attention with sliding windows, rotary embeddings;
 //! - [`backend`]: choosing a backend and device at run time;
+//! - [`kernel_cache`]: where the GPU backends keep autotune results and compiled kernels;
 //! - [`alloc`]: a caching global allocator for CPU tensors (what the `nanochat` binary uses);
 //! - [`distributed`]: data-parallel ranks on burn's collective engine.
 
@@ -22,6 +23,7 @@ pub mod flash_attention;
 pub mod gpt;
 pub mod hf_export;
 pub mod init;
+pub mod kernel_cache;
 pub mod kv_cache;
 pub mod ops;
 pub mod rotary;
