@@ -11,35 +11,31 @@
 
 use nanochat_model::FusedOps;
 use nanochat_model::TrainBackend;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use nanochat_core::checkpoint_manager::{checkpoint_dir, optim_file_name};
+use nanochat_core::checkpoint_manager::checkpoint_dir;
 use nanochat_core::{
-    CheckpointMetadata, DistributedConfig, Source, TrainingConfiguration, Validate,
+    CheckpointMeta, CheckpointMetadata, DistributedConfig, Source, TrainingConfiguration, Validate,
 };
-use nanochat_model::checkpoint::{load_checkpoint, save_checkpoint};
+use nanochat_model::checkpoint::load_checkpoint;
 use nanochat_model::distributed::{Rank, run_replicated};
-use nanochat_model::weights::to_safetensors;
 use nanochat_model::{ComputeDtype, Gpt};
 use nanochat_tokenizer::Tokenizer;
 use nanochat_tokenizer::dataset::{Split, list_parquet_files, split_files};
 use serde::{Deserialize, Serialize};
 
-use crate::data_parallel::{BASE_KEYS, gather_states, loader_state_fields, rank_state, train_step};
+use crate::data_parallel::{gather_states, train_step};
 use crate::dataloader::{BestFitLoader, LoaderOptions, LoaderState};
 use crate::error::TrainError;
 use crate::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
-use crate::run_files::{
-    STEPS_TEMPLATE, load_optimizer_state, meta_field, meta_json, open_metrics, progress_bar,
-    truncate_metrics,
-};
+use crate::run::{Bar, Cadence, Run, debiased, load_optimizer_state, smooth_loss};
 use crate::schedule::RunPlan;
+use crate::stage_meta::{self, RankStateKeys, RankStates, RunMeta};
 
 /// Upstream's fixed sampling prompts.
 pub const SAMPLE_PROMPTS: [&str; 7] = [
@@ -89,6 +85,29 @@ pub struct LoopState {
     pub total_training_time: f64,
 }
 
+impl Default for LoopState {
+    fn default() -> Self {
+        LoopState {
+            min_val_bpb: f64::INFINITY,
+            smooth_train_loss: 0.0,
+            total_training_time: 0.0,
+        }
+    }
+}
+
+impl LoopState {
+    /// ` | eta: …m` after `step` of `n` (from the time of the steps after the first 10), or
+    /// nothing before there is one.
+    fn eta(&self, step: u64, n: u64) -> String {
+        let done = step.saturating_sub(10);
+        if done == 0 {
+            return String::new();
+        }
+        let minutes = (n - step) as f64 * self.total_training_time / done as f64 / 60.0;
+        format!(" | eta: {minutes:.1}m")
+    }
+}
+
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepMetrics {
@@ -113,6 +132,27 @@ pub struct StepMetrics {
     pub val_bpb: Option<f64>,
 }
 
+impl StepMetrics {
+    /// The status line of this step of `n` (upstream's `print0` of each step).
+    fn status(&self, n: u64, loader: &LoaderState, loop_state: &LoopState) -> String {
+        let (step, p) = (self.step, loader.pos);
+        format!(
+            "step {step:05}/{n:05} ({:.2}%) | loss: {:.6} | lrm: {:.2} | dt: {:.2}ms | tok/sec: {:.0} | mfu: {} | epoch: {} pq: {} rg: {} | total time: {:.2}m{}",
+            100.0 * step as f64 / n as f64,
+            self.smooth_loss,
+            self.lrm,
+            self.dt * 1000.0,
+            self.tok_per_sec,
+            self.mfu.map_or("-".to_string(), |m| format!("{m:.2}")),
+            p.epoch,
+            p.pq_idx,
+            p.rg_idx,
+            loop_state.total_training_time / 60.0,
+            loop_state.eta(step, n),
+        )
+    }
+}
+
 /// What a run did.
 #[derive(Debug, Clone)]
 pub struct TrainSummary {
@@ -128,10 +168,6 @@ pub struct TrainSummary {
     pub loop_state: LoopState,
     /// Checkpoint folder.
     pub checkpoint_dir: PathBuf,
-}
-
-fn ema_debiased(smooth: f64, step: u64) -> f64 {
-    smooth / (1.0 - 0.9f64.powi(step as i32 + 1))
 }
 
 /// Greedy continuation of `prompt` for `max_tokens` tokens with the KV cache.
@@ -167,18 +203,24 @@ pub fn sample_greedy<B: FusedOps>(
     tokenizer.decode(&out[1..]).unwrap_or_default()
 }
 
-/// Where a run starts: the model (fresh or loaded) and, when resuming, what the checkpoint
-/// holds besides it.
-struct Start<B: TrainBackend> {
-    model: Gpt<B>,
-    resume: Option<Resumed>,
+/// Pretraining's checkpoint meta (upstream's `meta_data` of `base_train.py`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BaseMeta {
+    /// Configuration and batch.
+    #[serde(flatten)]
+    pub run: RunMeta,
+    /// The horizon in steps.
+    pub num_iterations: u64,
+    /// Every rank's loader position.
+    #[serde(flatten)]
+    pub loaders: RankStates<LoaderState>,
+    /// The loop state.
+    pub loop_state: LoopState,
 }
 
-#[derive(Clone)]
-struct Resumed {
-    step: u64,
-    meta: nanochat_core::CheckpointMeta,
-    loop_state: LoopState,
+impl RankStateKeys for LoaderState {
+    const ONE: &'static str = "dataloader_state_dict";
+    const ALL: &'static str = "dataloader_states";
 }
 
 /// Runs (or resumes) pretraining: on `device` alone, or on `args.distributed`'s devices with
@@ -194,6 +236,14 @@ pub fn base_train<B: TrainBackend>(
     let world = args.distributed.as_ref().map_or(1, |d| d.world_size());
     let plan = RunPlan::new(cfg, tokenizer.vocab_size(), world)?;
     let dir = checkpoint_dir(&args.base_dir, Source::Base, &cfg.model_tag());
+    let shards = list_parquet_files(&args.data_dir)?;
+    if shards.len() < 2 {
+        return Err(TrainError::Data(format!(
+            "{}: need at least 2 shards (train + the last one for validation), found {}",
+            args.data_dir.display(),
+            shards.len()
+        )));
+    }
     tracing::info!(
         "d{} ({} params, {:.3e} FLOPs/token) | {} steps × {} tokens ({} ranks × {} micro-steps of {}×{}) | lr scale {:.4} | wd {:.6} | {}",
         cfg.depth,
@@ -211,13 +261,10 @@ pub fn base_train<B: TrainBackend>(
     );
     // The model is built (or loaded) once, and every rank gets a copy: same weights, same
     // parameter ids (which order the gradient all-reduce).
-    let start = match cfg.resume_from_step {
+    let (model, resume) = match cfg.resume_from_step {
         None => {
             B::seed(device, cfg.seed);
-            Start {
-                model: Gpt::<B>::init(&plan.model, device)?,
-                resume: None,
-            }
+            (Gpt::<B>::init(&plan.model, device)?, None)
         }
         Some(step) => {
             let (model, meta) = load_checkpoint::<B>(&dir, step, device)?;
@@ -227,159 +274,93 @@ pub fn base_train<B: TrainBackend>(
                     dir.display()
                 )));
             }
-            let loop_state = meta_field(&meta, "loop_state", &dir)?;
-            Start {
-                model,
-                resume: Some(Resumed {
-                    step,
-                    meta,
-                    loop_state,
-                }),
-            }
+            let typed: BaseMeta = stage_meta::read(&meta.metadata, &dir)?;
+            (model, Some((meta, typed)))
         }
     };
-    let Start { model, resume } = start;
+    let (train_files, val_files) = (
+        split_files(&shards, Split::Train).to_vec(),
+        split_files(&shards, Split::Val).to_vec(),
+    );
     run_replicated::<B, _, _, _, _, _>(args.distributed.as_ref(), device, model, |model, rank| {
-        let start = Start {
+        let files = (train_files.clone(), val_files.clone());
+        train_rank(
+            args,
+            tokenizer.clone(),
+            &plan,
             model,
-            resume: resume.clone(),
-        };
-        train_rank(args, tokenizer.clone(), &plan, start, rank)
+            resume.as_ref(),
+            files,
+            rank,
+        )
     })
 }
 
-/// The loop of one rank.
+/// The loop of one rank (upstream `base_train.py` from `while True:`).
 fn train_rank<B: TrainBackend>(
     args: &BaseTrainArgs,
     tokenizer: Arc<Tokenizer>,
     plan: &RunPlan,
-    start: Start<B>,
+    model: Gpt<B>,
+    resume: Option<&(CheckpointMeta, BaseMeta)>,
+    (train_files, val_files): (Vec<PathBuf>, Vec<PathBuf>),
     rank: Rank<B::InnerBackend>,
 ) -> Result<TrainSummary, TrainError> {
-    let cfg = &args.config;
-    let device = &rank.device;
-    let master = rank.is_master();
+    let (cfg, device) = (&args.config, &rank.device);
     let dir = checkpoint_dir(&args.base_dir, Source::Base, &cfg.model_tag());
-    let shards = list_parquet_files(&args.data_dir)?;
-    if shards.len() < 2 {
-        return Err(TrainError::Data(format!(
-            "{}: need at least 2 shards (train + the last one for validation), found {}",
-            args.data_dir.display(),
-            shards.len()
-        )));
-    }
-    let train_files = split_files(&shards, Split::Train).to_vec();
-    let val_files = split_files(&shards, Split::Val).to_vec();
-
     let lrs = GroupLrs::scaled(&cfg.optimizer, plan.batch_lr_scale);
     let bf16 = args.compute_dtype == ComputeDtype::BF16;
-    let mut model = start.model.with_compute_dtype(args.compute_dtype);
+    let mut model = model.with_compute_dtype(args.compute_dtype);
     let mut opt = MuonAdamW::new(&model, &cfg.optimizer, &lrs)?.with_bf16_orthogonalization(bf16);
-    let (loader_state, mut loop_state, mut val_bpb, start_step) = match &start.resume {
-        None => {
-            let ls = LoopState {
-                min_val_bpb: f64::INFINITY,
-                smooth_train_loss: 0.0,
-                total_training_time: 0.0,
-            };
-            (None, ls, None, 0)
-        }
-        Some(r) => {
-            load_optimizer_state(&mut opt, &dir, &r.meta, r.step, device)?;
-            let st: LoaderState = rank_state(
-                &r.meta.metadata.extra,
-                BASE_KEYS,
-                rank.rank,
-                rank.world_size,
-                &dir,
-            )?;
-            if master {
-                truncate_metrics(&dir, r.step)?;
-                tracing::info!("resuming from step {} of {}", r.step, dir.display());
-            }
-            (Some(st), r.loop_state, r.meta.metadata.val_bpb, r.step)
+    let (loader_state, mut loop_state, mut val_bpb, start_step) = match resume {
+        None => (None, LoopState::default(), None, 0),
+        Some((meta, typed)) => {
+            let step = meta.metadata.step;
+            load_optimizer_state(&mut opt, &dir, meta, step, device)?;
+            let st = typed.loaders.for_rank(rank.rank, rank.world_size, &dir)?;
+            (Some(st), typed.loop_state, meta.metadata.val_bpb, step)
         }
     };
     let mut opts = LoaderOptions::new(cfg.device_batch_size, cfg.max_seq_len);
-    opts.rank = rank.rank;
-    opts.world_size = rank.world_size;
-    let mut loader = BestFitLoader::new(
-        train_files,
-        tokenizer.clone(),
-        opts.clone(),
-        loader_state.as_ref(),
-    )?;
+    (opts.rank, opts.world_size) = (rank.rank, rank.world_size);
+    let (tok, st) = (tokenizer.clone(), loader_state.as_ref());
+    let mut loader = BestFitLoader::new(train_files, tok, opts.clone(), st)?;
     let mut loader_state = loader.state();
-    let token_bytes = token_bytes_tensor::<B::InnerBackend>(&tokenizer.token_bytes(), device);
+    let val = Validation::<B::InnerBackend>::new(val_files, &tokenizer, opts, cfg, &rank);
 
     let n = plan.num_iterations;
-    let pb = progress_bar(args.progress && master, n, STEPS_TEMPLATE);
-    pb.set_position(start_step);
-    let log = |line: String| {
-        if master {
-            pb.suspend(|| tracing::info!("{line}"))
-        }
-    };
-    let mut metrics_file = if master {
-        Some(open_metrics(&dir)?)
-    } else {
-        None
-    };
+    let cadence = Cadence::new(cfg.save_every, cfg.resume_from_step, args.stop_after);
+    let master = rank.is_master();
+    let mut run = Run::open(
+        &dir,
+        master,
+        args.progress,
+        Bar::Steps(n),
+        cadence,
+        start_step,
+    )?;
     let mut metrics = Vec::new();
     let mut step = start_step;
-    let mut pending_val: Option<f64> = None;
     loop {
         let last = step == n;
-        if let Some(every) = cfg.eval_every
-            && every > 0
-            && (last || step % every == 0)
-        {
-            // Each rank evaluates its stride of the validation shard; the sums are added up.
-            let eval_model = model.valid();
-            let per_rank = (cfg.device_batch_size * cfg.max_seq_len * rank.world_size) as u64;
-            let steps = (cfg.eval_tokens / per_rank).max(1);
-            let val = BestFitLoader::new(val_files.clone(), tokenizer.clone(), opts.clone(), None)?;
-            let batches = val.map(|b| b.map(|b| b.to_tensors::<B::InnerBackend>(device)));
-            let sums = evaluate_bpb_sums(&eval_model, batches, steps as usize, &token_bytes)?;
-            let bpb = reduce_bpb(&rank, sums)?.bpb();
+        if Cadence::due(cfg.eval_every, step, last) {
+            let bpb = val.bpb(&model.valid(), &rank)?;
             loop_state.min_val_bpb = loop_state.min_val_bpb.min(bpb);
             val_bpb = Some(bpb);
-            pending_val = Some(bpb);
-            log(format!("Step {step:05} | Validation bpb: {bpb:.6}"));
+            run.validated(step, bpb);
         }
-        if master
-            && let Some(every) = cfg.sample_every
-            && every > 0
-            && (last || (step > 0 && step % every == 0))
-        {
+        if master && Cadence::due(cfg.sample_every, step, last) && (last || step > 0) {
             let eval_model = model.valid();
             for prompt in SAMPLE_PROMPTS {
-                let text = sample_greedy(&eval_model, &tokenizer, prompt, 16);
-                log(text);
+                run.log(sample_greedy(&eval_model, &tokenizer, prompt, 16));
             }
         }
-        let stop_here = args.stop_after == Some(step);
-        let periodic = step > 0
-            && Some(step) != cfg.resume_from_step
-            && cfg.save_every.is_some_and(|e| e > 0 && step % e == 0);
-        if last || periodic || (stop_here && Some(step) != cfg.resume_from_step) {
-            let states = gather_states(&rank, &loader_state)?;
-            if master {
-                save(
-                    &dir,
-                    &model,
-                    &opt,
-                    cfg,
-                    plan,
-                    step,
-                    val_bpb,
-                    &loop_state,
-                    &states,
-                )?;
-                log(format!("saved step {step} to {}", dir.display()));
-            }
+        if run.cadence.save_due(step, last) {
+            let loaders = RankStates(gather_states(&rank, &loader_state)?);
+            let meta = base_meta(cfg, plan, step, val_bpb, loop_state, loaders)?;
+            run.save(&model, &opt, meta)?;
         }
-        if last || stop_here {
+        if last || run.cadence.stop_here(step) {
             break;
         }
 
@@ -397,76 +378,39 @@ fn train_rank<B: TrainBackend>(
             loader_state = batch.state.clone();
             Ok(batch.to_tensors::<B>(device))
         };
-        let (updated, train_loss) = train_step(
-            model,
-            &mut opt,
-            next,
-            plan.grad_accum_steps,
-            &scalars,
-            &rank,
-            fail,
-        )?;
+        let accum = plan.grad_accum_steps;
+        let (updated, train_loss) =
+            train_step(model, &mut opt, next, accum, &scalars, &rank, fail)?;
         model = updated;
         B::sync(device).ok();
         let dt = t0.elapsed().as_secs_f64();
-        loop_state.smooth_train_loss = 0.9 * loop_state.smooth_train_loss + 0.1 * train_loss;
-        let smooth = ema_debiased(loop_state.smooth_train_loss, step);
+        let smooth = smooth_loss(&mut loop_state.smooth_train_loss, train_loss, step);
         let tok_per_sec = plan.total_batch_size as f64 / dt;
-        let mfu = args.peak_flops.map(|p| {
-            100.0 * plan.flops_per_token as f64 * tok_per_sec / (p * rank.world_size as f64)
-        });
+        let world_peak = args.peak_flops.map(|p| p * rank.world_size as f64);
+        let mfu = world_peak.map(|p| 100.0 * plan.flops_per_token as f64 * tok_per_sec / p);
         if step > 10 {
             loop_state.total_training_time += dt;
         }
-        let done = step.saturating_sub(10);
-        let eta = if done > 0 {
-            format!(
-                " | eta: {:.1}m",
-                (n - step) as f64 * loop_state.total_training_time / done as f64 / 60.0
-            )
-        } else {
-            String::new()
-        };
-        let mfu_s = mfu.map_or("-".to_string(), |m| format!("{m:.2}"));
-        let p = loader_state.pos;
-        log(format!(
-            "step {step:05}/{n:05} ({:.2}%) | loss: {smooth:.6} | lrm: {lrm:.2} | dt: {:.2}ms | tok/sec: {:.0} | mfu: {mfu_s} | epoch: {} pq: {} rg: {} | total time: {:.2}m{eta}",
-            100.0 * step as f64 / n as f64,
-            dt * 1000.0,
-            tok_per_sec,
-            p.epoch,
-            p.pq_idx,
-            p.rg_idx,
-            loop_state.total_training_time / 60.0
-        ));
+        let epoch = loader_state.pos.epoch;
+        let (loss, smooth_loss, val_bpb) = (train_loss, smooth, run.take_val());
         let m = StepMetrics {
             step,
-            loss: train_loss,
-            smooth_loss: smooth,
+            loss,
+            smooth_loss,
             lrm,
             dt,
             tok_per_sec,
             mfu,
-            epoch: p.epoch,
-            val_bpb: pending_val.take(),
+            epoch,
+            val_bpb,
         };
-        if let Some((file, path)) = &mut metrics_file {
-            let line = serde_json::to_string(&m).expect("metrics serialise");
-            writeln!(file, "{line}")
-                .map_err(|e| nanochat_core::fs::IoError::new("append", &*path, e))?;
-        }
+        run.log(m.status(n, &loader_state, &loop_state));
+        run.record(&m)?;
         metrics.push(m);
         step += 1;
-        pb.set_position(step);
+        run.set_position(step);
     }
-    // The last evaluation has no step after it to ride on: record it on its own line.
-    if let Some(v) = pending_val.take()
-        && let Some((file, path)) = &mut metrics_file
-    {
-        writeln!(file, "{}", serde_json::json!({"step": step, "val_bpb": v}))
-            .map_err(|e| nanochat_core::fs::IoError::new("append", &*path, e))?;
-    }
-    pb.finish_and_clear();
+    run.finish(step)?;
     Ok(TrainSummary {
         step,
         metrics,
@@ -477,40 +421,72 @@ fn train_rank<B: TrainBackend>(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn save<B: TrainBackend>(
-    dir: &std::path::Path,
-    model: &Gpt<B>,
-    opt: &MuonAdamW<B::InnerBackend>,
+/// Validation bits per byte: each rank evaluates its stride of the validation shard, and the
+/// sums are added up.
+struct Validation<'a, B: FusedOps> {
+    files: Vec<PathBuf>,
+    tokenizer: &'a Arc<Tokenizer>,
+    opts: LoaderOptions,
+    steps: usize,
+    token_bytes: Tensor<B, 1, Int>,
+}
+
+impl<'a, B: FusedOps> Validation<'a, B> {
+    fn new(
+        files: Vec<PathBuf>,
+        tokenizer: &'a Arc<Tokenizer>,
+        opts: LoaderOptions,
+        cfg: &TrainingConfiguration,
+        rank: &Rank<B>,
+    ) -> Self {
+        let per_step = (cfg.device_batch_size * cfg.max_seq_len * rank.world_size) as u64;
+        let token_bytes = token_bytes_tensor(&tokenizer.token_bytes(), &rank.device);
+        let steps = (cfg.eval_tokens / per_step).max(1) as usize;
+        Validation {
+            files,
+            tokenizer,
+            opts,
+            steps,
+            token_bytes,
+        }
+    }
+
+    fn bpb(&self, model: &Gpt<B>, rank: &Rank<B>) -> Result<f64, TrainError> {
+        let (files, tok) = (self.files.clone(), self.tokenizer.clone());
+        let val = BestFitLoader::new(files, tok, self.opts.clone(), None)?;
+        let batches = val.map(|b| b.map(|b| b.to_tensors::<B>(&rank.device)));
+        let sums = evaluate_bpb_sums(model, batches, self.steps, &self.token_bytes)?;
+        Ok(reduce_bpb(rank, sums)?.bpb())
+    }
+}
+
+/// The checkpoint meta of `step`.
+fn base_meta(
     cfg: &TrainingConfiguration,
     plan: &RunPlan,
     step: u64,
     val_bpb: Option<f64>,
-    loop_state: &LoopState,
-    loader_states: &[LoaderState],
-) -> Result<(), TrainError> {
-    let mut meta = CheckpointMetadata::new(step, chrono::Utc::now());
-    meta.val_bpb = val_bpb;
-    meta.train_loss = Some(ema_debiased(
+    loop_state: LoopState,
+    loaders: RankStates<LoaderState>,
+) -> Result<CheckpointMetadata, TrainError> {
+    let mut md = CheckpointMetadata::new(step, chrono::Utc::now());
+    md.val_bpb = val_bpb;
+    md.train_loss = Some(debiased(
         loop_state.smooth_train_loss,
         step.saturating_sub(1),
     ));
-    meta.timings.total_training_time = loop_state.total_training_time;
-    meta.extra.insert("user_config".into(), meta_json(cfg));
-    meta.extra
-        .insert("device_batch_size".into(), cfg.device_batch_size.into());
-    meta.extra
-        .insert("max_seq_len".into(), cfg.max_seq_len.into());
-    meta.extra
-        .insert("total_batch_size".into(), plan.total_batch_size.into());
-    meta.extra
-        .insert("num_iterations".into(), plan.num_iterations.into());
-    for (key, value) in loader_state_fields(BASE_KEYS, loader_states) {
-        meta.extra.insert(key, value);
-    }
-    meta.extra
-        .insert("loop_state".into(), meta_json(loop_state));
-    let optim = to_safetensors(&opt.state_tensors(), None)?;
-    save_checkpoint(dir, model, meta, &[(optim_file_name(step, 0), optim)])?;
-    Ok(())
+    md.timings.total_training_time = loop_state.total_training_time;
+    let typed = BaseMeta {
+        run: RunMeta {
+            user_config: cfg.clone(),
+            device_batch_size: Some(cfg.device_batch_size),
+            max_seq_len: Some(cfg.max_seq_len),
+            total_batch_size: Some(plan.total_batch_size),
+        },
+        num_iterations: plan.num_iterations,
+        loaders,
+        loop_state,
+    };
+    stage_meta::write(&mut md, &typed)?;
+    Ok(md)
 }

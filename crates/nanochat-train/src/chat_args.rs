@@ -11,7 +11,7 @@ use nanochat_model::ComputeDtype;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
-use crate::run_files::inherited_config;
+use crate::stage_meta::{RunMeta, inherited_config};
 
 /// Which conversation stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,20 +242,16 @@ pub(crate) fn inherit(
     meta: &CheckpointMetadata,
     args: &ChatTrainArgs,
 ) -> Result<Inherited, TrainError> {
-    let extra = &meta.extra;
+    let source = RunMeta::of(meta);
     let cfg = inherited_config(meta, args.embedding_lr, args.unembedding_lr, args.matrix_lr);
-    let get = |k: &str| extra.get(k).and_then(|v| v.as_u64());
     let device_batch_size = args
         .device_batch_size
-        .or(get("device_batch_size").map(|v| v as usize))
+        .or(source.device_batch_size)
         .unwrap_or(32);
-    let max_seq_len = args
-        .max_seq_len
-        .or(get("max_seq_len").map(|v| v as usize))
-        .unwrap_or(2048);
+    let max_seq_len = args.max_seq_len.or(source.max_seq_len).unwrap_or(2048);
     let total_batch_size = args
         .total_batch_size
-        .or(get("total_batch_size"))
+        .or(source.total_batch_size)
         .unwrap_or((device_batch_size * max_seq_len) as u64);
     Ok(Inherited {
         cfg,

@@ -11,8 +11,7 @@
 //! on GSM8K test are measured every `eval_every` steps. Sampling seeds derive from the run
 //! seed and the step, so `--resume-from-step` continues bit-identically.
 
-use nanochat_model::TrainBackend;
-use std::io::Write;
+use nanochat_model::{FusedOps, TrainBackend};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,13 +19,12 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Tensor, TensorData};
-use nanochat_core::checkpoint_manager::{checkpoint_dir, optim_file_name};
+use nanochat_core::checkpoint_manager::checkpoint_dir;
 use nanochat_core::{CheckpointMetadata, GenerationParams, Source};
 use nanochat_eval::tasks::{Gsm8k, Task};
 use nanochat_infer::Engine;
-use nanochat_model::checkpoint::{load_model, save_checkpoint};
+use nanochat_model::checkpoint::load_model;
 use nanochat_model::distributed::{Rank, run_replicated};
-use nanochat_model::weights::to_safetensors;
 use nanochat_model::{ComputeDtype, Gpt, Reduction};
 use nanochat_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -34,11 +32,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::TrainError;
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
 pub use crate::pass_at_k::{PassAtK, evaluate_pass_at_k};
-use crate::run_files::{
-    STEPS_TEMPLATE, inherited_config, load_optimizer_state, meta_json, open_metrics, progress_bar,
-    resume_or_source, truncate_metrics,
-};
+use crate::run::{Bar, Cadence, Run, load_optimizer_state, resume_or_source};
 use crate::schedule::B_REF;
+use crate::stage_meta::{self, RunMeta, inherited_config};
 
 /// Settings of an RL run (upstream's flag names).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -214,12 +210,29 @@ pub fn policy_gradient<B: TrainBackend>(
     (loss_sum, accum.grads())
 }
 
+/// RL's checkpoint meta.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RlMeta {
+    /// The source's configuration and batch, passed on.
+    #[serde(flatten)]
+    pub run: RunMeta,
+    /// This stage's settings.
+    pub stage_config: ChatRlArgs,
+    /// The last pass@k evaluation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsm8k: Option<PassAtK>,
+}
+
 /// Runs (or resumes) RL.
 pub fn chat_rl<B: TrainBackend>(
     args: &ChatRlArgs,
     tokenizer: Arc<Tokenizer>,
     device: &B::Device,
 ) -> Result<RlSummary, TrainError> {
+    let train = Gsm8k::load(&args.data_dir.join("tasks/gsm8k/train.jsonl"))
+        .map_err(|e| TrainError::Data(e.to_string()))?;
+    let test = Gsm8k::load(&args.data_dir.join("tasks/gsm8k/test.jsonl"))
+        .map_err(|e| TrainError::Data(e.to_string()))?;
     let (src_model, src_meta, src_dir) = load_model::<B>(
         &args.base_dir,
         args.source,
@@ -232,26 +245,23 @@ pub fn chat_rl<B: TrainBackend>(
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "d0".into());
     let dir = checkpoint_dir(&args.base_dir, Source::Rl, &tag);
-    let train = Gsm8k::load(&args.data_dir.join("tasks/gsm8k/train.jsonl"))
-        .map_err(|e| TrainError::Data(e.to_string()))?;
-    let test = Gsm8k::load(&args.data_dir.join("tasks/gsm8k/test.jsonl"))
-        .map_err(|e| TrainError::Data(e.to_string()))?;
     let e = args.examples_per_step.max(1);
-    let full = (train.len() / e * args.num_epochs) as u64;
-    let num_steps = args.num_steps.unwrap_or(full);
+    let num_steps = args
+        .num_steps
+        .unwrap_or((train.len() / e * args.num_epochs) as u64);
 
-    let extra = &src_meta.metadata.extra;
-    let cfg = inherited_config(
+    let mut source = RunMeta::of(&src_meta.metadata);
+    source.user_config = inherited_config(
         &src_meta.metadata,
         args.embedding_lr,
         args.unembedding_lr,
         args.matrix_lr,
     );
-    let total = extra
-        .get("total_batch_size")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(B_REF);
-    let lrs = GroupLrs::scaled(&cfg.optimizer, (total as f64 / B_REF as f64).sqrt());
+    let total = source.total_batch_size.unwrap_or(B_REF);
+    let lrs = GroupLrs::scaled(
+        &source.user_config.optimizer,
+        (total as f64 / B_REF as f64).sqrt(),
+    );
 
     // The model is loaded once; every rank gets a copy (same weights, same parameter ids).
     let (model, resume_meta) = resume_or_source(src_model, &dir, args.resume_from_step, device)?;
@@ -269,11 +279,10 @@ pub fn chat_rl<B: TrainBackend>(
         dir,
         train,
         test,
-        cfg,
+        source,
         lrs,
         num_steps,
         resume_meta,
-        extra: extra.clone(),
     };
     run_replicated::<B, _, _, _, _, _>(args.distributed.as_ref(), device, model, |model, rank| {
         rl_rank(&run, model, rank)
@@ -287,172 +296,93 @@ struct RlRun<'a> {
     dir: PathBuf,
     train: Gsm8k,
     test: Gsm8k,
-    cfg: nanochat_core::TrainingConfiguration,
+    source: RunMeta,
     lrs: GroupLrs,
     num_steps: u64,
     resume_meta: Option<nanochat_core::CheckpointMeta>,
-    extra: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
-/// The loop of one rank: it samples its share of the step's problems (`rank, rank + world,
-/// …`), and the ranks' gradients are summed (each rollout is already weighted by the whole
-/// step's problem count).
+/// The loop of one rank (upstream `chat_rl.py` from `for step in range(num_steps):`): it
+/// samples its share of the step's problems (`rank, rank + world, …`), and the ranks'
+/// gradients are summed (each rollout is already weighted by the whole step's problem count).
 fn rl_rank<B: TrainBackend>(
     run: &RlRun<'_>,
     model: Gpt<B>,
     rank: Rank<B::InnerBackend>,
 ) -> Result<RlSummary, TrainError> {
-    let RlRun {
-        args,
-        dir,
-        train,
-        test,
-        cfg,
-        lrs,
-        extra,
-        ..
-    } = run;
-    let (args, num_steps) = (*args, run.num_steps);
+    let (args, num_steps, dir) = (run.args, run.num_steps, &run.dir);
     let tokenizer = run.tokenizer.clone();
     let device = &rank.device;
-    let master = rank.is_master();
     let e = args.examples_per_step.max(1);
-    let mut opt = MuonAdamW::new(&model, &cfg.optimizer, lrs)?;
+    let mut opt = MuonAdamW::new(&model, &run.source.user_config.optimizer, &run.lrs)?;
     let start = match &run.resume_meta {
         None => 0,
         Some(meta) => {
             let step = meta.metadata.step;
             load_optimizer_state(&mut opt, dir, meta, step, device)?;
-            if master {
-                truncate_metrics(dir, step)?;
-            }
             step
         }
     };
     let mut model = model.with_compute_dtype(args.compute_dtype);
-    let mut metrics_file = if master {
-        Some(open_metrics(dir)?)
-    } else {
-        None
-    };
-    let pb = progress_bar(args.progress && master, num_steps, STEPS_TEMPLATE);
-    pb.set_position(start);
-    let log = |line: String| {
-        if master {
-            pb.suspend(|| tracing::info!("{line}"))
-        }
-    };
+    let cadence = Cadence::new(
+        Some(args.save_every),
+        args.resume_from_step,
+        args.stop_after,
+    );
+    let mut out = Run::open(
+        dir,
+        rank.is_master(),
+        args.progress,
+        Bar::Steps(num_steps),
+        cadence,
+        start,
+    )?;
     let t_run = Instant::now();
-    let max_len = model.config().sequence_len;
     let bos = tokenizer.bos_token_id();
-    let mut eval = None;
-    let mut rewards_log = Vec::new();
+    let (mut eval, mut rewards_log) = (None, Vec::new());
     let mut step = start;
     loop {
         let last = step >= num_steps;
-        if last || (args.eval_every > 0 && step % args.eval_every == 0) {
+        if last || Cadence::due(Some(args.eval_every), step, last) {
             let engine = Engine::new(model.valid(), tokenizer.clone())?;
-            let r = evaluate_pass_at_k(
-                &engine,
-                test,
-                args.eval_examples,
-                args.eval_k,
-                args.seed ^ 0xe7a1,
-                args.max_new_tokens,
-                &rank,
-            )?;
-            log(format!(
+            let seed = args.seed ^ 0xe7a1;
+            let (n, k) = (args.eval_examples, args.eval_k);
+            let r = evaluate_pass_at_k(&engine, &run.test, n, k, seed, args.max_new_tokens, &rank)?;
+            out.log(format!(
                 "Step {step:05} | GSM8K pass@1: {:.4} | pass@{}: {:.4}",
                 r.pass1, r.k, r.pass_k
             ));
             eval = Some(r);
         }
-        let stop_here = args.stop_after == Some(step);
-        let periodic = step > 0
-            && Some(step) != args.resume_from_step
-            && args.save_every > 0
-            && step % args.save_every == 0;
-        if master && (last || periodic || (stop_here && Some(step) != args.resume_from_step)) {
-            let mut meta = CheckpointMetadata::new(step, chrono::Utc::now());
-            meta.extra.insert("user_config".into(), meta_json(cfg));
-            meta.extra.insert("stage_config".into(), meta_json(args));
-            for k in ["device_batch_size", "max_seq_len", "total_batch_size"] {
-                if let Some(v) = extra.get(k) {
-                    meta.extra.insert(k.into(), v.clone());
-                }
-            }
-            if let Some(r) = eval {
-                meta.extra.insert("gsm8k".into(), meta_json(&r));
-            }
-            let optim = to_safetensors(&opt.state_tensors(), None)?;
-            save_checkpoint(dir, &model, meta, &[(optim_file_name(step, 0), optim)])?;
-            log(format!("saved step {step} to {}", dir.display()));
+        if out.cadence.save_due(step, last) {
+            let typed = RlMeta {
+                run: run.source.clone(),
+                stage_config: args.clone(),
+                gsm8k: eval,
+            };
+            let mut md = CheckpointMetadata::new(step, chrono::Utc::now());
+            stage_meta::write(&mut md, &typed)?;
+            out.save(&model, &opt, md)?;
         }
-        if last || stop_here {
+        if last || out.cadence.stop_here(step) {
             break;
         }
 
         // Rollouts with the current policy.
         let t0 = Instant::now();
         let engine = Engine::new(model.valid(), tokenizer.clone())?;
-        let mut rollouts = Vec::new();
-        let mut reward_sum = 0.0;
-        let mut seq_len_sum = 0usize;
-        for k in (rank.rank..e).step_by(rank.world_size) {
-            let idx = ((step as usize) * e + k) % train.len();
-            let prompt = tokenizer.render_for_completion(&train.get(idx), max_len)?;
-            let room = max_len.saturating_sub(prompt.len());
-            if room == 0 {
-                continue;
-            }
-            let params = GenerationParams {
-                temperature: args.temperature,
-                top_k: (args.top_k > 0).then_some(args.top_k),
-                max_tokens: args.max_new_tokens.min(room),
-                seed: Some(
-                    args.seed
-                        .wrapping_mul(1_000_003)
-                        .wrapping_add(step * 1000 + k as u64),
-                ),
-                num_samples: args.num_samples,
-                ..GenerationParams::default()
-            };
-            let rows = engine.generate_batch(&prompt, &params)?;
-            let rewards: Vec<f64> = rows
-                .iter()
-                .map(|r| f64::from(u8::from(train.evaluate(idx, &r.text))))
-                .collect();
-            let mean = rewards.iter().sum::<f64>() / rewards.len().max(1) as f64;
-            reward_sum += mean;
-            let sampled: usize = rows
-                .iter()
-                .map(|r| r.masks.iter().filter(|&&m| m == 1).count())
-                .sum();
-            for (r, reward) in rows.into_iter().zip(rewards) {
-                seq_len_sum += r.tokens.len();
-                let adv = reward - mean;
-                if adv == 0.0 || r.tokens.is_empty() {
-                    continue; // No gradient from this sample.
-                }
-                let mut ids = prompt.clone();
-                ids.extend(&r.tokens);
-                ids.truncate(max_len + 1);
-                rollouts.push(Rollout {
-                    prompt_len: prompt.len(),
-                    masks: r.masks,
-                    ids,
-                    advantage: adv,
-                    weight: 1.0 / (sampled.max(1) * e) as f64,
-                });
-            }
-        }
+        let mut batch = rollouts(&engine, &run.train, args, step, &rank)?;
         drop(engine);
-        let sums = rank.sum_f64(&[reward_sum, seq_len_sum as f64, rollouts.len() as f64])?;
+        let sums = rank.sum_f64(&[
+            batch.reward_sum,
+            batch.seq_len_sum,
+            batch.rollouts.len() as f64,
+        ])?;
         let (reward_sum, seq_len_sum, updates) = (sums[0], sums[1], sums[2] as usize);
-        if updates > 0 && rollouts.is_empty() {
+        if updates > 0 && batch.rollouts.is_empty() {
             // Every rank must send gradients to the all-reduce: a zero-weighted row gives
             // this rank's zeros.
-            rollouts.push(Rollout {
+            batch.rollouts.push(Rollout {
                 ids: vec![bos, bos],
                 prompt_len: 1,
                 masks: vec![1],
@@ -466,7 +396,7 @@ fn rl_rank<B: TrainBackend>(
         let mut loss_sum = 0.0;
         if updates > 0 {
             let (loss, grads) =
-                policy_gradient(&model, &rollouts, bos, args.device_batch_size, device);
+                policy_gradient(&model, &batch.rollouts, bos, args.device_batch_size, device);
             let grads = rank.sum_grads(&model, grads)?;
             loss_sum = rank.sum_f64(&[loss])?[0];
             let scalars = StepScalars {
@@ -479,22 +409,17 @@ fn rl_rank<B: TrainBackend>(
         let dt = t0.elapsed().as_secs_f64();
         let reward = reward_sum / e as f64;
         let seq = seq_len_sum / (e * args.num_samples).max(1) as f64;
-        log(format!(
-            "step {step:05}/{num_steps:05} | reward: {reward:.4} | mean len: {seq:.1} | updates: {updates} | lrm: {lrm:.4} | dt: {:.2}s",
-            dt
+        out.log(format!(
+            "step {step:05}/{num_steps:05} | reward: {reward:.4} | mean len: {seq:.1} | updates: {updates} | lrm: {lrm:.4} | dt: {dt:.2}s"
         ));
-        let line = serde_json::json!({
+        out.record(&serde_json::json!({
             "step": step, "reward": reward, "loss": loss_sum, "seq_len": seq, "lrm": lrm, "dt": dt,
-        });
-        if let Some((file, path)) = &mut metrics_file {
-            writeln!(file, "{line}")
-                .map_err(|e| nanochat_core::fs::IoError::new("append", &*path, e))?;
-        }
+        }))?;
         rewards_log.push(reward);
         step += 1;
-        pb.set_position(step);
+        out.set_position(step);
     }
-    pb.finish_and_clear();
+    out.finish(step)?;
     Ok(RlSummary {
         step,
         checkpoint_dir: dir.clone(),
@@ -502,6 +427,82 @@ fn rl_rank<B: TrainBackend>(
         rewards: rewards_log,
         seconds: t_run.elapsed().as_secs_f64(),
     })
+}
+
+/// One rank's rollouts of a step, with its summed rewards and sampled lengths.
+struct RolloutBatch {
+    rollouts: Vec<Rollout>,
+    reward_sum: f64,
+    seq_len_sum: f64,
+}
+
+/// Samples `num_samples` completions of this rank's share of the step's problems and scores
+/// them (upstream `get_batch`): advantages are rewards minus the problem's mean; samples with
+/// no advantage give no gradient and are dropped.
+fn rollouts<B: FusedOps>(
+    engine: &Engine<B>,
+    train: &Gsm8k,
+    args: &ChatRlArgs,
+    step: u64,
+    rank: &Rank<B>,
+) -> Result<RolloutBatch, TrainError> {
+    let tokenizer = engine.tokenizer();
+    let max_len = engine.model().config().sequence_len;
+    let e = args.examples_per_step.max(1);
+    let mut out = RolloutBatch {
+        rollouts: Vec::new(),
+        reward_sum: 0.0,
+        seq_len_sum: 0.0,
+    };
+    for k in (rank.rank..e).step_by(rank.world_size) {
+        let idx = ((step as usize) * e + k) % train.len();
+        let prompt = tokenizer.render_for_completion(&train.get(idx), max_len)?;
+        let room = max_len.saturating_sub(prompt.len());
+        if room == 0 {
+            continue;
+        }
+        let params = GenerationParams {
+            temperature: args.temperature,
+            top_k: (args.top_k > 0).then_some(args.top_k),
+            max_tokens: args.max_new_tokens.min(room),
+            seed: Some(
+                args.seed
+                    .wrapping_mul(1_000_003)
+                    .wrapping_add(step * 1000 + k as u64),
+            ),
+            num_samples: args.num_samples,
+            ..GenerationParams::default()
+        };
+        let rows = engine.generate_batch(&prompt, &params)?;
+        let rewards: Vec<f64> = rows
+            .iter()
+            .map(|r| f64::from(u8::from(train.evaluate(idx, &r.text))))
+            .collect();
+        let mean = rewards.iter().sum::<f64>() / rewards.len().max(1) as f64;
+        out.reward_sum += mean;
+        let sampled: usize = rows
+            .iter()
+            .map(|r| r.masks.iter().filter(|&&m| m == 1).count())
+            .sum();
+        for (r, reward) in rows.into_iter().zip(rewards) {
+            out.seq_len_sum += r.tokens.len() as f64;
+            let adv = reward - mean;
+            if adv == 0.0 || r.tokens.is_empty() {
+                continue; // No gradient from this sample.
+            }
+            let mut ids = prompt.clone();
+            ids.extend(&r.tokens);
+            ids.truncate(max_len + 1);
+            out.rollouts.push(Rollout {
+                prompt_len: prompt.len(),
+                masks: r.masks,
+                ids,
+                advantage: adv,
+                weight: 1.0 / (sampled.max(1) * e) as f64,
+            });
+        }
+    }
+    Ok(out)
 }
 
 trait ElemF64 {

@@ -17,23 +17,21 @@
 //! 0.85 → 0.95 over 300 steps; weight decay is 0. `--resume-from-step` restores the model,
 //! the optimizer, the loader (exactly) and the loop state.
 
-use nanochat_model::TrainBackend;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use nanochat_model::{FusedOps, TrainBackend};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::ElementConversion;
-use nanochat_core::checkpoint_manager::{checkpoint_dir, optim_file_name};
-use nanochat_core::{CheckpointMetadata, OptimizerConfig};
+use burn::tensor::{ElementConversion, Int, Tensor};
+use nanochat_core::CheckpointMetadata;
+use nanochat_core::checkpoint_manager::checkpoint_dir;
 use nanochat_eval::chat_eval::{ChatEvalOptions, load_tasks, run_chat_eval};
 use nanochat_eval::tasks::TaskSplit;
 use nanochat_infer::Engine;
-use nanochat_model::checkpoint::{load_model, save_checkpoint};
+use nanochat_model::checkpoint::load_model;
 use nanochat_model::distributed::{Rank, run_replicated};
-use nanochat_model::weights::to_safetensors;
 use nanochat_model::{ComputeDtype, Gpt, Reduction};
 use nanochat_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -41,15 +39,13 @@ use serde::{Deserialize, Serialize};
 pub use crate::chat_args::{ChatStage, ChatTrainArgs, build_mixture, lr_multiplier};
 use crate::chat_args::{Inherited, inherit};
 use crate::chat_loader::{ChatBatch, ChatLoader, ChatLoaderState, PackMode};
-use crate::data_parallel::{CHAT_KEYS, gather_states, loader_state_fields, rank_state};
+use crate::data_parallel::gather_states;
 use crate::error::TrainError;
 use crate::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
-use crate::run_files::{
-    load_optimizer_state, meta_field, meta_json, open_metrics, progress_bar, resume_or_source,
-    truncate_metrics,
-};
+use crate::run::{Bar, Cadence, Run, load_optimizer_state, resume_or_source, smooth_loss};
 use crate::schedule::B_REF;
+use crate::stage_meta::{self, RankStateKeys, RankStates, RunMeta};
 
 /// Loop state carried in the meta.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
@@ -82,6 +78,28 @@ pub struct ChatStepMetrics {
     /// Validation bpb measured before this step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_bpb: Option<f64>,
+}
+
+impl ChatStepMetrics {
+    /// The status line of this step.
+    fn status(&self, mfu: Option<f64>, trained: usize, ls: &ChatLoopState) -> String {
+        let p = self.progress;
+        let eta = match p > 0.0 {
+            true => ls.total_training_time * (1.0 - p).max(0.0) / p / 60.0,
+            false => 0.0,
+        };
+        format!(
+            "step {:05} ({:.2}%) | loss: {:.6} | lrm: {:.3} | dt: {:.2}ms | tok/sec: {:.0} | mfu: {} | trained tokens: {trained} | total time: {:.2}m | eta: {eta:.1}m",
+            self.step,
+            100.0 * p,
+            self.smooth_loss,
+            self.lrm,
+            self.dt * 1000.0,
+            self.tok_per_sec,
+            mfu.map_or("-".to_string(), |m| format!("{m:.2}")),
+            ls.total_training_time / 60.0,
+        )
+    }
 }
 
 /// What a run did.
@@ -137,6 +155,28 @@ pub fn token_weighted_grads_over<B: TrainBackend>(
     (loss_sum, accum.grads())
 }
 
+/// Midtraining's and SFT's checkpoint meta.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatMeta {
+    /// The pretraining configuration with this stage's batch (what the next stage inherits).
+    #[serde(flatten)]
+    pub run: RunMeta,
+    /// This stage's settings.
+    pub stage_config: ChatTrainArgs,
+    /// Every rank's loader position.
+    #[serde(flatten)]
+    pub loaders: RankStates<ChatLoaderState>,
+    /// The loop state.
+    pub loop_state: ChatLoopState,
+    /// The step of the checkpoint this stage started from.
+    pub source_step: u64,
+}
+
+impl RankStateKeys for ChatLoaderState {
+    const ONE: &'static str = "loader_state";
+    const ALL: &'static str = "loader_states";
+}
+
 /// Runs (or resumes) midtraining or SFT.
 pub fn chat_train<B: TrainBackend>(
     args: &ChatTrainArgs,
@@ -168,6 +208,15 @@ pub fn chat_train<B: TrainBackend>(
         nanochat_core::training_config::grad_accum_steps(inh.total_batch_size, b, t, world)?;
     let dir = checkpoint_dir(&args.base_dir, args.stage.source(), &tag);
     let mixture = build_mixture(&args.mixture, TaskSplit::Train, &args.data_dir, args.seed)?;
+    let val_mixture = match args.val_mixture.is_empty() {
+        true => None,
+        false => Some(build_mixture(
+            &args.val_mixture,
+            TaskSplit::Test,
+            &args.data_dir,
+            args.seed,
+        )?),
+    };
     tracing::info!(
         "{:?} from {} step {} | mixture: {} = {} conversations | {} tok/step ({} ranks × {} × {}×{}) → {}",
         args.stage,
@@ -182,12 +231,20 @@ pub fn chat_train<B: TrainBackend>(
         t,
         dir.display()
     );
-    let batch_lr_scale = (inh.total_batch_size as f64 / B_REF as f64).sqrt();
-    let lrs = GroupLrs::scaled(&inh.cfg.optimizer, batch_lr_scale);
-    let optimizer: OptimizerConfig = inh.cfg.optimizer.clone();
+    let lrs = GroupLrs::scaled(
+        &inh.cfg.optimizer,
+        (inh.total_batch_size as f64 / B_REF as f64).sqrt(),
+    );
 
     // The model is loaded once; every rank gets a copy (same weights, same parameter ids).
     let (model, resume_meta) = resume_or_source(src_model, &dir, args.resume_from_step, device)?;
+    let resume = match resume_meta {
+        Some(meta) => {
+            let typed: ChatMeta = stage_meta::read(&meta.metadata, &dir)?;
+            Some((meta, typed))
+        }
+        None => None,
+    };
     let run = ChatRun {
         args,
         tokenizer,
@@ -196,11 +253,11 @@ pub fn chat_train<B: TrainBackend>(
         dir,
         tag,
         mixture,
+        val_mixture,
         lrs,
-        optimizer,
         src_meta,
         src_dir,
-        resume_meta,
+        resume,
     };
     run_replicated::<B, _, _, _, _, _>(args.distributed.as_ref(), device, model, |model, rank| {
         chat_rank(&run, model, rank)
@@ -216,129 +273,44 @@ struct ChatRun<'a> {
     dir: PathBuf,
     tag: String,
     mixture: nanochat_eval::TaskMixture,
+    val_mixture: Option<nanochat_eval::TaskMixture>,
     lrs: GroupLrs,
-    optimizer: OptimizerConfig,
     src_meta: nanochat_core::CheckpointMeta,
     src_dir: PathBuf,
-    resume_meta: Option<nanochat_core::CheckpointMeta>,
+    resume: Option<(nanochat_core::CheckpointMeta, ChatMeta)>,
 }
 
-/// The loop of one rank.
+/// The loop of one rank (upstream `chat_sft.py` from `while True:`).
 fn chat_rank<B: TrainBackend>(
     run: &ChatRun<'_>,
     model: Gpt<B>,
     rank: Rank<B::InnerBackend>,
 ) -> Result<ChatTrainSummary, TrainError> {
-    let ChatRun {
-        args,
-        inh,
-        grad_accum,
-        dir,
-        tag,
-        lrs,
-        optimizer,
-        src_meta,
-        src_dir,
-        ..
-    } = run;
-    let (args, grad_accum) = (*args, *grad_accum);
-    let tokenizer = run.tokenizer.clone();
-    let mixture = run.mixture.clone();
-    let device = &rank.device;
-    let master = rank.is_master();
+    let (args, inh, dir, grad_accum) = (run.args, &run.inh, &run.dir, run.grad_accum);
+    let (tokenizer, device, world) = (run.tokenizer.clone(), &rank.device, rank.world_size);
     let (b, t) = (inh.device_batch_size, inh.max_seq_len);
-    let mut opt = MuonAdamW::new(&model, optimizer, lrs)?;
-    let (loader_state, mut ls, start) = match &run.resume_meta {
-        None => {
-            if args.load_optimizer {
-                let step = src_meta.metadata.step;
-                load_optimizer_state(&mut opt, src_dir, src_meta, step, device)?;
-            }
-            (None, ChatLoopState::default(), 0)
-        }
-        Some(meta) => {
-            let step = meta.metadata.step;
-            load_optimizer_state(&mut opt, dir, meta, step, device)?;
-            let extra = &meta.metadata.extra;
-            let st: ChatLoaderState =
-                rank_state(extra, CHAT_KEYS, rank.rank, rank.world_size, dir)?;
-            let ls: ChatLoopState = meta_field(meta, "loop_state", dir)?;
-            if master {
-                truncate_metrics(dir, step)?;
-            }
-            (Some(st), ls, step)
-        }
-    };
-    let mut model = model;
-    model = model.with_compute_dtype(args.compute_dtype);
-    opt = opt.with_bf16_orthogonalization(args.compute_dtype == ComputeDtype::BF16);
+    let (mut opt, loader_state, mut ls, start) = restore(run, &model, &rank)?;
+    let mut model = model.with_compute_dtype(args.compute_dtype);
     let mode = match args.stage {
         ChatStage::Mid => PackMode::Crop,
         ChatStage::Sft => PackMode::Pad,
     };
-    let epoch_len = mixture.len();
-    let mut loader = ChatLoader::for_rank(
-        mixture,
-        tokenizer.clone(),
-        b,
-        t,
-        mode,
-        loader_state.as_ref(),
-        rank.rank,
-        rank.world_size,
-    )?;
-    let val_mixture = if args.val_mixture.is_empty() {
-        None
-    } else {
-        Some(build_mixture(
-            &args.val_mixture,
-            TaskSplit::Test,
-            &args.data_dir,
-            args.seed,
-        )?)
-    };
-    let inner = device.clone();
-    let world = rank.world_size;
-    let token_bytes = token_bytes_tensor::<B::InnerBackend>(&tokenizer.token_bytes(), &inner);
-
+    let (mixture, st) = (run.mixture.clone(), loader_state.as_ref());
+    let mut loader =
+        ChatLoader::for_rank(mixture, tokenizer.clone(), b, t, mode, st, rank.rank, world)?;
+    let token_bytes = token_bytes_tensor::<B::InnerBackend>(&tokenizer.token_bytes(), device);
+    let chatcore = PeriodicChatCore::load(args, rank.is_master())?;
     // One epoch unless capped: the horizon in steps is known only approximately (packing),
     // so the schedule runs on epoch progress; with --num-iterations on step / n.
     let progress_of = |step: u64, loader: &ChatLoader| match args.num_iterations {
         Some(n) => step as f64 / n.max(1) as f64,
         None => loader.progress(),
     };
-    let pb = progress_bar(
-        args.progress && master,
-        1000,
-        "{bar:40} {percent}% of the epoch [{elapsed_precise} < {eta_precise}]",
-    );
-    let log = |line: String| {
-        if master {
-            pb.suspend(|| tracing::info!("{line}"))
-        }
-    };
-    let mut metrics_file = if master {
-        Some(open_metrics(dir)?)
-    } else {
-        None
-    };
-    // The periodic ChatCORE's tasks, read once.
-    let chatcore_tasks = match args.chatcore_every {
-        Some(every) if every > 0 && master => {
-            let opts = ChatEvalOptions {
-                max_problems: Some(args.chatcore_max_problems),
-                max_new_tokens: 128,
-                ..ChatEvalOptions::default()
-            };
-            let tasks = load_tasks(&args.data_dir, &opts)?;
-            Some((opts, tasks))
-        }
-        _ => None,
-    };
-    let mut metrics = Vec::new();
-    let mut chatcore = None;
+    let cadence = Cadence::new(args.save_every, args.resume_from_step, args.stop_after);
+    let master = rank.is_master();
+    let mut out = Run::open(dir, master, args.progress, Bar::Epoch, cadence, start)?;
+    let (mut metrics, mut chatcore_value) = (Vec::new(), None);
     let mut step = start;
-    let mut pending_val = None;
     loop {
         // The ranks agree on the schedule: mean epoch progress, and stop when any rank has
         // finished its share (upstream's all_reduce MAX of `last_step`).
@@ -346,91 +318,42 @@ fn chat_rank<B: TrainBackend>(
         let synced = rank.sum_f64(&[local, f64::from(u8::from(local >= 1.0))])?;
         let progress = synced[0] / world as f64;
         let last = synced[1] > 0.0 || args.num_iterations == Some(step);
-        if let Some(vm) = &val_mixture {
-            let every = args.eval_every.unwrap_or(0);
-            if last || (every > 0 && step % every == 0) {
-                let eval_model = model.valid();
-                let steps = (args.eval_tokens / (b * t * world) as u64).max(1) as usize;
-                let mut vl = ChatLoader::for_rank(
-                    vm.clone(),
-                    tokenizer.clone(),
-                    b,
-                    t,
-                    PackMode::Pad,
-                    None,
-                    rank.rank,
-                    world,
-                )?;
-                let batches = (0..steps).map(|_| {
-                    vl.next_batch()
-                        .map(|bt| bt.to_tensors::<B::InnerBackend>(&inner))
-                });
-                let sums = evaluate_bpb_sums(&eval_model, batches, steps, &token_bytes)?;
-                let bpb = reduce_bpb(&rank, sums)?.bpb();
-                if bpb.is_finite() {
+        if let Some(vm) = &run.val_mixture
+            && (last || Cadence::due(args.eval_every, step, last))
+        {
+            match val_bpb(run, vm, &model.valid(), &token_bytes, &rank)? {
+                Some(bpb) => {
                     ls.val_bpb = Some(bpb);
-                    pending_val = Some(bpb);
-                    log(format!("Step {step:05} | Validation bpb: {bpb:.6}"));
-                } else {
-                    log(format!(
-                        "Step {step:05} | Validation bpb undefined: no assistant tokens within {t} tokens of the validation rows"
-                    ));
+                    out.validated(step, bpb);
                 }
+                None => out.log(format!("Step {step:05} | Validation bpb undefined: no assistant tokens within {t} tokens of the validation rows")),
             }
         }
-        if master
-            && let Some(every) = args.chatcore_every
-            && every > 0
-            && (last || (step > 0 && step % every == 0))
+        if let Some(cc) = &chatcore
+            && Cadence::due(args.chatcore_every, step, last)
+            && (last || step > 0)
         {
-            let (opts, tasks) = chatcore_tasks
-                .as_ref()
-                .expect("loaded when chatcore_every is set");
-            let engine = Engine::new(model.valid(), tokenizer.clone())?;
-            let (_, res) = run_chat_eval(
-                &engine,
-                tasks,
-                opts,
-                &format!("{}/{tag}@{step}", args.stage.source().as_str()),
-            )?;
-            chatcore = res.aggregate;
-            log(format!(
-                "Step {step:05} | {}: {:.4}",
-                res.metric,
-                res.aggregate.unwrap_or(0.0)
+            let name = format!("{}/{}@{step}", args.stage.source().as_str(), run.tag);
+            let (metric, value) = cc.evaluate(&model, &tokenizer, &name)?;
+            chatcore_value = value;
+            out.log(format!(
+                "Step {step:05} | {metric}: {:.4}",
+                value.unwrap_or(0.0)
             ));
         }
-        let stop_here = args.stop_after == Some(step);
-        let periodic = step > 0
-            && Some(step) != args.resume_from_step
-            && args.save_every.is_some_and(|e| e > 0 && step % e == 0);
-        if last || periodic || (stop_here && Some(step) != args.resume_from_step) {
-            let states = gather_states(&rank, &loader.state())?;
-            if master {
-                save_chat(
-                    dir,
-                    &model,
-                    &opt,
-                    args,
-                    inh,
-                    &states,
-                    &ls,
-                    step,
-                    &src_meta.metadata,
-                )?;
-                log(format!("saved step {step} to {}", dir.display()));
-            }
+        if out.cadence.save_due(step, last) {
+            let loaders = RankStates(gather_states(&rank, &loader.state())?);
+            out.save(&model, &opt, chat_meta(run, loaders, &ls, step)?)?;
         }
-        if last || stop_here {
+        if last || out.cadence.stop_here(step) {
             break;
         }
 
         // One optimizer step: gather the micro-batches, weight every trained token equally.
         let t0 = Instant::now();
-        let mut micro = Vec::with_capacity(grad_accum as usize);
-        for _ in 0..grad_accum {
-            micro.push(loader.next_batch()?);
-        }
+        let micro = (0..grad_accum)
+            .map(|_| loader.next_batch())
+            .collect::<Result<Vec<_>, _>>()?;
         // Every trained target of every rank weighs the same: divide by the global count, then
         // sum the ranks' gradients.
         let local_valid: usize = micro.iter().map(|m| m.valid_targets()).sum();
@@ -450,104 +373,173 @@ fn chat_rank<B: TrainBackend>(
         model = opt.step(model, grads, &scalars)?;
         B::sync(device).ok();
         let dt = t0.elapsed().as_secs_f64();
-        ls.smooth_train_loss = 0.9 * ls.smooth_train_loss + 0.1 * loss_sum;
-        let smooth = ls.smooth_train_loss / (1.0 - 0.9f64.powi(step as i32 + 1));
+        let smooth = smooth_loss(&mut ls.smooth_train_loss, loss_sum, step);
         ls.total_training_time += dt;
         let tok_per_sec = (grad_accum as usize * b * t * world) as f64 / dt;
-        let eta = if p > 0.0 {
-            ls.total_training_time * (1.0 - p).max(0.0) / p / 60.0
-        } else {
-            0.0
-        };
-        let mfu = args.peak_flops.map_or("-".into(), |pk| {
-            format!(
-                "{:.2}",
-                100.0 * model.estimate_flops() as f64 * tok_per_sec / (pk * world as f64)
-            )
-        });
-        log(format!(
-            "step {step:05} ({:.2}%) | loss: {smooth:.6} | lrm: {lrm:.3} | dt: {:.2}ms | tok/sec: {tok_per_sec:.0} | mfu: {mfu} | trained tokens: {n_valid} | total time: {:.2}m | eta: {eta:.1}m",
-            100.0 * p,
-            dt * 1000.0,
-            ls.total_training_time / 60.0
-        ));
-        pb.set_position((p * 1000.0) as u64);
+        let mfu = args
+            .peak_flops
+            .map(|pk| 100.0 * model.estimate_flops() as f64 * tok_per_sec / (pk * world as f64));
+        let (loss, progress, val_bpb) = (loss_sum, p, out.take_val());
         let m = ChatStepMetrics {
             step,
-            loss: loss_sum,
+            loss,
             smooth_loss: smooth,
             lrm,
             dt,
             tok_per_sec,
-            progress: p,
-            val_bpb: pending_val.take(),
+            progress,
+            val_bpb,
         };
-        if let Some((file, path)) = &mut metrics_file {
-            writeln!(
-                file,
-                "{}",
-                serde_json::to_string(&m).expect("metrics serialise")
-            )
-            .map_err(|e| nanochat_core::fs::IoError::new("append", &*path, e))?;
-        }
+        out.log(m.status(mfu, n_valid, &ls));
+        out.set_position((p * 1000.0) as u64);
+        out.record(&m)?;
         metrics.push(m);
         step += 1;
     }
-    // The last evaluation has no step after it to ride on: record it on its own line.
-    if let Some(v) = pending_val.take()
-        && let Some((file, path)) = &mut metrics_file
-    {
-        writeln!(file, "{}", serde_json::json!({"step": step, "val_bpb": v}))
-            .map_err(|e| nanochat_core::fs::IoError::new("append", &*path, e))?;
-    }
-    pb.finish_and_clear();
+    out.finish(step)?;
     Ok(ChatTrainSummary {
         step,
         checkpoint_dir: dir.clone(),
         val_bpb: ls.val_bpb,
-        chatcore,
+        chatcore: chatcore_value,
         metrics,
-        epoch_len,
+        epoch_len: run.mixture.len(),
         total_batch_size: inh.total_batch_size,
         total_training_time: ls.total_training_time,
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn save_chat<B: TrainBackend>(
-    dir: &Path,
+/// The optimizer (its state from the resumed checkpoint, or with `load_optimizer` from the
+/// source), this rank's loader position, the loop state and the first step.
+#[allow(clippy::type_complexity)]
+fn restore<B: TrainBackend>(
+    run: &ChatRun<'_>,
     model: &Gpt<B>,
-    opt: &MuonAdamW<B::InnerBackend>,
-    args: &ChatTrainArgs,
-    inh: &Inherited,
-    loaders: &[ChatLoaderState],
+    rank: &Rank<B::InnerBackend>,
+) -> Result<
+    (
+        MuonAdamW<B::InnerBackend>,
+        Option<ChatLoaderState>,
+        ChatLoopState,
+        u64,
+    ),
+    TrainError,
+> {
+    let (args, device) = (run.args, &rank.device);
+    let mut opt = MuonAdamW::new(model, &run.inh.cfg.optimizer, &run.lrs)?
+        .with_bf16_orthogonalization(args.compute_dtype == ComputeDtype::BF16);
+    match &run.resume {
+        None => {
+            if args.load_optimizer {
+                let step = run.src_meta.metadata.step;
+                load_optimizer_state(&mut opt, &run.src_dir, &run.src_meta, step, device)?;
+            }
+            Ok((opt, None, ChatLoopState::default(), 0))
+        }
+        Some((meta, typed)) => {
+            let step = meta.metadata.step;
+            load_optimizer_state(&mut opt, &run.dir, meta, step, device)?;
+            let st = typed
+                .loaders
+                .for_rank(rank.rank, rank.world_size, &run.dir)?;
+            Ok((opt, Some(st), typed.loop_state, step))
+        }
+    }
+}
+
+/// Validation bits per byte over `eval_tokens` of the validation mixture (each rank its
+/// stride, the sums added up); `None` when no row has an assistant token within the length.
+fn val_bpb<B: FusedOps>(
+    run: &ChatRun<'_>,
+    mixture: &nanochat_eval::TaskMixture,
+    model: &Gpt<B>,
+    token_bytes: &Tensor<B, 1, Int>,
+    rank: &Rank<B>,
+) -> Result<Option<f64>, TrainError> {
+    let (b, t, world) = (
+        run.inh.device_batch_size,
+        run.inh.max_seq_len,
+        rank.world_size,
+    );
+    let steps = (run.args.eval_tokens / (b * t * world) as u64).max(1) as usize;
+    let tok = run.tokenizer.clone();
+    let mut vl = ChatLoader::for_rank(
+        mixture.clone(),
+        tok,
+        b,
+        t,
+        PackMode::Pad,
+        None,
+        rank.rank,
+        world,
+    )?;
+    let batches = (0..steps).map(|_| vl.next_batch().map(|bt| bt.to_tensors::<B>(&rank.device)));
+    let sums = evaluate_bpb_sums(model, batches, steps, token_bytes)?;
+    let bpb = reduce_bpb(rank, sums)?.bpb();
+    Ok(bpb.is_finite().then_some(bpb))
+}
+
+/// The checkpoint meta of `step`.
+fn chat_meta(
+    run: &ChatRun<'_>,
+    loaders: RankStates<ChatLoaderState>,
     ls: &ChatLoopState,
     step: u64,
-    source_meta: &CheckpointMetadata,
-) -> Result<(), TrainError> {
-    let mut meta = CheckpointMetadata::new(step, chrono::Utc::now());
-    meta.val_bpb = ls.val_bpb;
-    meta.timings.total_training_time = ls.total_training_time;
+) -> Result<CheckpointMetadata, TrainError> {
+    let inh = &run.inh;
+    let mut md = CheckpointMetadata::new(step, chrono::Utc::now());
+    md.val_bpb = ls.val_bpb;
+    md.timings.total_training_time = ls.total_training_time;
     // `user_config` stays the pretraining configuration (what SFT inherits from mid).
     let mut cfg = inh.cfg.clone();
     cfg.device_batch_size = inh.device_batch_size;
     cfg.max_seq_len = inh.max_seq_len;
     cfg.total_batch_size = Some(inh.total_batch_size);
-    meta.extra.insert("user_config".into(), meta_json(&cfg));
-    meta.extra.insert("stage_config".into(), meta_json(args));
-    meta.extra
-        .insert("device_batch_size".into(), inh.device_batch_size.into());
-    meta.extra
-        .insert("max_seq_len".into(), inh.max_seq_len.into());
-    meta.extra
-        .insert("total_batch_size".into(), inh.total_batch_size.into());
-    for (key, value) in loader_state_fields(CHAT_KEYS, loaders) {
-        meta.extra.insert(key, value);
+    let typed = ChatMeta {
+        run: RunMeta {
+            user_config: cfg,
+            device_batch_size: Some(inh.device_batch_size),
+            max_seq_len: Some(inh.max_seq_len),
+            total_batch_size: Some(inh.total_batch_size),
+        },
+        stage_config: run.args.clone(),
+        loaders,
+        loop_state: *ls,
+        source_step: run.src_meta.metadata.step,
+    };
+    stage_meta::write(&mut md, &typed)?;
+    Ok(md)
+}
+
+/// SFT's periodic ChatCORE: the tasks read once, on rank 0.
+struct PeriodicChatCore {
+    opts: ChatEvalOptions,
+    tasks: Vec<Arc<dyn nanochat_eval::tasks::Task>>,
+}
+
+impl PeriodicChatCore {
+    fn load(args: &ChatTrainArgs, master: bool) -> Result<Option<Self>, TrainError> {
+        if !master || args.chatcore_every.is_none_or(|e| e == 0) {
+            return Ok(None);
+        }
+        let opts = ChatEvalOptions {
+            max_problems: Some(args.chatcore_max_problems),
+            max_new_tokens: 128,
+            ..ChatEvalOptions::default()
+        };
+        let tasks = load_tasks(&args.data_dir, &opts)?;
+        Ok(Some(PeriodicChatCore { opts, tasks }))
     }
-    meta.extra.insert("loop_state".into(), meta_json(ls));
-    meta.extra
-        .insert("source_step".into(), source_meta.step.into());
-    let optim = to_safetensors(&opt.state_tensors(), None)?;
-    save_checkpoint(dir, model, meta, &[(optim_file_name(step, 0), optim)])?;
-    Ok(())
+
+    /// The metric's name and its aggregate for `model`.
+    fn evaluate<B: TrainBackend>(
+        &self,
+        model: &Gpt<B>,
+        tokenizer: &Arc<Tokenizer>,
+        name: &str,
+    ) -> Result<(String, Option<f64>), TrainError> {
+        let engine = Engine::new(model.valid(), tokenizer.clone())?;
+        let (_, res) = run_chat_eval(&engine, &self.tasks, &self.opts, name)?;
+        Ok((res.metric, res.aggregate))
+    }
 }

@@ -8,9 +8,8 @@
 //!   reduce and broadcast but no reduce-scatter / all-gather, so upstream's ZeRO-2 sharding
 //!   would cost an extra all-reduce of the parameters per step.
 //! - [`gather_states`]: every rank's loader state, so that rank 0 can store them all in the
-//!   checkpoint meta and each rank resumes exactly where it was.
-//! - [`rank_state`]: the loader state of one rank from a checkpoint meta, checking that the
-//!   run resumes with the world size that wrote it.
+//!   checkpoint meta ([`crate::stage_meta::RankStates`]) and each rank resumes exactly where
+//!   it was.
 
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{ElementConversion, Int, Tensor};
@@ -25,30 +24,6 @@ use crate::optim::{MuonAdamW, StepScalars};
 
 /// A micro-batch `(inputs, targets)`, both `[B, T]`.
 pub type MicroBatch<B> = (Tensor<B, 2, Int>, Tensor<B, 2, Int>);
-
-/// Meta key: ranks that wrote the checkpoint.
-pub const WORLD_SIZE_KEY: &str = "world_size";
-
-/// Where a stage keeps its loader states in the checkpoint meta.
-#[derive(Debug, Clone, Copy)]
-pub struct StateKeys {
-    /// Rank 0's state (upstream's field).
-    pub one: &'static str,
-    /// Every rank's state, in rank order (runs on more than one rank).
-    pub all: &'static str,
-}
-
-/// Pretraining: upstream's `dataloader_state_dict`.
-pub const BASE_KEYS: StateKeys = StateKeys {
-    one: "dataloader_state_dict",
-    all: "dataloader_states",
-};
-
-/// Midtraining / SFT.
-pub const CHAT_KEYS: StateKeys = StateKeys {
-    one: "loader_state",
-    all: "loader_states",
-};
 
 /// One optimizer step: `grad_accum` micro-batches from `next_batch` (mean loss, scaled by
 /// `1/grad_accum`), the gradients averaged over the ranks, then the update. Returns the
@@ -88,7 +63,8 @@ where
     S: Serialize + DeserializeOwned,
     B: burn::tensor::backend::Backend,
 {
-    let bytes = serde_json::to_vec(state).expect("loader state serialises");
+    let bytes = serde_json::to_vec(state)
+        .map_err(|e| TrainError::Data(format!("loader state of rank {}: {e}", rank.rank)))?;
     rank.all_gather_bytes(&bytes)?
         .iter()
         .enumerate()
@@ -97,58 +73,4 @@ where
                 .map_err(|e| TrainError::Data(format!("loader state of rank {r}: {e}")))
         })
         .collect()
-}
-
-/// The meta fields of the loader states: rank 0's under `keys.one`, all of them under
-/// `keys.all` when there is more than one rank, and the world size.
-pub fn loader_state_fields<S: Serialize>(
-    keys: StateKeys,
-    states: &[S],
-) -> Vec<(String, serde_json::Value)> {
-    let mut out = vec![
-        (WORLD_SIZE_KEY.to_string(), states.len().into()),
-        (
-            keys.one.to_string(),
-            crate::run_files::meta_json(&states[0]),
-        ),
-    ];
-    if states.len() > 1 {
-        out.push((keys.all.to_string(), crate::run_files::meta_json(&states)));
-    }
-    out
-}
-
-/// The loader state of `rank` in a checkpoint's meta `extra`, which must have been written
-/// by `world_size` ranks (a meta without the field was written by one).
-pub fn rank_state<S: DeserializeOwned>(
-    extra: &std::collections::BTreeMap<String, serde_json::Value>,
-    keys: StateKeys,
-    rank: usize,
-    world_size: usize,
-    dir: &std::path::Path,
-) -> Result<S, TrainError> {
-    let written = extra
-        .get(WORLD_SIZE_KEY)
-        .and_then(|v| v.as_u64())
-        .unwrap_or(1) as usize;
-    if written != world_size {
-        return Err(TrainError::Resume(format!(
-            "{}: the checkpoint was written by {written} rank(s) and this run has {world_size}; \
-             resume with the same --devices × --num-nodes",
-            dir.display()
-        )));
-    }
-    let value = if world_size == 1 {
-        extra.get(keys.one).cloned()
-    } else {
-        extra.get(keys.all).and_then(|v| v.get(rank)).cloned()
-    };
-    let value = value.ok_or_else(|| {
-        TrainError::Resume(format!(
-            "{}: meta has no loader state for rank {rank}",
-            dir.display()
-        ))
-    })?;
-    serde_json::from_value(value)
-        .map_err(|e| TrainError::Resume(format!("loader state of rank {rank}: {e}")))
 }

@@ -28,8 +28,9 @@ pub mod muon;
 pub mod optim;
 pub mod pass_at_k;
 pub mod peak_flops;
-pub mod run_files;
+pub mod run;
 pub mod schedule;
+pub mod stage_meta;
 
 pub use base_train::{BaseTrainArgs, TrainSummary, base_train};
 pub use chat_rl::{ChatRlArgs, chat_rl};
