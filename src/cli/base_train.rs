@@ -5,10 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use nanochat::core::paths::pretrain_data_dir;
 use nanochat::core::{DeviceSpec, TrainingConfiguration};
 use nanochat::model::{BackendTask, dispatch};
 use nanochat::tokenizer::Tokenizer;
+
+use super::run_args::RunArgs;
 use nanochat::train::peak_flops::peak_flops;
 use nanochat::train::{BaseTrainArgs, TrainSummary, base_train};
 
@@ -21,22 +22,12 @@ pub struct Args {
     /// wandb-style run name ("dummy" = no external logging; metrics.jsonl is always written).
     #[arg(long)]
     run: Option<String>,
-    /// Device: auto, cpu, wgpu[:N], cuda[:N] (with --devices: the first rank's device).
-    #[arg(long, default_value = "auto")]
-    device: DeviceSpec,
     #[command(flatten)]
-    dist: super::distributed::DistArgs,
-    /// Compute dtype: auto (bf16 on CUDA, f32 elsewhere), f32 or bf16.
-    #[arg(long, default_value = "auto")]
-    dtype: String,
+    run_on: RunArgs,
     /// Accelerator name for the MFU peak-FLOPs table (e.g. "H100 SXM"); detected with
     /// nvidia-smi on CUDA when unset.
     #[arg(long)]
     device_name: Option<String>,
-    /// Folder of parquet shards (last = validation); default $NANOCHAT_DATA_DIR/pretrain, else
-    /// <base-dir>/base_data_climbmix, else ../shared/data/pretrain.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
     /// Depth of the Transformer (the one dial: width, heads, horizon, batch follow).
     #[arg(long)]
     depth: Option<usize>,
@@ -115,9 +106,6 @@ pub struct Args {
     /// Stop after this step (with a checkpoint) without finishing the schedule.
     #[arg(long)]
     stop_after: Option<u64>,
-    /// Hide the progress bar.
-    #[arg(long)]
-    no_progress: bool,
 }
 
 fn opt_u64(v: i64) -> Option<u64> {
@@ -212,8 +200,8 @@ impl BackendTask for Task {
 
 pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
     let config = args.configuration()?;
-    let device = super::resolve_device(args.device);
-    let compute_dtype = super::parse_dtype(&args.dtype, device)?;
+    let device = args.run_on.device();
+    let compute_dtype = args.run_on.compute_dtype(device);
     let name = args
         .device_name
         .clone()
@@ -228,12 +216,12 @@ pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
     let train_args = BaseTrainArgs {
         config,
         base_dir: base.to_path_buf(),
-        data_dir: args.data_dir.clone().unwrap_or_else(pretrain_data_dir),
+        data_dir: args.run_on.pretrain_data_dir(),
         compute_dtype,
         peak_flops: peak,
         stop_after: args.stop_after,
-        progress: !args.no_progress,
-        distributed: args.dist.config()?,
+        progress: args.run_on.progress(),
+        distributed: args.run_on.distributed()?,
         fail_at: None,
     };
     let summary = dispatch(device, Task(train_args, Arc::new(tokenizer)))??;

@@ -65,22 +65,16 @@ pub struct TrainArgs {
     /// Untimed steps first (autotuning, allocation).
     #[arg(long, default_value_t = 3)]
     warmup: usize,
-    /// Compute dtype: auto (bf16 on CUDA), f32 or bf16.
-    #[arg(long, default_value = "auto")]
-    dtype: String,
     /// Accelerator name for the MFU peak (e.g. "H100 SXM"); nvidia-smi on CUDA when unset.
     #[arg(long)]
     device_name: Option<String>,
-    /// Device: auto, cpu, wgpu[:N], cuda[:N] (with --devices: the first rank's device).
-    #[arg(long, default_value = "auto")]
-    device: nanochat::core::DeviceSpec,
     /// Measure the single-device cost of the data-parallel path instead: N rounds of (no
     /// collective, then one rank through the collective) in this one process, so that both
     /// sides use the same autotuned kernels; prints the step-time ratio.
     #[arg(long, value_name = "ROUNDS")]
     compare_collective: Option<usize>,
     #[command(flatten)]
-    dist: super::distributed::DistArgs,
+    on: super::run_args::DeviceArgs,
 }
 
 struct OverheadTask(nanochat::train::bench_train::BenchTrainArgs, usize);
@@ -104,8 +98,8 @@ impl nanochat::model::BackendTask for TrainTask {
 }
 
 fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
-    let device = super::resolve_device(a.device);
-    let compute_dtype = super::parse_dtype(&a.dtype, device)?;
+    let device = a.on.device();
+    let compute_dtype = a.on.compute_dtype(device);
     let name = a
         .device_name
         .clone()
@@ -123,7 +117,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         peak_flops: name
             .as_deref()
             .and_then(nanochat::train::peak_flops::peak_flops),
-        distributed: a.dist.config()?,
+        distributed: a.on.dist.config()?,
     };
     if let Some(rounds) = a.compare_collective {
         let o = nanochat::model::dispatch(device, OverheadTask(args, rounds))??;

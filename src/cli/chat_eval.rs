@@ -6,7 +6,6 @@ use nanochat::model::TrainBackend;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use nanochat::core::DeviceSpec;
 use nanochat::eval::chat_eval::{ChatEvalOptions, load_tasks, run_chat_eval_ranked, save_result};
 use nanochat::infer::Engine;
 use nanochat::model::distributed::run_replicated;
@@ -43,17 +42,8 @@ pub struct Args {
     /// SpellingBee test examples.
     #[arg(long, default_value_t = 256)]
     spelling_size: usize,
-    /// Offline data root (default $NANOCHAT_DATA_DIR or ../shared/data).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Device: auto, cpu, wgpu[:N], cuda[:N] (with --devices: the first rank's device).
-    #[arg(long, default_value = "auto")]
-    device: DeviceSpec,
     #[command(flatten)]
-    dist: super::distributed::DistArgs,
-    /// No progress bars.
-    #[arg(long)]
-    no_progress: bool,
+    run: super::run_args::RunArgs,
 }
 
 struct Task {
@@ -67,6 +57,7 @@ impl BackendTask for Task {
     fn run<B: TrainBackend>(self, device: B::Device) -> anyhow::Result<()> {
         let a = &self.args;
         let (model, meta, dir) = a.checkpoint.load::<B::InnerBackend>(&self.base, &device)?;
+        let model = model.with_compute_dtype(a.run.compute_dtype(a.run.device()));
         let tag = dir
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
@@ -87,16 +78,12 @@ impl BackendTask for Task {
             top_k: a.top_k,
             seed: 42,
             spelling_size: a.spelling_size,
-            progress: !a.no_progress,
+            progress: a.run.progress(),
         };
-        let data = a
-            .data_dir
-            .clone()
-            .unwrap_or_else(nanochat::core::paths::data_dir);
-        let tasks = load_tasks(&data, &opts)?;
+        let tasks = load_tasks(&a.run.data_dir(), &opts)?;
         let label = format!("{source}/{tag}@{step}");
         // With --devices every rank scores its stride of each task's problems.
-        let dist = a.dist.config()?;
+        let dist = a.run.distributed()?;
         let (outcomes, result) = run_replicated::<B::InnerBackend, _, _, _, _, _>(
             dist.as_ref(),
             &device,
@@ -146,7 +133,7 @@ impl BackendTask for Task {
 
 /// Runs `chat-eval`.
 pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
-    let device = super::resolve_device(args.device);
+    let device = args.run.device();
     let task = Task {
         args,
         base: base.to_path_buf(),

@@ -12,6 +12,7 @@ mod doctor;
 mod download;
 mod interop;
 mod report;
+mod run_args;
 mod serve;
 mod tok_eval;
 mod tok_train;
@@ -203,19 +204,6 @@ fn default_dtype(device: nanochat::core::DeviceSpec) -> nanochat::model::Compute
     }
 }
 
-/// `--dtype`: auto (upstream's policy for `device`), f32 or bf16.
-fn parse_dtype(
-    dtype: &str,
-    device: nanochat::core::DeviceSpec,
-) -> anyhow::Result<nanochat::model::ComputeDtype> {
-    Ok(match dtype {
-        "auto" => default_dtype(device),
-        "bf16" => nanochat::model::ComputeDtype::BF16,
-        "f32" => nanochat::model::ComputeDtype::F32,
-        other => anyhow::bail!("--dtype {other}: expected auto, f32 or bf16"),
-    })
-}
-
 /// Draws `<checkpoint_dir>/metrics.jsonl` into `<report>/<slug>.png`; returns the file name
 /// for the report section (None, with a warning, when there is nothing to draw).
 fn plot_run(
@@ -239,5 +227,43 @@ fn plot_run(
             tracing::warn!("no plot: {e}");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn flags_are_consistent() {
+        // Catches flags defined twice across flattened groups, bad defaults, …
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn shared_run_flags_reach_every_stage() {
+        for stage in [
+            "base-train",
+            "mid-train",
+            "chat-sft",
+            "chat-rl",
+            "chat-eval",
+        ] {
+            let cli = Cli::try_parse_from([
+                "nanochat",
+                stage,
+                "--device",
+                "cpu",
+                "--dtype",
+                "bf16",
+                "--no-progress",
+                "--devices",
+                "2",
+            ]);
+            assert!(cli.is_ok(), "{stage}: {:?}", cli.err());
+        }
+        assert!(Cli::try_parse_from(["nanochat", "chat-sft", "--dtype", "f16"]).is_err());
     }
 }

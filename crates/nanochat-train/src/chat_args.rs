@@ -33,141 +33,232 @@ impl ChatStage {
     }
 }
 
-/// Settings of a mid/SFT run (upstream's flag names). `None` = inherit from the source.
+/// Settings of a mid/SFT run (upstream's flag names). `None` = inherit from the source
+/// checkpoint, or the stage's default ([`ChatTrainArgs::resolve`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct ChatTrainArgs {
     /// Mid or SFT.
+    #[cfg_attr(feature = "cli", arg(skip = ChatStage::Sft))]
     pub stage: ChatStage,
     /// `$NANOCHAT_BASE_DIR`.
+    #[cfg_attr(feature = "cli", arg(skip))]
     pub base_dir: PathBuf,
     /// Offline data root (tasks, sft, words).
+    #[cfg_attr(feature = "cli", arg(skip))]
     pub data_dir: PathBuf,
-    /// Checkpoint to start from (`base` for mid; `mid` or `base` for SFT).
-    pub source: Source,
-    /// Its model tag (default: the largest model).
+    /// Checkpoints to start from: base for mid-train; for chat-sft mid when present, else base.
+    #[cfg_attr(feature = "cli", arg(short = 'i', long))]
+    pub source: Option<Source>,
+    /// Model tag of the source (default: the largest d<N>).
+    #[cfg_attr(feature = "cli", arg(short = 'g', long))]
     pub model_tag: Option<String>,
-    /// Its step (default: the last).
+    /// Step of the source (default: the last).
+    #[cfg_attr(feature = "cli", arg(short = 's', long))]
     pub model_step: Option<u64>,
-    /// Training mixture entries: task names (`GSM8K`, `GSM8K*4` for 4 epochs,
-    /// `SpellingBee:2000` for a size) or paths to `.jsonl` conversation files.
+    /// Training mixture, comma-separated: task names (ARC-Easy, MMLU, MCExtra, GSM8K,
+    /// SpellingBee, SimpleSpelling, Identity, HHRLHF), `NAME*k` for k epochs, `NAME:n` for n
+    /// examples, or paths of .jsonl conversation files. Default: the stage's mixture.
+    #[cfg_attr(feature = "cli", arg(long, value_delimiter = ','))]
     pub mixture: Vec<String>,
-    /// Validation entries (SFT), same syntax, test splits.
+    /// Validation mixture (test splits), same syntax; empty string for none.
+    #[cfg_attr(feature = "cli", arg(long, value_delimiter = ',', default_values = VAL_MIXTURE))]
     pub val_mixture: Vec<String>,
-    /// Device batch (rows per micro-batch).
+    /// Rows per micro-batch (default: the source's).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub device_batch_size: Option<usize>,
-    /// Sequence length.
+    /// Sequence length (default: the source's).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub max_seq_len: Option<usize>,
-    /// Tokens per optimizer step.
+    /// Tokens per optimizer step (default: the source's).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub total_batch_size: Option<u64>,
-    /// Learning rates.
+    /// Embedding learning rate (default: the source's).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub embedding_lr: Option<f64>,
-    /// lm_head learning rate.
+    /// lm_head learning rate (default: the source's).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub unembedding_lr: Option<f64>,
-    /// Muon learning rate.
+    /// Muon learning rate (default: the source's).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub matrix_lr: Option<f64>,
-    /// Initial LR multiplier (mid 1.0, SFT 0.8).
-    pub init_lr_frac: f64,
-    /// Fraction of the run spent decaying the LR to 0 (mid 0.2, SFT 0.5).
-    pub warmdown_ratio: f64,
+    /// Initial LR multiplier (default: mid 1.0, SFT 0.8).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub init_lr_frac: Option<f64>,
+    /// Fraction of the run decaying the LR to 0 (default: mid 0.2, SFT 0.5).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub warmdown_ratio: Option<f64>,
     /// Stop after this many steps instead of one epoch of the mixture.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub num_iterations: Option<u64>,
-    /// Start from the source's optimizer state (SFT `--load-optimizer 1`).
+    /// Start from the source's optimizer state (momentum buffers; SFT `--load-optimizer 1`).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub load_optimizer: bool,
-    /// Validation bpb every N steps (0/None = only at the end).
+    /// Validation bpb every N steps (and at the end).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub eval_every: Option<u64>,
     /// Validation tokens.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::EVAL_TOKENS))]
     pub eval_tokens: u64,
-    /// ChatCORE every N steps (SFT; None = never during training).
+    /// ChatCORE every N steps (and at the end; SFT).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub chatcore_every: Option<u64>,
-    /// Problems per task for the periodic ChatCORE.
+    /// Problems per task for that ChatCORE.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::CHATCORE_MAX_PROBLEMS))]
     pub chatcore_max_problems: usize,
     /// Checkpoint every N steps (the last step is always saved).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub save_every: Option<u64>,
     /// Resume this stage's run from its checkpoint at this step.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub resume_from_step: Option<u64>,
-    /// Stop (and save) at this step without finishing.
+    /// Stop (saving a checkpoint) at this step; resume later with --resume-from-step.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub stop_after: Option<u64>,
-    /// Mixture shuffle seed (upstream 42).
+    /// Mixture shuffle seed.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::SEED))]
     pub seed: u64,
     /// Compute dtype.
     #[serde(skip, default = "default_dtype")]
+    #[cfg_attr(feature = "cli", arg(skip = ComputeDtype::F32))]
     pub compute_dtype: ComputeDtype,
     /// Peak FLOP/s for MFU.
+    #[cfg_attr(feature = "cli", arg(skip))]
     pub peak_flops: Option<f64>,
     /// Progress bar.
+    #[cfg_attr(feature = "cli", arg(skip))]
     pub progress: bool,
     /// Data-parallel layout; `None`: this device alone, no collective.
     #[serde(default)]
+    #[cfg_attr(feature = "cli", arg(skip))]
     pub distributed: Option<nanochat_core::DistributedConfig>,
 }
+
+/// The validation mixture of both stages.
+pub const VAL_MIXTURE: [&str; 2] = ["GSM8K:420", "MMLU:520"];
 
 fn default_dtype() -> ComputeDtype {
     ComputeDtype::F32
 }
 
+impl ChatStage {
+    /// The stage's training mixture (upstream's, with the offline sizes of a small run).
+    pub fn mixture(self) -> &'static [&'static str] {
+        match self {
+            ChatStage::Mid => &[
+                "HHRLHF",
+                "MCExtra",
+                "GSM8K",
+                "Identity*2",
+                "SimpleSpelling:2000",
+                "SpellingBee:1000",
+            ],
+            ChatStage::Sft => &[
+                "HHRLHF",
+                "MMLU*3",
+                "GSM8K*4",
+                "Identity*2",
+                "SimpleSpelling:300",
+                "SpellingBee:300",
+            ],
+        }
+    }
+
+    /// `(init_lr_frac, warmdown_ratio)`: mid (1.0, 0.2), SFT (0.8, 0.5).
+    pub fn lr_schedule(self) -> (f64, f64) {
+        match self {
+            ChatStage::Mid => (1.0, 0.2),
+            ChatStage::Sft => (0.8, 0.5),
+        }
+    }
+
+    /// The checkpoints it starts from: mid from base; SFT from mid when `base_dir` has them,
+    /// else base.
+    pub fn default_source(self, base_dir: &Path) -> Source {
+        match self {
+            ChatStage::Sft if base_dir.join(Source::Mid.dir_name()).is_dir() => Source::Mid,
+            ChatStage::Sft | ChatStage::Mid => Source::Base,
+        }
+    }
+}
+
 impl ChatTrainArgs {
-    /// Upstream's defaults for `stage` with the offline mixtures (sizes for a small run).
+    /// Validation tokens by default.
+    pub const EVAL_TOKENS: u64 = 1 << 16;
+    /// Problems per task of the periodic ChatCORE by default.
+    pub const CHATCORE_MAX_PROBLEMS: usize = 24;
+    /// Upstream's mixture seed.
+    pub const SEED: u64 = 42;
+
+    /// Upstream's defaults for `stage` with the offline mixtures (the source is chosen when
+    /// the run starts, see [`ChatStage::default_source`]).
     pub fn new(stage: ChatStage, base_dir: PathBuf, data_dir: PathBuf) -> Self {
-        let (source, mixture, init, warmdown): (Source, &[&str], f64, f64) = match stage {
-            ChatStage::Mid => (
-                Source::Base,
-                &[
-                    "HHRLHF",
-                    "MCExtra",
-                    "GSM8K",
-                    "Identity*2",
-                    "SimpleSpelling:2000",
-                    "SpellingBee:1000",
-                ],
-                1.0,
-                0.2,
-            ),
-            ChatStage::Sft => (
-                Source::Mid,
-                &[
-                    "HHRLHF",
-                    "MMLU*3",
-                    "GSM8K*4",
-                    "Identity*2",
-                    "SimpleSpelling:300",
-                    "SpellingBee:300",
-                ],
-                0.8,
-                0.5,
-            ),
-        };
+        let (init, warmdown) = stage.lr_schedule();
         Self {
             stage,
             base_dir,
             data_dir,
-            source,
+            source: None,
             model_tag: None,
             model_step: None,
-            mixture: mixture.iter().map(|s| s.to_string()).collect(),
-            val_mixture: vec!["GSM8K:420".into(), "MMLU:520".into()],
+            mixture: stage.mixture().iter().map(|s| s.to_string()).collect(),
+            val_mixture: VAL_MIXTURE.map(String::from).to_vec(),
             device_batch_size: None,
             max_seq_len: None,
             total_batch_size: None,
             embedding_lr: None,
             unembedding_lr: None,
             matrix_lr: None,
-            init_lr_frac: init,
-            warmdown_ratio: warmdown,
+            init_lr_frac: Some(init),
+            warmdown_ratio: Some(warmdown),
             num_iterations: None,
             load_optimizer: false,
             eval_every: None,
-            eval_tokens: 1 << 16,
+            eval_tokens: Self::EVAL_TOKENS,
             chatcore_every: None,
-            chatcore_max_problems: 24,
+            chatcore_max_problems: Self::CHATCORE_MAX_PROBLEMS,
             save_every: None,
             resume_from_step: None,
             stop_after: None,
-            seed: 42,
+            seed: Self::SEED,
             compute_dtype: ComputeDtype::F32,
             peak_flops: None,
             progress: false,
             distributed: None,
         }
+    }
+
+    /// The stage's defaults filled in where a setting is unset: source, mixture (empty entries
+    /// dropped: `--val-mixture ""` means none), LR schedule.
+    pub fn resolve(mut self) -> Self {
+        self.source = Some(
+            self.source
+                .unwrap_or(self.stage.default_source(&self.base_dir)),
+        );
+        self.mixture.retain(|e| !e.is_empty());
+        if self.mixture.is_empty() {
+            self.mixture = self.stage.mixture().iter().map(|s| s.to_string()).collect();
+        }
+        self.val_mixture.retain(|e| !e.is_empty());
+        let (init, warmdown) = self.stage.lr_schedule();
+        self.init_lr_frac = Some(self.init_lr_frac.unwrap_or(init));
+        self.warmdown_ratio = Some(self.warmdown_ratio.unwrap_or(warmdown));
+        self
+    }
+
+    /// The checkpoints this run starts from.
+    pub fn source(&self) -> Source {
+        self.source
+            .unwrap_or(self.stage.default_source(&self.base_dir))
+    }
+
+    /// `(init_lr_frac, warmdown_ratio)`, the stage's where unset.
+    pub fn lr_schedule(&self) -> (f64, f64) {
+        let (init, warmdown) = self.stage.lr_schedule();
+        (
+            self.init_lr_frac.unwrap_or(init),
+            self.warmdown_ratio.unwrap_or(warmdown),
+        )
     }
 }
 

@@ -36,64 +36,92 @@ use crate::run::{Bar, Cadence, Run, load_optimizer_state, resume_or_source};
 use crate::schedule::B_REF;
 use crate::stage_meta::{self, RunMeta, inherited_config};
 
-/// Settings of an RL run (upstream's flag names).
+/// Settings of an RL run (upstream's flag names); [`Default`] holds upstream's values.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct ChatRlArgs {
     /// `$NANOCHAT_BASE_DIR`.
+    #[cfg_attr(feature = "cli", arg(skip))]
     pub base_dir: PathBuf,
     /// Offline data root.
+    #[cfg_attr(feature = "cli", arg(skip))]
     pub data_dir: PathBuf,
-    /// Start from this stage's checkpoint (`sft`).
+    /// Checkpoints to start from.
+    #[cfg_attr(feature = "cli", arg(short = 'i', long, default_value_t = Self::default().source))]
     pub source: Source,
-    /// Its tag.
+    /// Model tag of the source (default: the largest d<N>).
+    #[cfg_attr(feature = "cli", arg(short = 'g', long))]
     pub model_tag: Option<String>,
-    /// Its step.
+    /// Step of the source (default: the last).
+    #[cfg_attr(feature = "cli", arg(short = 's', long))]
     pub model_step: Option<u64>,
     /// Epochs over GSM8K train.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::default().num_epochs))]
     pub num_epochs: usize,
-    /// Cap on steps (default: epochs × problems / examples_per_step).
+    /// Stop after this many steps (default: epochs × problems / examples per step).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub num_steps: Option<u64>,
     /// Problems per step.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::default().examples_per_step))]
     pub examples_per_step: usize,
     /// Samples per problem.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::default().num_samples))]
     pub num_samples: usize,
-    /// Max new tokens per sample.
+    /// Most new tokens per sample.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::default().max_new_tokens))]
     pub max_new_tokens: usize,
     /// Sampling temperature.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::default().temperature))]
     pub temperature: f64,
-    /// Sampling top-k.
+    /// Sampling top-k (0: off).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::default().top_k))]
     pub top_k: usize,
     /// Rows per forward/backward.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::default().device_batch_size))]
     pub device_batch_size: usize,
-    /// Learning rates (None: inherit).
+    /// Embedding learning rate (default: the source's).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub embedding_lr: Option<f64>,
-    /// lm_head rate.
+    /// lm_head learning rate (default: the source's).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub unembedding_lr: Option<f64>,
-    /// Muon rate.
+    /// Muon learning rate (default: the source's).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub matrix_lr: Option<f64>,
     /// Initial LR multiplier.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::default().init_lr_frac))]
     pub init_lr_frac: f64,
-    /// pass@k evaluation every N steps (0 = only at the end).
+    /// pass@k on GSM8K test every N steps (0 = only at the end).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::default().eval_every))]
     pub eval_every: u64,
-    /// GSM8K test problems in that evaluation.
+    /// Problems in that evaluation.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::default().eval_examples))]
     pub eval_examples: usize,
     /// k of pass@k.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::default().eval_k))]
     pub eval_k: usize,
     /// Save every N steps (the last step is always saved).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::default().save_every))]
     pub save_every: u64,
     /// Resume this run at this step.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub resume_from_step: Option<u64>,
-    /// Stop (and save) here.
+    /// Stop (saving a checkpoint) at this step.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub stop_after: Option<u64>,
     /// Seed of the sampling.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::default().seed))]
     pub seed: u64,
     /// Compute dtype.
     #[serde(skip, default = "default_dtype")]
+    #[cfg_attr(feature = "cli", arg(skip = ComputeDtype::F32))]
     pub compute_dtype: ComputeDtype,
     /// Progress bar.
+    #[cfg_attr(feature = "cli", arg(skip))]
     pub progress: bool,
     /// Data-parallel layout; `None`: this device alone, no collective.
     #[serde(default)]
+    #[cfg_attr(feature = "cli", arg(skip))]
     pub distributed: Option<nanochat_core::DistributedConfig>,
 }
 
@@ -101,12 +129,12 @@ fn default_dtype() -> ComputeDtype {
     ComputeDtype::F32
 }
 
-impl ChatRlArgs {
-    /// Upstream's defaults.
-    pub fn new(base_dir: PathBuf, data_dir: PathBuf) -> Self {
+impl Default for ChatRlArgs {
+    /// Upstream's settings, with empty folders.
+    fn default() -> Self {
         Self {
-            base_dir,
-            data_dir,
+            base_dir: PathBuf::new(),
+            data_dir: PathBuf::new(),
             source: Source::Sft,
             model_tag: None,
             model_step: None,
@@ -132,6 +160,17 @@ impl ChatRlArgs {
             compute_dtype: ComputeDtype::F32,
             progress: false,
             distributed: None,
+        }
+    }
+}
+
+impl ChatRlArgs {
+    /// Upstream's defaults with these folders.
+    pub fn new(base_dir: PathBuf, data_dir: PathBuf) -> Self {
+        Self {
+            base_dir,
+            data_dir,
+            ..Self::default()
         }
     }
 }

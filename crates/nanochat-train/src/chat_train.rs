@@ -183,10 +183,11 @@ pub fn chat_train<B: TrainBackend>(
     tokenizer: Arc<Tokenizer>,
     device: &B::Device,
 ) -> Result<ChatTrainSummary, TrainError> {
+    let args = &args.clone().resolve();
     // The source checkpoint (for config inheritance, and the weights of a fresh run).
     let (src_model, src_meta, src_dir) = load_model::<B>(
         &args.base_dir,
-        args.source,
+        args.source(),
         args.model_tag.as_deref(),
         args.model_step,
         device,
@@ -363,7 +364,8 @@ fn chat_rank<B: TrainBackend>(
         // The step's loss and the epoch progress after it, summed over the ranks in one go.
         let after = rank.sum_f64(&[local_loss, progress_of(step + 1, &loader)])?;
         let (loss_sum, p) = (after[0], after[1] / world as f64);
-        let lrm = lr_multiplier(progress, args.init_lr_frac, args.warmdown_ratio);
+        let (init_lr_frac, warmdown_ratio) = args.lr_schedule();
+        let lrm = lr_multiplier(progress, init_lr_frac, warmdown_ratio);
         let frac = (step as f64 / 300.0).min(1.0);
         let scalars = StepScalars {
             lr_multiplier: lrm,

@@ -98,10 +98,10 @@ fn copy_dir(from: &Path, to: &Path) {
 
 fn chat_args(stage: ChatStage, base: &Path, jsonl: &Path) -> ChatTrainArgs {
     let mut a = ChatTrainArgs::new(stage, base.to_path_buf(), data_dir());
-    a.source = match stage {
+    a.source = Some(match stage {
         ChatStage::Mid => Source::Base,
         ChatStage::Sft => Source::Mid,
-    };
+    });
     a.mixture = vec![
         "GSM8K:40".into(),
         "SpellingBee:20".into(),
