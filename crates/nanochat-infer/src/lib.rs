@@ -5,17 +5,21 @@
 //! [`calculator`] tool, [`sampling`] (temperature, top-k, top-p, min-p, repetition penalty,
 //! seeds), a token-level [`chat::Chat`] used by `nanochat chat-cli`, and the HTTP
 //! [`server`] (web chat page, upstream's streaming endpoint, OpenAI-compatible API, health,
-//! stats and Prometheus metrics) used by `nanochat serve`.
+//! stats and Prometheus metrics) used by `nanochat serve`, over the OpenAI-compatible request
+//! types in [`api`], the job plumbing in `jobs`, the [`workers`] and the [`sessions`].
 //! [`infer_bench`] measures prefill, time to first token and decode throughput per batch size.
 
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod calculator;
 pub mod chat;
 pub mod engine;
 pub mod infer_bench;
+mod jobs;
 pub mod sampling;
 pub mod server;
+mod session_store;
 pub mod sessions;
 pub mod workers;
 

@@ -12,10 +12,14 @@
 //! message, ≤ 32000 in all, temperature 0–2, top_k 0–200, max_tokens 1–4096); a violation is a
 //! 400 whose JSON names the field. Bodies over 1 MiB get 413. The worker stops generating when
 //! the client disconnects.
+//!
+//! Design: this file holds the routes and the response shapes only; the request types and
+//! their checks are in [`crate::api`], the trip through the workers in `jobs`
+//! ([`AppState`], `start_job`, `collect`), the workers in [`crate::workers`].
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -25,368 +29,29 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use nanochat_core::GenerationParams;
-use nanochat_core::conversation::{Conversation, Message, MessageRole};
-use nanochat_tokenizer::Tokenizer;
-use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::engine::FinishReason;
-pub(crate) use crate::workers::{GenEvent, Job};
+pub use crate::api::{ApiError, limits};
+use crate::api::{ChatRequest, finish_str, parse};
+pub use crate::jobs::AppState;
+use crate::jobs::{collect, start_job};
+use crate::workers::GenEvent;
 pub use crate::workers::{Stats, WorkerPool};
 
 /// The bundled chat page.
 pub const UI_HTML: &str = include_str!("ui.html");
 
-/// Upstream's request limits.
-pub mod limits {
-    /// Messages per request.
-    pub const MAX_MESSAGES: usize = 500;
-    /// Characters per message.
-    pub const MAX_MESSAGE_CHARS: usize = 8000;
-    /// Characters over all messages.
-    pub const MAX_TOTAL_CHARS: usize = 32000;
-    /// Largest top_k.
-    pub const MAX_TOP_K: usize = 200;
-    /// Largest max_tokens.
-    pub const MAX_TOKENS: usize = 4096;
-    /// Largest request body (bytes).
-    pub const MAX_BODY: usize = 1 << 20;
-}
-
-/// Shared server state.
-pub struct AppState {
-    /// The model's name in `/v1/models`.
-    pub model_id: String,
-    /// The tokenizer (rendering requests).
-    pub tokenizer: Arc<Tokenizer>,
-    /// Context length of the model.
-    pub sequence_len: usize,
-    /// Set once the model is loaded.
-    pub pool: OnceLock<WorkerPool>,
-    /// Counters.
-    pub stats: Arc<Stats>,
-    /// Set during shutdown.
-    pub closing: AtomicBool,
-    /// Server-side conversations (`/v1/sessions`).
-    pub sessions: crate::sessions::Sessions,
-    ids: AtomicU64,
-}
-
-impl AppState {
-    /// State for a model called `model_id` (workers attached later with [`AppState::set_pool`]).
-    pub fn new(model_id: String, tokenizer: Arc<Tokenizer>, sequence_len: usize) -> Arc<Self> {
-        Arc::new(Self {
-            model_id,
-            tokenizer,
-            sequence_len,
-            pool: OnceLock::new(),
-            stats: Arc::new(Stats::default()),
-            closing: AtomicBool::new(false),
-            sessions: crate::sessions::Sessions::default(),
-            ids: AtomicU64::new(0),
-        })
-    }
-
-    pub(crate) fn next_id(&self) -> u64 {
-        self.ids.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Attaches the workers; `/health` turns ready.
-    pub fn set_pool(&self, pool: WorkerPool) {
-        let _ = self.pool.set(pool);
-    }
-}
-
-/// A 4xx/5xx with an OpenAI-style JSON body naming the offending field.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-    param: Option<&'static str>,
-}
-
-impl ApiError {
-    pub(crate) fn new(status: StatusCode, message: String, param: Option<&'static str>) -> Self {
-        Self {
-            status,
-            message,
-            param,
-        }
-    }
-
-    pub(crate) fn bad(param: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-            param: Some(param),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let kind = if self.status.is_client_error() {
-            "invalid_request_error"
-        } else {
-            "server_error"
-        };
-        let body = json!({"error": {"message": self.message, "type": kind, "param": self.param}});
-        (self.status, Json(body)).into_response()
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct ApiMessage {
-    role: String,
-    content: Value,
-}
-
-#[derive(Debug, Deserialize)]
-struct ChatRequest {
-    messages: Vec<ApiMessage>,
-    #[serde(default)]
-    stream: Option<bool>,
-    temperature: Option<f64>,
-    top_k: Option<usize>,
-    top_p: Option<f64>,
-    min_p: Option<f64>,
-    repetition_penalty: Option<f64>,
-    max_tokens: Option<usize>,
-    max_completion_tokens: Option<usize>,
-    seed: Option<u64>,
-    stop: Option<Value>,
-    n: Option<usize>,
-    stream_options: Option<Value>,
-}
-
-fn content_text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        // OpenAI content parts: [{"type":"text","text":…}, …]
-        Value::Array(parts) => parts
-            .iter()
-            .map(|p| p["text"].as_str().map(str::to_string))
-            .collect::<Option<Vec<_>>>()
-            .map(|v| v.concat()),
-        _ => None,
-    }
-}
-
-/// Checks sampling knobs against upstream's limits; the error names the offending field.
-pub(crate) fn check_sampling(
-    temperature: f64,
-    top_k: usize,
-    max_tokens: usize,
-) -> Result<(), ApiError> {
-    if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::bad(
-            "temperature",
-            format!("temperature must be between 0 and 2, got {temperature}"),
-        ));
-    }
-    if top_k > limits::MAX_TOP_K {
-        return Err(ApiError::bad(
-            "top_k",
-            format!(
-                "top_k must be between 0 and {}, got {top_k}",
-                limits::MAX_TOP_K
-            ),
-        ));
-    }
-    if !(1..=limits::MAX_TOKENS).contains(&max_tokens) {
-        return Err(ApiError::bad(
-            "max_tokens",
-            format!(
-                "max_tokens must be between 1 and {}, got {max_tokens}",
-                limits::MAX_TOKENS
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a request and renders its prompt; returns the prompt and the sampling parameters.
+/// Parses and checks a chat request; returns it, its prompt and the sampling parameters.
 fn prepare(
     state: &AppState,
     body: &[u8],
     web_defaults: bool,
-) -> Result<(ChatRequest, Vec<u32>, GenerationParams), ApiError> {
-    let req: ChatRequest = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad("body", format!("invalid JSON request: {e}")))?;
-    if req.messages.is_empty() {
-        return Err(ApiError::bad(
-            "messages",
-            "at least one message is required",
-        ));
-    }
-    if req.messages.len() > limits::MAX_MESSAGES {
-        return Err(ApiError::bad(
-            "messages",
-            format!(
-                "too many messages: {} > {}",
-                req.messages.len(),
-                limits::MAX_MESSAGES
-            ),
-        ));
-    }
-    let mut total = 0;
-    let mut messages = Vec::new();
-    for (i, m) in req.messages.iter().enumerate() {
-        let role = match m.role.as_str() {
-            "user" => MessageRole::User,
-            "assistant" => MessageRole::Assistant,
-            "system" => MessageRole::System,
-            other => {
-                return Err(ApiError::bad(
-                    "messages",
-                    format!("message {i}: role must be user, assistant or system, not {other:?}"),
-                ));
-            }
-        };
-        let text = content_text(&m.content).ok_or_else(|| {
-            ApiError::bad(
-                "messages",
-                format!("message {i}: content must be a string or text parts"),
-            )
-        })?;
-        let chars = text.chars().count();
-        if chars > limits::MAX_MESSAGE_CHARS {
-            return Err(ApiError::bad(
-                "messages",
-                format!(
-                    "message {i} is too long: {chars} > {} characters",
-                    limits::MAX_MESSAGE_CHARS
-                ),
-            ));
-        }
-        total += chars;
-        messages.push(Message::new(role, text));
-    }
-    if total > limits::MAX_TOTAL_CHARS {
-        return Err(ApiError::bad(
-            "messages",
-            format!(
-                "conversation too long: {total} > {} characters",
-                limits::MAX_TOTAL_CHARS
-            ),
-        ));
-    }
-    if messages.last().map(|m| m.role) != Some(MessageRole::User) {
-        return Err(ApiError::bad(
-            "messages",
-            "the last message must be from the user",
-        ));
-    }
-    let temperature = req
-        .temperature
-        .unwrap_or(if web_defaults { 0.8 } else { 1.0 });
-    let top_k = req.top_k.unwrap_or(50);
-    let max_tokens = req.max_completion_tokens.or(req.max_tokens).unwrap_or(512);
-    check_sampling(temperature, top_k, max_tokens)?;
-    let stop = match &req.stop {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| v.as_str().map(str::to_string))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| ApiError::bad("stop", "stop must be a string or a list of strings"))?,
-        Some(_) => {
-            return Err(ApiError::bad(
-                "stop",
-                "stop must be a string or a list of strings",
-            ));
-        }
-    };
-    if req.n.unwrap_or(1) != 1 {
-        return Err(ApiError::bad("n", "only n = 1 is supported"));
-    }
-    // Render like a conversation whose last (assistant) turn is being written.
-    messages.push(Message::new(MessageRole::Assistant, String::new()));
-    let prompt = state
-        .tokenizer
-        .render_for_completion(&Conversation { messages }, usize::MAX)
-        .map_err(|e| ApiError::bad("messages", e.to_string()))?;
-    let room = state.sequence_len.saturating_sub(prompt.len());
-    if room == 0 {
-        return Err(ApiError::bad(
-            "messages",
-            format!(
-                "the conversation ({} tokens) fills the model's context ({})",
-                prompt.len(),
-                state.sequence_len
-            ),
-        ));
-    }
-    let params = GenerationParams {
-        temperature,
-        top_k: (top_k > 0).then_some(top_k),
-        top_p: req.top_p.unwrap_or(1.0),
-        min_p: req.min_p.unwrap_or(0.0),
-        repetition_penalty: req.repetition_penalty.unwrap_or(1.0),
-        max_tokens: max_tokens.min(room),
-        seed: req.seed,
-        stop,
-        num_samples: 1,
-        ..GenerationParams::default()
-    };
-    nanochat_core::Validate::validate(&params).map_err(|e| {
-        let field = match e.field.as_str() {
-            "top_p" => "top_p",
-            "min_p" => "min_p",
-            "repetition_penalty" => "repetition_penalty",
-            _ => "body",
-        };
-        ApiError::bad(field, e.to_string())
-    })?;
+) -> Result<(ChatRequest, Vec<u32>, nanochat_core::GenerationParams), ApiError> {
+    let req: ChatRequest = parse(body)?;
+    let (prompt, params) = req.prepare(&state.tokenizer, state.sequence_len, web_defaults)?;
     Ok((req, prompt, params))
-}
-
-pub(crate) fn start_job(
-    state: &AppState,
-    prompt: Vec<u32>,
-    params: GenerationParams,
-) -> Result<mpsc::UnboundedReceiver<(usize, GenEvent)>, ApiError> {
-    let pool = state.pool.get().ok_or(ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        message: "the model is still loading".into(),
-        param: None,
-    })?;
-    if state.closing.load(Ordering::Relaxed) {
-        return Err(ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: "the server is shutting down".into(),
-            param: None,
-        });
-    }
-    state.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = mpsc::unbounded_channel();
-    if !pool.submit(
-        Job {
-            prompt,
-            params,
-            events: tx,
-        },
-        &state.stats,
-    ) {
-        return Err(ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: "no model worker is running".into(),
-            param: None,
-        });
-    }
-    Ok(rx)
-}
-
-pub(crate) fn finish_str(f: FinishReason) -> &'static str {
-    match f {
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-    }
 }
 
 async fn upstream_chat(
@@ -412,7 +77,7 @@ async fn openai_chat(
 ) -> Result<Response, ApiError> {
     let (req, prompt, params) = prepare(&state, &body, false)?;
     let mut rx = start_job(&state, prompt, params)?;
-    let id = format!("chatcmpl-{}", state.ids.fetch_add(1, Ordering::Relaxed));
+    let id = format!("chatcmpl-{}", state.next_id());
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -428,42 +93,28 @@ async fn openai_chat(
                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
         };
         let first = chunk(json!({"role": "assistant", "content": ""}), None);
-        let (tx, out) = mpsc::unbounded_channel::<String>();
-        let _ = tx.send(first.to_string());
-        tokio::spawn(async move {
-            while let Some((_, ev)) = rx.recv().await {
-                match ev {
-                    GenEvent::Text(t) => {
-                        if tx
-                            .send(chunk(json!({"content": t}), None).to_string())
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                    GenEvent::Done {
-                        finish,
-                        prompt_tokens,
-                        completion_tokens,
-                    } => {
-                        let mut last = chunk(json!({}), Some(finish_str(finish)));
-                        if include_usage {
-                            last["usage"] = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
-                        }
-                        let _ = tx.send(last.to_string());
-                        break;
-                    }
-                    GenEvent::Error(e) => {
-                        let _ = tx.send(
-                            json!({"error": {"message": e, "type": "server_error"}}).to_string(),
-                        );
-                        break;
-                    }
+        // The worker's last event is `Done` or `Error`; then its sender drops and the stream
+        // ends with `[DONE]`. A client that leaves drops `rx`, which stops the worker.
+        let frames = UnboundedReceiverStream::new(rx).map(move |(_, ev)| match ev {
+            GenEvent::Text(t) => chunk(json!({"content": t}), None),
+            GenEvent::Done {
+                finish,
+                prompt_tokens: p,
+                completion_tokens: c,
+            } => {
+                let mut last = chunk(json!({}), Some(finish_str(finish)));
+                if include_usage {
+                    last["usage"] =
+                        json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
                 }
+                last
             }
-            let _ = tx.send("[DONE]".to_string());
+            GenEvent::Error(e) => json!({"error": {"message": e, "type": "server_error"}}),
         });
-        let stream = UnboundedReceiverStream::new(out)
+        let stream = tokio_stream::once(first)
+            .chain(frames)
+            .map(|v| v.to_string())
+            .chain(tokio_stream::once("[DONE]".to_string()))
             .map(|d| Ok::<_, Infallible>(Event::default().data(d)));
         return Ok(Sse::new(stream).into_response());
     }
@@ -475,46 +126,6 @@ async fn openai_chat(
         "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
     });
     Ok(Json(body).into_response())
-}
-
-/// A whole (non-streamed) answer.
-pub(crate) struct Completed {
-    pub(crate) text: String,
-    pub(crate) finish: FinishReason,
-    pub(crate) prompt_tokens: usize,
-    pub(crate) completion_tokens: usize,
-}
-
-/// Gathers a job's text pieces until it finishes; a worker error or a vanished worker is a 500.
-pub(crate) async fn collect(
-    rx: &mut mpsc::UnboundedReceiver<(usize, GenEvent)>,
-) -> Result<Completed, ApiError> {
-    let mut text = String::new();
-    while let Some((_, ev)) = rx.recv().await {
-        match ev {
-            GenEvent::Text(t) => text.push_str(&t),
-            GenEvent::Done {
-                finish,
-                prompt_tokens,
-                completion_tokens,
-            } => {
-                return Ok(Completed {
-                    text,
-                    finish,
-                    prompt_tokens,
-                    completion_tokens,
-                });
-            }
-            GenEvent::Error(e) => {
-                return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e, None));
-            }
-        }
-    }
-    Err(ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "the worker stopped".into(),
-        None,
-    ))
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
@@ -537,49 +148,32 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 }
 
 fn snapshot(s: &Stats) -> [(&'static str, &'static str, f64); 7] {
-    let ttft_n = s.ttft_count.load(Ordering::Relaxed);
-    let completion = s.completion_tokens.load(Ordering::Relaxed) as f64;
-    let decode_s = s.decode_micros.load(Ordering::Relaxed) as f64 / 1e6;
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+    let (ttft_n, completion) = (get(&s.ttft_count), get(&s.completion_tokens));
+    let decode_s = get(&s.decode_micros) / 1e6;
+    let ttft = if ttft_n == 0.0 {
+        0.0
+    } else {
+        get(&s.ttft_micros) / 1e6 / ttft_n
+    };
+    let speed = if decode_s > 0.0 {
+        completion / decode_s
+    } else {
+        0.0
+    };
+    let queue = s.queue_depth.load(Ordering::Relaxed) as f64;
     [
-        (
-            "nanochat_requests_total",
-            "counter",
-            s.requests.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "nanochat_request_errors_total",
-            "counter",
-            s.errors.load(Ordering::Relaxed) as f64,
-        ),
+        ("nanochat_requests_total", "counter", get(&s.requests)),
+        ("nanochat_request_errors_total", "counter", get(&s.errors)),
         (
             "nanochat_prompt_tokens_total",
             "counter",
-            s.prompt_tokens.load(Ordering::Relaxed) as f64,
+            get(&s.prompt_tokens),
         ),
         ("nanochat_completion_tokens_total", "counter", completion),
-        (
-            "nanochat_queue_depth",
-            "gauge",
-            s.queue_depth.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "nanochat_time_to_first_token_seconds_avg",
-            "gauge",
-            if ttft_n == 0 {
-                0.0
-            } else {
-                s.ttft_micros.load(Ordering::Relaxed) as f64 / 1e6 / ttft_n as f64
-            },
-        ),
-        (
-            "nanochat_generation_tokens_per_second",
-            "gauge",
-            if decode_s > 0.0 {
-                completion / decode_s
-            } else {
-                0.0
-            },
-        ),
+        ("nanochat_queue_depth", "gauge", queue),
+        ("nanochat_time_to_first_token_seconds_avg", "gauge", ttft),
+        ("nanochat_generation_tokens_per_second", "gauge", speed),
     ]
 }
 

@@ -1,5 +1,6 @@
-//! Server-side conversations (`/v1/sessions`): the server keeps the history, so a client sends
-//! only its new message. Each [`ConversationSession`] has an id, timestamps, the token count
+//! Server-side conversations (`/v1/sessions`; no upstream counterpart: upstream v0
+//! `scripts/chat_web.py` is stateless): the server keeps the history, so a client sends only
+//! its new message. Each [`ConversationSession`] has an id, timestamps, the token count
 //! of every message and a context budget; when the rendered history plus the reply's
 //! `max_tokens` would exceed the budget, the oldest turns are dropped (and reported). The
 //! store is bounded in number (the least recently used session is evicted) and in idle age.
@@ -11,10 +12,11 @@
 //! - `DELETE /v1/sessions/{id}` → 204
 //!
 //! A session answers one message at a time (a second concurrent one gets 409); its state
-//! follows the inference lifecycle (`ready` → `processing` → `streaming` → `complete`).
+//! follows the inference lifecycle (`ready` → `processing` → `streaming` → `complete`), held
+//! by the busy guard of `session_store`. Requests are parsed and checked like the chat
+//! endpoints' ([`crate::api`]) and answered through the same jobs (`jobs`).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -23,56 +25,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use nanochat_core::conversation::{Conversation, Message, MessageRole, SessionStore};
+use nanochat_core::conversation::{Conversation, Message, MessageRole};
 use nanochat_core::lifecycle::InferenceState;
 use nanochat_core::{ConversationSession, GenerationParams};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::server::{ApiError, AppState, check_sampling, collect, finish_str, limits, start_job};
-
-/// Sessions kept at most.
-pub const MAX_SESSIONS: usize = 256;
-/// Idle sessions are dropped after this long.
-pub const MAX_IDLE_SECS: i64 = 3600;
-
-/// The store and each session's lifecycle state.
-pub struct Sessions {
-    store: Mutex<(SessionStore, HashMap<String, InferenceState>)>,
-}
-
-impl Default for Sessions {
-    fn default() -> Self {
-        Self::new(MAX_SESSIONS, chrono::Duration::seconds(MAX_IDLE_SECS))
-    }
-}
-
-impl Sessions {
-    /// A store bounded by `max_sessions` and `max_idle`.
-    pub fn new(max_sessions: usize, max_idle: chrono::Duration) -> Self {
-        Self {
-            store: Mutex::new((SessionStore::new(max_sessions, max_idle), HashMap::new())),
-        }
-    }
-
-    /// Number of live sessions.
-    pub fn len(&self) -> usize {
-        self.store.lock().expect("sessions lock").0.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-fn not_found(id: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        format!("no session {id:?} (expired or deleted?)"),
-        Some("id"),
-    )
-}
+use crate::api::{ApiError, check_sampling, finish_str, limits, parse};
+use crate::jobs::{AppState, collect, start_job};
+use crate::session_store::not_found;
+pub use crate::session_store::{MAX_IDLE_SECS, MAX_SESSIONS, Sessions};
 
 /// Tokens a message takes in the chat template (its text and its two delimiters).
 fn message_tokens(state: &AppState, m: &Message) -> usize {
@@ -89,23 +51,23 @@ async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Respo
     let req: CreateRequest = if body.is_empty() {
         CreateRequest::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad("body", format!("invalid JSON request: {e}")))?
+        parse(&body)?
     };
     let window = req.context_window.unwrap_or(state.sequence_len);
     let id = format!("sess-{:016x}", rand_id(&state));
     let now = Utc::now();
     let session = ConversationSession::new(id.clone(), window, state.sequence_len, now)
         .map_err(|e| ApiError::bad("context_window", e.to_string()))?;
-    let mut g = state.sessions.store.lock().expect("sessions lock");
-    g.0.evict_idle(now);
-    if let Some(evicted) =
-        g.0.insert(session)
-            .map_err(|e| ApiError::bad("id", e.to_string()))?
-    {
-        g.1.remove(&evicted);
+    let mut g = state.sessions.lock();
+    g.store.evict_idle(now);
+    let evicted = g
+        .store
+        .insert(session)
+        .map_err(|e| ApiError::bad("id", e.to_string()))?;
+    if let Some(evicted) = evicted {
+        g.states.remove(&evicted);
     }
-    g.1.insert(id.clone(), InferenceState::Ready);
+    g.states.insert(id.clone(), InferenceState::Ready);
     let body = json!({"id": id, "object": "session", "created_at": now, "context_window": window,
                       "max_sequence_len": state.sequence_len});
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -122,14 +84,14 @@ async fn show(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let mut g = state.sessions.store.lock().expect("sessions lock");
-    g.0.evict_idle(Utc::now());
-    let s = g.0.get(&id).ok_or_else(|| not_found(&id))?;
-    let st = g.1.get(&id).copied().unwrap_or(InferenceState::Ready);
-    let mut v = serde_json::to_value(s).expect("session serialises");
+    let mut g = state.sessions.lock();
+    g.store.evict_idle(Utc::now());
+    let s = g.store.get(&id).ok_or_else(|| not_found(&id))?;
+    let st = g.states.get(&id).copied().unwrap_or(InferenceState::Ready);
+    let mut v = serde_json::to_value(s).map_err(ApiError::internal)?;
     v["tokens_used"] = s.tokens_used().into();
     v["remaining_context"] = s.remaining_context().into();
-    v["state"] = serde_json::to_value(st).expect("state serialises");
+    v["state"] = serde_json::to_value(st).map_err(ApiError::internal)?;
     Ok(Json(v).into_response())
 }
 
@@ -137,9 +99,9 @@ async fn delete(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let mut g = state.sessions.store.lock().expect("sessions lock");
-    g.0.remove(&id).ok_or_else(|| not_found(&id))?;
-    g.1.remove(&id);
+    let mut g = state.sessions.lock();
+    g.store.remove(&id).ok_or_else(|| not_found(&id))?;
+    g.states.remove(&id);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -153,34 +115,17 @@ struct MessageRequest {
     seed: Option<u64>,
 }
 
-fn set_state(state: &AppState, id: &str, s: InferenceState) {
-    if let Some(v) = state
-        .sessions
-        .store
-        .lock()
-        .expect("sessions lock")
-        .1
-        .get_mut(id)
-    {
-        *v = s;
-    }
-}
-
 async fn send(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let req: MessageRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad("body", format!("invalid JSON request: {e}")))?;
-    let chars = req.content.chars().count();
-    if chars > limits::MAX_MESSAGE_CHARS {
+    let req: MessageRequest = parse(&body)?;
+    let (chars, max) = (req.content.chars().count(), limits::MAX_MESSAGE_CHARS);
+    if chars > max {
         return Err(ApiError::bad(
             "content",
-            format!(
-                "message too long: {chars} > {} characters",
-                limits::MAX_MESSAGE_CHARS
-            ),
+            format!("message too long: {chars} > {max} characters"),
         ));
     }
     let temperature = req.temperature.unwrap_or(0.8);
@@ -190,25 +135,10 @@ async fn send(
     let now = Utc::now();
     let mut user = Message::new(MessageRole::User, req.content.clone()).at(now);
     user.token_count = Some(message_tokens(&state, &user));
-    // Take the history and mark the session busy.
-    let (history, window) = {
-        let mut g = state.sessions.store.lock().expect("sessions lock");
-        g.0.evict_idle(now);
-        let s = g.0.get(&id).ok_or_else(|| not_found(&id))?;
-        let (history, window) = (s.messages.clone(), s.context_window);
-        let st = g.1.entry(id.clone()).or_insert(InferenceState::Ready);
-        if matches!(st, InferenceState::Processing | InferenceState::Streaming) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "this session is answering another message".into(),
-                Some("id"),
-            ));
-        }
-        *st = InferenceState::Processing;
-        (history, window)
-    };
+    // Take the history and mark the session busy until `busy` drops.
+    let (history, window, mut busy) = state.sessions.begin(&id, now)?;
     // Drop the oldest turns until prompt + reply fit the window.
-    let mut messages = history.clone();
+    let mut messages = history;
     messages.push(user.clone());
     let mut trimmed = 0;
     let prompt = loop {
@@ -217,14 +147,7 @@ async fn send(
         let prompt = state
             .tokenizer
             .render_for_completion(&Conversation { messages: conv }, usize::MAX)
-            .map_err(|e| ApiError::bad("content", e.to_string()));
-        let prompt = match prompt {
-            Ok(p) => p,
-            Err(e) => {
-                set_state(&state, &id, InferenceState::Ready);
-                return Err(e);
-            }
-        };
+            .map_err(|e| ApiError::bad("content", e.to_string()))?;
         // Keep room for the reply: max_tokens, but at most half the window.
         if prompt.len() + max_tokens.min(window / 2) <= window || messages.len() < 3 {
             break prompt;
@@ -234,7 +157,6 @@ async fn send(
     };
     let room = window.min(state.sequence_len).saturating_sub(prompt.len());
     if room == 0 {
-        set_state(&state, &id, InferenceState::Ready);
         return Err(ApiError::bad(
             "content",
             format!(
@@ -251,47 +173,26 @@ async fn send(
         ..GenerationParams::default()
     };
     let prompt_tokens = prompt.len();
-    let mut rx = match start_job(&state, prompt, params) {
-        Ok(rx) => rx,
-        Err(e) => {
-            set_state(&state, &id, InferenceState::Ready);
-            return Err(e);
-        }
-    };
-    set_state(&state, &id, InferenceState::Streaming);
-    let answer = match collect(&mut rx).await {
-        Ok(a) => a,
-        Err(e) => {
-            set_state(&state, &id, InferenceState::Error);
-            return Err(e);
-        }
-    };
+    let mut rx = start_job(&state, prompt, params)?;
+    busy.streaming();
+    let answer = collect(&mut rx).await?;
     let (text, finish, completion_tokens) = (answer.text, answer.finish, answer.completion_tokens);
     let done = Utc::now();
     let mut reply = Message::new(MessageRole::Assistant, text.clone()).at(done);
     reply.token_count = Some(completion_tokens + 2);
-    let mut g = state.sessions.store.lock().expect("sessions lock");
-    let Some(s) = g.0.get_mut(&id) else {
+    // Declared after `busy`, so dropped (unlocked) before it on every return.
+    let mut g = state.sessions.lock();
+    let Some(s) = g.store.get_mut(&id) else {
         return Err(not_found(&id)); // deleted or evicted while answering
     };
     s.messages.drain(..trimmed.min(s.messages.len()));
-    let pushed = s.push(user, now).and_then(|()| {
-        if text.trim().is_empty() {
-            Ok(()) // An empty reply is returned but not kept (a message may not be blank).
-        } else {
-            s.push(reply, done)
-        }
-    });
-    if let Err(e) = pushed {
-        g.1.insert(id.clone(), InferenceState::Error);
-        return Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            e.to_string(),
-            None,
-        ));
+    s.push(user, now).map_err(ApiError::internal)?;
+    if !text.trim().is_empty() {
+        // An empty reply is returned but not kept (a message may not be blank).
+        s.push(reply, done).map_err(ApiError::internal)?;
     }
     let (used, remaining) = (s.tokens_used(), s.remaining_context());
-    g.1.insert(id.clone(), InferenceState::Complete);
+    busy.complete();
     let body = json!({
         "id": id,
         "message": {"role": "assistant", "content": text},

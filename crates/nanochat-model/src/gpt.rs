@@ -17,6 +17,10 @@
 //! Parameter names map 1:1 to upstream's `state_dict` (`transformer.h.3.attn.c_q.weight`,
 //! `value_embeds.1.weight`, …); burn's `Linear` stores `[in, out]`, the transpose of
 //! PyTorch's `[out, in]`, which the checkpoint code converts.
+//!
+//! Layout, like candle's model files: the compute options, then the blocks, each with its own
+//! `forward` as in upstream ([`Mlp`], [`CausalSelfAttention`], [`Block`]), then [`Gpt`] with its
+//! KV cache, [`Gpt::forward`] and [`Gpt::forward_loss`].
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
@@ -79,6 +83,23 @@ fn linear<B: FusedOps, const D: usize>(
     }
 }
 
+/// The ReLU² MLP.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// Up projection (4×).
+    pub c_fc: Linear<B>,
+    /// Down projection.
+    pub c_proj: Linear<B>,
+}
+
+impl<B: FusedOps> Mlp<B> {
+    /// `c_proj(relu(c_fc(x))²)` (upstream `MLP.forward`).
+    fn forward(&self, x: Tensor<B, 3>, dtype: ComputeDtype) -> Tensor<B, 3> {
+        let x = linear(&self.c_fc, x, dtype);
+        linear(&self.c_proj, ops::relu_squared(x), dtype)
+    }
+}
+
 /// Multi-head causal self-attention with grouped kv heads and an optional value embedding.
 #[derive(Module, Debug)]
 pub struct CausalSelfAttention<B: Backend> {
@@ -97,22 +118,48 @@ pub struct CausalSelfAttention<B: Backend> {
     head_dim: usize,
 }
 
-/// Inputs every attention layer needs in one forward.
-struct AttnCtx<'a, B: Backend> {
+impl<B: Backend> CausalSelfAttention<B> {
+    pub(crate) fn new(
+        c_q: Linear<B>,
+        c_k: Linear<B>,
+        c_v: Linear<B>,
+        c_proj: Linear<B>,
+        ve_gate: Option<Linear<B>>,
+        shape: (usize, usize, usize),
+    ) -> Self {
+        let (n_head, n_kv_head, head_dim) = shape;
+        Self {
+            c_q,
+            c_k,
+            c_v,
+            c_proj,
+            ve_gate,
+            n_head,
+            n_kv_head,
+            head_dim,
+        }
+    }
+}
+
+/// Inputs every layer needs in one forward.
+struct LayerCtx<'a, B: Backend> {
     cos: &'a Tensor<B, 2>,
     sin: &'a Tensor<B, 2>,
     qk_scale: f64,
     eps: f64,
     dtype: ComputeDtype,
+    dropout: &'a Dropout,
 }
 
 impl<B: FusedOps> CausalSelfAttention<B> {
+    /// Attention over `x` (already normalised), appending to layer `cache.1` of `cache.0`
+    /// when given (upstream `CausalSelfAttention.forward`).
     fn forward(
         &self,
         x: Tensor<B, 3>,
         ve: Option<Tensor<B, 3>>,
         window: WindowSize,
-        ctx: &AttnCtx<'_, B>,
+        ctx: &LayerCtx<'_, B>,
         cache: Option<(&mut KvCache<B>, usize)>,
     ) -> Tensor<B, 3> {
         let [b, t, c] = x.dims();
@@ -149,15 +196,6 @@ impl<B: FusedOps> CausalSelfAttention<B> {
     }
 }
 
-/// The ReLU² MLP.
-#[derive(Module, Debug)]
-pub struct Mlp<B: Backend> {
-    /// Up projection (4×).
-    pub c_fc: Linear<B>,
-    /// Down projection.
-    pub c_proj: Linear<B>,
-}
-
 /// One pre-norm transformer block.
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
@@ -165,6 +203,26 @@ pub struct Block<B: Backend> {
     pub attn: CausalSelfAttention<B>,
     /// MLP.
     pub mlp: Mlp<B>,
+}
+
+impl<B: FusedOps> Block<B> {
+    /// `x + attn(norm(x))`, then `x + mlp(norm(x))`, each through dropout (upstream
+    /// `Block.forward`).
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        ve: Option<Tensor<B, 3>>,
+        window: WindowSize,
+        ctx: &LayerCtx<'_, B>,
+        cache: Option<(&mut KvCache<B>, usize)>,
+    ) -> Tensor<B, 3> {
+        let a = self
+            .attn
+            .forward(rms_norm(x.clone(), ctx.eps), ve, window, ctx, cache);
+        let x = x + ctx.dropout.forward(a);
+        let m = self.mlp.forward(rms_norm(x.clone(), ctx.eps), ctx.dtype);
+        x + ctx.dropout.forward(m)
+    }
 }
 
 /// Token embedding and blocks (upstream's `transformer` ModuleDict).
@@ -270,47 +328,16 @@ impl<B: FusedOps> Gpt<B> {
         let (cos, sin) = rope_tables::<B>(pos0, t, c.head_dim(), c.rope_base, &device);
         let dt = self.compute.float_dtype();
         let (cos, sin) = (cos.cast(dt), sin.cast(dt));
-        let mut x = rms_norm(self.transformer.wte.forward(idx.clone()).cast(dt), eps);
-
-        if let (Some(gate), Some(lambda)) = (&self.smear_gate, &self.smear_lambda) {
-            let prev = cache
-                .as_mut()
-                .and_then(|kv| kv.prev_embedding.replace(x.clone().narrow(1, t - 1, 1)));
-            let gate_of = |x: Tensor<B, 3>| {
-                sigmoid(linear(
-                    gate,
-                    x.narrow(2, 0, SMEAR_GATE_CHANNELS),
-                    self.compute,
-                )) * lambda.val().cast(dt).reshape([1, 1, 1])
-            };
-            // Previous-token embedding for every position: the cached one (if any) for the first.
-            let mut shifted = Vec::with_capacity(2);
-            if let Some(p) = prev {
-                shifted.push(p);
-            }
-            if t > 1 {
-                shifted.push(x.clone().narrow(1, 0, t - 1));
-            }
-            if !shifted.is_empty() {
-                let prevs = Tensor::cat(shifted, 1);
-                let n = prevs.dims()[1];
-                let tail = x.clone().narrow(1, t - n, n);
-                let mixed = tail.clone() + gate_of(tail) * prevs;
-                x = if n == t {
-                    mixed
-                } else {
-                    Tensor::cat(vec![x.narrow(1, 0, 1), mixed], 1)
-                };
-            }
-        }
-
+        let x = rms_norm(self.transformer.wte.forward(idx.clone()).cast(dt), eps);
+        let mut x = self.smear(x, cache.as_deref_mut());
         let x0 = x.clone();
-        let ctx = AttnCtx {
+        let ctx = LayerCtx {
             cos: &cos,
             sin: &sin,
             qk_scale: c.qk_scale,
             eps,
             dtype: self.compute,
+            dropout: &self.dropout,
         };
         let windows = c.window_sizes();
         let mut backout = None;
@@ -326,13 +353,7 @@ impl<B: FusedOps> Gpt<B> {
                 .and_then(Option::as_ref)
                 .map(|e| e.forward(idx.clone()).cast(dt));
             let layer_cache = cache.as_deref_mut().map(|kv| (kv, i));
-            let a = block
-                .attn
-                .forward(rms_norm(x.clone(), eps), ve, windows[i], &ctx, layer_cache);
-            x = x + self.dropout.forward(a);
-            let m = linear(&block.mlp.c_fc, rms_norm(x.clone(), eps), self.compute);
-            let m = linear(&block.mlp.c_proj, ops::relu_squared(m), self.compute);
-            x = x + self.dropout.forward(m);
+            x = block.forward(x, ve, windows[i], &ctx, layer_cache);
             if i == c.backout_layer() && self.backout_lambda.is_some() {
                 backout = Some(x.clone());
             }
@@ -344,6 +365,44 @@ impl<B: FusedOps> Gpt<B> {
             x = x - xb * l.val().cast(dt).reshape([1, 1, 1]);
         }
         rms_norm(x, eps)
+    }
+
+    /// Smear (when configured): each position mixes in the previous token's embedding through
+    /// a gate; with a `cache`, the first position takes the one cached by the previous call,
+    /// and the last position's is cached for the next.
+    fn smear(&self, mut x: Tensor<B, 3>, cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
+        let (Some(gate), Some(lambda)) = (&self.smear_gate, &self.smear_lambda) else {
+            return x;
+        };
+        let (t, dt) = (x.dims()[1], self.compute.float_dtype());
+        let prev = cache.and_then(|kv| kv.prev_embedding.replace(x.clone().narrow(1, t - 1, 1)));
+        let gate_of = |x: Tensor<B, 3>| {
+            sigmoid(linear(
+                gate,
+                x.narrow(2, 0, SMEAR_GATE_CHANNELS),
+                self.compute,
+            )) * lambda.val().cast(dt).reshape([1, 1, 1])
+        };
+        // Previous-token embedding for every position: the cached one (if any) for the first.
+        let mut shifted = Vec::with_capacity(2);
+        if let Some(p) = prev {
+            shifted.push(p);
+        }
+        if t > 1 {
+            shifted.push(x.clone().narrow(1, 0, t - 1));
+        }
+        if !shifted.is_empty() {
+            let prevs = Tensor::cat(shifted, 1);
+            let n = prevs.dims()[1];
+            let tail = x.clone().narrow(1, t - n, n);
+            let mixed = tail.clone() + gate_of(tail) * prevs;
+            x = if n == t {
+                mixed
+            } else {
+                Tensor::cat(vec![x.narrow(1, 0, 1), mixed], 1)
+            };
+        }
+        x
     }
 
     /// Logits `[batch, t, vocab_size]` in float32, after the soft cap.
@@ -441,28 +500,5 @@ impl<B: Backend> Gpt<B> {
 
     pub(crate) fn attention_shape(config: &ModelConfig) -> (usize, usize, usize) {
         (config.n_head, config.n_kv_head, config.head_dim())
-    }
-}
-
-impl<B: Backend> CausalSelfAttention<B> {
-    pub(crate) fn new(
-        c_q: Linear<B>,
-        c_k: Linear<B>,
-        c_v: Linear<B>,
-        c_proj: Linear<B>,
-        ve_gate: Option<Linear<B>>,
-        shape: (usize, usize, usize),
-    ) -> Self {
-        let (n_head, n_kv_head, head_dim) = shape;
-        Self {
-            c_q,
-            c_k,
-            c_v,
-            c_proj,
-            ve_gate,
-            n_head,
-            n_kv_head,
-            head_dim,
-        }
     }
 }

@@ -1,0 +1,327 @@
+//! The OpenAI-compatible request types, their checks and the JSON error every endpoint answers
+//! with (upstream v0 `scripts/chat_web.py`: its `ChatRequest`, `validate_chat_request` and
+//! limits).
+//!
+//! Design: serde parses a request into typed fields (`stop` is a string or a list of strings,
+//! a role is a [`MessageRole`], content a string or OpenAI text parts); a parse error is a 400
+//! whose `param` is the top-level field serde stopped at (`body` for malformed JSON), found
+//! with `serde_path_to_error`. The checks serde cannot express (upstream's limits, the context
+//! left for the reply) follow in `ChatRequest::prepare`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use nanochat_core::GenerationParams;
+use nanochat_core::conversation::{Conversation, Message, MessageRole};
+use nanochat_tokenizer::Tokenizer;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::engine::FinishReason;
+
+/// Upstream's request limits.
+pub mod limits {
+    /// Messages per request.
+    pub const MAX_MESSAGES: usize = 500;
+    /// Characters per message.
+    pub const MAX_MESSAGE_CHARS: usize = 8000;
+    /// Characters over all messages.
+    pub const MAX_TOTAL_CHARS: usize = 32000;
+    /// Largest top_k.
+    pub const MAX_TOP_K: usize = 200;
+    /// Largest max_tokens.
+    pub const MAX_TOKENS: usize = 4096;
+    /// Largest request body (bytes).
+    pub const MAX_BODY: usize = 1 << 20;
+}
+
+/// A 4xx/5xx with an OpenAI-style JSON body naming the offending field.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) message: String,
+    pub(crate) param: Option<String>,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>, param: Option<&str>) -> Self {
+        let (message, param) = (message.into(), param.map(str::to_string));
+        Self {
+            status,
+            message,
+            param,
+        }
+    }
+
+    /// A 400 naming `param`.
+    pub(crate) fn bad(param: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message, Some(param))
+    }
+
+    /// A 500 (a worker failed or stopped).
+    pub(crate) fn internal(message: impl ToString) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message.to_string(), None)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let kind = if self.status.is_client_error() {
+            "invalid_request_error"
+        } else {
+            "server_error"
+        };
+        let body = json!({"error": {"message": self.message, "type": kind, "param": self.param}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// Parses a JSON body; a bad one is a 400 naming the top-level field where parsing failed
+/// (`body` for malformed JSON or trailing characters).
+pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let param = match e.path().iter().next() {
+            Some(serde_path_to_error::Segment::Map { key }) if e.inner().is_data() => key,
+            _ => "body",
+        };
+        ApiError::bad(param, format!("invalid JSON request: {e}"))
+    })?;
+    de.end()
+        .map_err(|e| ApiError::bad("body", format!("invalid JSON request: {e}")))?;
+    Ok(value)
+}
+
+/// A message's content: a string or OpenAI's text parts `[{"type": "text", "text": …}, …]`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "content must be a string or a list of text parts"
+)]
+enum Content {
+    Text(String),
+    Parts(Vec<TextPart>),
+}
+
+#[derive(Debug, Deserialize)]
+struct TextPart {
+    text: String,
+}
+
+impl Content {
+    fn text(&self) -> String {
+        match self {
+            Content::Text(s) => s.clone(),
+            Content::Parts(parts) => parts.iter().map(|p| p.text.as_str()).collect(),
+        }
+    }
+}
+
+/// `stop`: one string or a list of them, as the OpenAI API allows.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "stop must be a string or a list of strings")]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+struct ApiMessage {
+    role: MessageRole,
+    content: Content,
+}
+
+/// A `/chat/completions` or `/v1/chat/completions` request.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ChatRequest {
+    messages: Vec<ApiMessage>,
+    pub(crate) stream: Option<bool>,
+    temperature: Option<f64>,
+    top_k: Option<usize>,
+    top_p: Option<f64>,
+    min_p: Option<f64>,
+    repetition_penalty: Option<f64>,
+    max_tokens: Option<usize>,
+    max_completion_tokens: Option<usize>,
+    seed: Option<u64>,
+    stop: Option<Stop>,
+    n: Option<usize>,
+    pub(crate) stream_options: Option<Value>,
+}
+
+/// Checks sampling knobs against upstream's limits; the error names the offending field.
+pub(crate) fn check_sampling(
+    temperature: f64,
+    top_k: usize,
+    max_tokens: usize,
+) -> Result<(), ApiError> {
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::bad(
+            "temperature",
+            format!("temperature must be between 0 and 2, got {temperature}"),
+        ));
+    }
+    if top_k > limits::MAX_TOP_K {
+        let max = limits::MAX_TOP_K;
+        return Err(ApiError::bad(
+            "top_k",
+            format!("top_k must be between 0 and {max}, got {top_k}"),
+        ));
+    }
+    if !(1..=limits::MAX_TOKENS).contains(&max_tokens) {
+        let max = limits::MAX_TOKENS;
+        return Err(ApiError::bad(
+            "max_tokens",
+            format!("max_tokens must be between 1 and {max}, got {max_tokens}"),
+        ));
+    }
+    Ok(())
+}
+
+impl ChatRequest {
+    /// Checks the request against upstream's limits and renders its prompt for a model with
+    /// `sequence_len` positions; returns the prompt and the sampling parameters. `web_defaults`
+    /// picks upstream's web temperature (0.8) over OpenAI's (1).
+    pub(crate) fn prepare(
+        &self,
+        tokenizer: &Tokenizer,
+        sequence_len: usize,
+        web_defaults: bool,
+    ) -> Result<(Vec<u32>, GenerationParams), ApiError> {
+        let count = self.messages.len();
+        if count == 0 {
+            return Err(ApiError::bad(
+                "messages",
+                "at least one message is required",
+            ));
+        }
+        if count > limits::MAX_MESSAGES {
+            let max = limits::MAX_MESSAGES;
+            return Err(ApiError::bad(
+                "messages",
+                format!("too many messages: {count} > {max}"),
+            ));
+        }
+        let mut total = 0;
+        let mut messages = Vec::new();
+        for (i, m) in self.messages.iter().enumerate() {
+            let text = m.content.text();
+            let (chars, max) = (text.chars().count(), limits::MAX_MESSAGE_CHARS);
+            if chars > max {
+                return Err(ApiError::bad(
+                    "messages",
+                    format!("message {i} is too long: {chars} > {max} characters"),
+                ));
+            }
+            total += chars;
+            messages.push(Message::new(m.role, text));
+        }
+        if total > limits::MAX_TOTAL_CHARS {
+            let max = limits::MAX_TOTAL_CHARS;
+            return Err(ApiError::bad(
+                "messages",
+                format!("conversation too long: {total} > {max} characters"),
+            ));
+        }
+        if messages.last().map(|m| m.role) != Some(MessageRole::User) {
+            return Err(ApiError::bad(
+                "messages",
+                "the last message must be from the user",
+            ));
+        }
+        let temperature = self
+            .temperature
+            .unwrap_or(if web_defaults { 0.8 } else { 1.0 });
+        let top_k = self.top_k.unwrap_or(50);
+        let max_tokens = self.max_completion_tokens.or(self.max_tokens);
+        let max_tokens = max_tokens.unwrap_or(512);
+        check_sampling(temperature, top_k, max_tokens)?;
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if self.n.unwrap_or(1) != 1 {
+            return Err(ApiError::bad("n", "only n = 1 is supported"));
+        }
+        // Render like a conversation whose last (assistant) turn is being written.
+        messages.push(Message::new(MessageRole::Assistant, String::new()));
+        let prompt = tokenizer
+            .render_for_completion(&Conversation { messages }, usize::MAX)
+            .map_err(|e| ApiError::bad("messages", e.to_string()))?;
+        let room = sequence_len.saturating_sub(prompt.len());
+        if room == 0 {
+            let used = prompt.len();
+            return Err(ApiError::bad(
+                "messages",
+                format!(
+                    "the conversation ({used} tokens) fills the model's context ({sequence_len})"
+                ),
+            ));
+        }
+        let params = GenerationParams {
+            temperature,
+            top_k: (top_k > 0).then_some(top_k),
+            top_p: self.top_p.unwrap_or(1.0),
+            min_p: self.min_p.unwrap_or(0.0),
+            repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
+            max_tokens: max_tokens.min(room),
+            seed: self.seed,
+            stop,
+            num_samples: 1,
+            ..GenerationParams::default()
+        };
+        nanochat_core::Validate::validate(&params).map_err(|e| {
+            let field = match e.field.as_str() {
+                f @ ("top_p" | "min_p" | "repetition_penalty") => f,
+                _ => "body",
+            };
+            ApiError::bad(field, e.to_string())
+        })?;
+        Ok((prompt, params))
+    }
+}
+
+/// The OpenAI name of a finish reason.
+pub(crate) fn finish_str(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn param(body: &str) -> (Option<String>, String) {
+        let e = parse::<ChatRequest>(body.as_bytes()).unwrap_err();
+        (e.param, e.message)
+    }
+
+    #[test]
+    fn serde_parses_stop_roles_and_content_and_names_the_bad_field() {
+        let r: ChatRequest = parse(br#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"text":"b"}]}],"stop":"x"}"#).unwrap();
+        assert_eq!(r.messages[0].content.text(), "ab");
+        assert!(matches!(r.stop, Some(Stop::One(ref s)) if s == "x"));
+        let r: ChatRequest = parse(br#"{"messages":[],"stop":["a","b"]}"#).unwrap();
+        assert!(matches!(r.stop, Some(Stop::Many(ref v)) if v.len() == 2));
+        assert!(parse::<ChatRequest>(br#"{"messages":[],"stop":null}"#).is_ok());
+        let (p, m) = param(r#"{"messages":[],"stop":[1]}"#);
+        assert_eq!(p.as_deref(), Some("stop"));
+        assert!(
+            m.contains("stop must be a string or a list of strings"),
+            "{m}"
+        );
+        let (p, m) = param(r#"{"messages":[{"role":"robot","content":"x"}]}"#);
+        assert_eq!(p.as_deref(), Some("messages"));
+        assert!(m.contains("robot"), "{m}");
+        let (p, m) = param(r#"{"messages":[{"role":"user","content":7}]}"#);
+        assert_eq!(p.as_deref(), Some("messages"));
+        assert!(m.contains("content must be a string"), "{m}");
+        assert_eq!(param("{not json").0.as_deref(), Some("body"));
+        assert_eq!(param(r#"{"messages":[]} x"#).0.as_deref(), Some("body"));
+    }
+}
