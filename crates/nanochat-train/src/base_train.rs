@@ -35,7 +35,7 @@ use crate::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
 use crate::run::{Bar, Cadence, Run, debiased, load_optimizer_state, smooth_loss};
 use crate::schedule::RunPlan;
-use crate::stage_meta::{self, RankStateKeys, RankStates, RunMeta};
+use crate::stage_meta::{self, RankStates, RunMeta};
 
 /// Upstream's fixed sampling prompts.
 pub const SAMPLE_PROMPTS: [&str; 7] = [
@@ -216,11 +216,6 @@ pub struct BaseMeta {
     pub loaders: RankStates<LoaderState>,
     /// The loop state.
     pub loop_state: LoopState,
-}
-
-impl RankStateKeys for LoaderState {
-    const ONE: &'static str = "dataloader_state_dict";
-    const ALL: &'static str = "dataloader_states";
 }
 
 /// Runs (or resumes) pretraining: on `device` alone, or on `args.distributed`'s devices with

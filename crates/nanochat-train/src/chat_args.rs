@@ -11,7 +11,7 @@ use nanochat_model::ComputeDtype;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
-use crate::stage_meta::{RunMeta, inherited_config};
+use crate::stage_meta::{LrOverrides, RunMeta, inherited_config};
 
 /// Which conversation stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,15 +73,10 @@ pub struct ChatTrainArgs {
     /// Tokens per optimizer step (default: the source's).
     #[cfg_attr(feature = "cli", arg(long))]
     pub total_batch_size: Option<u64>,
-    /// Embedding learning rate (default: the source's).
-    #[cfg_attr(feature = "cli", arg(long))]
-    pub embedding_lr: Option<f64>,
-    /// lm_head learning rate (default: the source's).
-    #[cfg_attr(feature = "cli", arg(long))]
-    pub unembedding_lr: Option<f64>,
-    /// Muon learning rate (default: the source's).
-    #[cfg_attr(feature = "cli", arg(long))]
-    pub matrix_lr: Option<f64>,
+    /// Learning rates (default: the source's).
+    #[serde(flatten)]
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub lrs: LrOverrides,
     /// Initial LR multiplier (default: mid 1.0, SFT 0.8).
     #[cfg_attr(feature = "cli", arg(long))]
     pub init_lr_frac: Option<f64>,
@@ -206,9 +201,7 @@ impl ChatTrainArgs {
             device_batch_size: None,
             max_seq_len: None,
             total_batch_size: None,
-            embedding_lr: None,
-            unembedding_lr: None,
-            matrix_lr: None,
+            lrs: LrOverrides::default(),
             init_lr_frac: Some(init),
             warmdown_ratio: Some(warmdown),
             num_iterations: None,
@@ -334,7 +327,7 @@ pub(crate) fn inherit(
     args: &ChatTrainArgs,
 ) -> Result<Inherited, TrainError> {
     let source = RunMeta::of(meta);
-    let cfg = inherited_config(meta, args.embedding_lr, args.unembedding_lr, args.matrix_lr);
+    let cfg = inherited_config(meta, &args.lrs);
     let device_batch_size = args
         .device_batch_size
         .or(source.device_batch_size)

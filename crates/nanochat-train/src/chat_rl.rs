@@ -23,7 +23,6 @@ use nanochat_core::checkpoint_manager::checkpoint_dir;
 use nanochat_core::{CheckpointMetadata, GenerationParams, Source};
 use nanochat_eval::tasks::{Gsm8k, Task};
 use nanochat_infer::Engine;
-use nanochat_model::checkpoint::load_model;
 use nanochat_model::distributed::{Rank, run_replicated};
 use nanochat_model::{ComputeDtype, Gpt, Reduction};
 use nanochat_tokenizer::Tokenizer;
@@ -32,9 +31,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::TrainError;
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
 pub use crate::pass_at_k::{PassAtK, evaluate_pass_at_k};
-use crate::run::{Bar, Cadence, Run, load_optimizer_state, resume_or_source};
+use crate::run::{Bar, Cadence, Run, load_optimizer_state, load_source, resume_or_source};
 use crate::schedule::B_REF;
-use crate::stage_meta::{self, RunMeta, inherited_config};
+use crate::stage_meta::{self, LrOverrides, RunMeta, inherited_config};
 
 /// Settings of an RL run (upstream's flag names); [`Default`] holds upstream's values.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,15 +78,10 @@ pub struct ChatRlArgs {
     /// Rows per forward/backward.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::default().device_batch_size))]
     pub device_batch_size: usize,
-    /// Embedding learning rate (default: the source's).
-    #[cfg_attr(feature = "cli", arg(long))]
-    pub embedding_lr: Option<f64>,
-    /// lm_head learning rate (default: the source's).
-    #[cfg_attr(feature = "cli", arg(long))]
-    pub unembedding_lr: Option<f64>,
-    /// Muon learning rate (default: the source's).
-    #[cfg_attr(feature = "cli", arg(long))]
-    pub matrix_lr: Option<f64>,
+    /// Learning rates (default: the source's).
+    #[serde(flatten)]
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub lrs: LrOverrides,
     /// Initial LR multiplier.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::default().init_lr_frac))]
     pub init_lr_frac: f64,
@@ -146,9 +140,7 @@ impl Default for ChatRlArgs {
             temperature: 1.0,
             top_k: 50,
             device_batch_size: 8,
-            embedding_lr: None,
-            unembedding_lr: None,
-            matrix_lr: None,
+            lrs: LrOverrides::default(),
             init_lr_frac: 0.05,
             eval_every: 60,
             eval_examples: 400,
@@ -272,17 +264,13 @@ pub fn chat_rl<B: TrainBackend>(
         .map_err(|e| TrainError::Data(e.to_string()))?;
     let test = Gsm8k::load(&args.data_dir.join("tasks/gsm8k/test.jsonl"))
         .map_err(|e| TrainError::Data(e.to_string()))?;
-    let (src_model, src_meta, src_dir) = load_model::<B>(
+    let (src_model, src_meta, src_dir, tag) = load_source::<B>(
         &args.base_dir,
         args.source,
         args.model_tag.as_deref(),
         args.model_step,
         device,
     )?;
-    let tag = src_dir
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "d0".into());
     let dir = checkpoint_dir(&args.base_dir, Source::Rl, &tag);
     let e = args.examples_per_step.max(1);
     let num_steps = args
@@ -290,12 +278,7 @@ pub fn chat_rl<B: TrainBackend>(
         .unwrap_or((train.len() / e * args.num_epochs) as u64);
 
     let mut source = RunMeta::of(&src_meta.metadata);
-    source.user_config = inherited_config(
-        &src_meta.metadata,
-        args.embedding_lr,
-        args.unembedding_lr,
-        args.matrix_lr,
-    );
+    source.user_config = inherited_config(&src_meta.metadata, &args.lrs);
     let total = source.total_batch_size.unwrap_or(B_REF);
     let lrs = GroupLrs::scaled(
         &source.user_config.optimizer,

@@ -30,7 +30,6 @@ use nanochat_core::checkpoint_manager::checkpoint_dir;
 use nanochat_eval::chat_eval::{ChatEvalOptions, load_tasks, run_chat_eval};
 use nanochat_eval::tasks::TaskSplit;
 use nanochat_infer::Engine;
-use nanochat_model::checkpoint::load_model;
 use nanochat_model::distributed::{Rank, run_replicated};
 use nanochat_model::{ComputeDtype, Gpt, Reduction};
 use nanochat_tokenizer::Tokenizer;
@@ -43,9 +42,11 @@ use crate::data_parallel::gather_states;
 use crate::error::TrainError;
 use crate::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
-use crate::run::{Bar, Cadence, Run, load_optimizer_state, resume_or_source, smooth_loss};
+use crate::run::{
+    Bar, Cadence, Run, load_optimizer_state, load_source, resume_or_source, smooth_loss,
+};
 use crate::schedule::B_REF;
-use crate::stage_meta::{self, RankStateKeys, RankStates, RunMeta};
+use crate::stage_meta::{self, RankStates, RunMeta};
 
 /// Loop state carried in the meta.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
@@ -172,11 +173,6 @@ pub struct ChatMeta {
     pub source_step: u64,
 }
 
-impl RankStateKeys for ChatLoaderState {
-    const ONE: &'static str = "loader_state";
-    const ALL: &'static str = "loader_states";
-}
-
 /// Runs (or resumes) midtraining or SFT.
 pub fn chat_train<B: TrainBackend>(
     args: &ChatTrainArgs,
@@ -185,17 +181,13 @@ pub fn chat_train<B: TrainBackend>(
 ) -> Result<ChatTrainSummary, TrainError> {
     let args = &args.clone().resolve();
     // The source checkpoint (for config inheritance, and the weights of a fresh run).
-    let (src_model, src_meta, src_dir) = load_model::<B>(
+    let (src_model, src_meta, src_dir, tag) = load_source::<B>(
         &args.base_dir,
         args.source(),
         args.model_tag.as_deref(),
         args.model_step,
         device,
     )?;
-    let tag = src_dir
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "d0".into());
     let inh = inherit(&src_meta.metadata, args)?;
     let (b, t) = (inh.device_batch_size, inh.max_seq_len);
     if t > src_meta.model_config.sequence_len {

@@ -16,9 +16,9 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use indicatif::{ProgressBar, ProgressStyle};
 use nanochat_core::checkpoint_manager::{self as files, optim_file_name};
 use nanochat_core::fs::IoError;
-use nanochat_core::{CheckpointMeta, CheckpointMetadata};
+use nanochat_core::{CheckpointMeta, CheckpointMetadata, Source};
 use nanochat_model::Gpt;
-use nanochat_model::checkpoint::{load_checkpoint, save_checkpoint};
+use nanochat_model::checkpoint::{load_checkpoint, load_model, save_checkpoint};
 use nanochat_model::weights::{read_safetensors, to_safetensors};
 use serde::Serialize;
 
@@ -227,6 +227,22 @@ pub fn load_optimizer_state<B: Backend>(
     let bytes = files::read_file(dir, meta, &name)?;
     opt.load_state_tensors(read_safetensors(&bytes, "", &dir.join(&name))?, device)?;
     Ok(())
+}
+
+/// The checkpoint a post-training stage starts from (`base_dir`'s `source` checkpoints, tag and
+/// step by default the largest and the last): model, meta, folder and tag.
+pub fn load_source<B: Backend>(
+    base_dir: &Path,
+    source: Source,
+    model_tag: Option<&str>,
+    step: Option<u64>,
+    device: &B::Device,
+) -> Result<(Gpt<B>, CheckpointMeta, PathBuf, String), TrainError> {
+    let (model, meta, dir) = load_model::<B>(base_dir, source, model_tag, step, device)?;
+    let tag = dir
+        .file_name()
+        .map_or_else(|| "d0".into(), |s| s.to_string_lossy().into_owned());
+    Ok((model, meta, dir, tag))
 }
 
 /// The model a post-training stage starts from: its own checkpoint at `resume_from_step` in

@@ -16,6 +16,8 @@ use nanochat_core::{CheckpointMetadata, TrainingConfiguration};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::chat_loader::ChatLoaderState;
+use crate::dataloader::LoaderState;
 use crate::error::TrainError;
 
 /// The batch and configuration of a run: written by every stage, inherited by the next one
@@ -37,38 +39,37 @@ pub struct RunMeta {
 }
 
 impl RunMeta {
-    /// What `meta` holds of a run (what it lacks reads as `None`; a `user_config` that does not
-    /// parse reads as the defaults, as upstream's scripts tolerate older checkpoints).
+    /// What `meta` holds of a run (what it lacks reads as `None`, a meta that does not parse
+    /// as the defaults: upstream's scripts tolerate older checkpoints the same way).
     pub fn of(meta: &CheckpointMetadata) -> Self {
-        let get = |k: &str| meta.extra.get(k).cloned();
-        RunMeta {
-            user_config: get("user_config")
-                .and_then(|v| serde_json::from_value(v).ok())
-                .unwrap_or_default(),
-            device_batch_size: get("device_batch_size")
-                .and_then(|v| v.as_u64())
-                .map(|v| v as usize),
-            max_seq_len: get("max_seq_len")
-                .and_then(|v| v.as_u64())
-                .map(|v| v as usize),
-            total_batch_size: get("total_batch_size").and_then(|v| v.as_u64()),
-        }
+        let fields = meta.extra.clone().into_iter().collect();
+        serde_json::from_value(serde_json::Value::Object(fields)).unwrap_or_default()
     }
 }
 
-/// The pretraining configuration stored in a checkpoint's meta (`user_config`), with the
-/// given learning rates overriding its own and weight decay off, as post-training uses it.
-pub fn inherited_config(
-    meta: &CheckpointMetadata,
-    embedding_lr: Option<f64>,
-    unembedding_lr: Option<f64>,
-    matrix_lr: Option<f64>,
-) -> TrainingConfiguration {
+/// The learning rates a post-training stage may set instead of inheriting its source's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct LrOverrides {
+    /// Embedding learning rate (default: the source's).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub embedding_lr: Option<f64>,
+    /// lm_head learning rate (default: the source's).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub unembedding_lr: Option<f64>,
+    /// Muon learning rate (default: the source's).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub matrix_lr: Option<f64>,
+}
+
+/// The pretraining configuration stored in a checkpoint's meta (`user_config`), with `lrs`
+/// overriding its learning rates and weight decay off, as post-training uses it.
+pub fn inherited_config(meta: &CheckpointMetadata, lrs: &LrOverrides) -> TrainingConfiguration {
     let mut cfg = RunMeta::of(meta).user_config;
     let o = &mut cfg.optimizer;
-    o.embedding_lr = embedding_lr.unwrap_or(o.embedding_lr);
-    o.unembedding_lr = unembedding_lr.unwrap_or(o.unembedding_lr);
-    o.matrix_lr = matrix_lr.unwrap_or(o.matrix_lr);
+    o.embedding_lr = lrs.embedding_lr.unwrap_or(o.embedding_lr);
+    o.unembedding_lr = lrs.unembedding_lr.unwrap_or(o.unembedding_lr);
+    o.matrix_lr = lrs.matrix_lr.unwrap_or(o.matrix_lr);
     o.weight_decay = 0.0;
     cfg
 }
@@ -80,6 +81,16 @@ pub trait RankStateKeys {
     const ONE: &'static str;
     /// Every rank's state, in rank order.
     const ALL: &'static str;
+}
+
+impl RankStateKeys for LoaderState {
+    const ONE: &'static str = "dataloader_state_dict";
+    const ALL: &'static str = "dataloader_states";
+}
+
+impl RankStateKeys for ChatLoaderState {
+    const ONE: &'static str = "loader_state";
+    const ALL: &'static str = "loader_states";
 }
 
 /// Meta key: the ranks that wrote the checkpoint.
