@@ -10,15 +10,15 @@ use std::sync::Arc;
 
 use nanochat::core::paths::{eval_bundle_dir, pretrain_data_dir};
 use nanochat::core::{DeviceSpec, Source};
+use nanochat::data::dataloader::{BestFitLoader, LoaderOptions};
+use nanochat::data::dataset::{Split, list_parquet_files, split_files};
+use nanochat::eval::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 use nanochat::eval::{Bundle, evaluate_core_ranked};
 use nanochat::model::Gpt;
 use nanochat::model::checkpoint::load_model;
 use nanochat::model::distributed::{Rank, run_replicated};
 use nanochat::model::{BackendTask, dispatch};
 use nanochat::tokenizer::Tokenizer;
-use nanochat::tokenizer::dataset::{Split, list_parquet_files, split_files};
-use nanochat::train::dataloader::{BestFitLoader, LoaderOptions};
-use nanochat::train::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 
 /// Flags of `base-eval`.
 #[derive(clap::Args, Debug, Clone)]

@@ -13,13 +13,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use nanochat_data::py_random::PyRandom;
 use nanochat_model::Gpt;
 use nanochat_model::distributed::Rank;
 use nanochat_tokenizer::Tokenizer;
 use serde::Serialize;
 
 use crate::core_eval::{CoreError, TaskMeta, TaskType, centered, evaluate_example};
-use crate::py_random::PyRandom;
 
 /// Problems with the bundle.
 #[derive(Debug, thiserror::Error)]

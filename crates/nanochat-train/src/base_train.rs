@@ -22,18 +22,18 @@ use nanochat_core::checkpoint_manager::{checkpoint_dir, optim_file_name};
 use nanochat_core::{
     CheckpointMetadata, DistributedConfig, Source, TrainingConfiguration, Validate,
 };
+use nanochat_data::dataloader::{BestFitLoader, LoaderOptions, LoaderState};
+use nanochat_data::dataset::{Split, list_parquet_files, split_files};
+use nanochat_eval::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 use nanochat_model::checkpoint::{load_checkpoint, save_checkpoint};
 use nanochat_model::distributed::{Rank, run_replicated};
 use nanochat_model::weights::to_safetensors;
 use nanochat_model::{ComputeDtype, Gpt};
 use nanochat_tokenizer::Tokenizer;
-use nanochat_tokenizer::dataset::{Split, list_parquet_files, split_files};
 use serde::{Deserialize, Serialize};
 
 use crate::data_parallel::{BASE_KEYS, gather_states, loader_state_fields, rank_state, train_step};
-use crate::dataloader::{BestFitLoader, LoaderOptions, LoaderState};
 use crate::error::TrainError;
-use crate::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
 use crate::run_files::{
     STEPS_TEMPLATE, load_optimizer_state, meta_field, meta_json, open_metrics, progress_bar,

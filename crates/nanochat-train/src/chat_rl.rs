@@ -22,7 +22,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Tensor, TensorData};
 use nanochat_core::checkpoint_manager::{checkpoint_dir, optim_file_name};
 use nanochat_core::{CheckpointMetadata, GenerationParams, Source};
-use nanochat_eval::tasks::{Gsm8k, Task};
+use nanochat_data::tasks::{Gsm8k, Task};
 use nanochat_infer::Engine;
 use nanochat_model::checkpoint::{load_model, save_checkpoint};
 use nanochat_model::distributed::{Rank, run_replicated};

@@ -3,7 +3,7 @@
 //!
 //! Both stages load a checkpoint (mid: base; SFT: mid, else base), **inherit** its sequence
 //! length, device batch, total batch and learning rates from the checkpoint's meta (flags
-//! override), and train one epoch of a [`TaskMixture`](nanochat_eval::TaskMixture) packed by the [`ChatLoader`]:
+//! override), and train one epoch of a [`TaskMixture`](nanochat_data::TaskMixture) packed by the [`ChatLoader`]:
 //! - **mid**: crop packing, all tokens trained; LR multiplier 1 for 80 % of the epoch, then
 //!   linear to 0; writes `mid_checkpoints/<tag>/`;
 //! - **SFT**: pad packing with assistant-only targets; LR multiplier `init_lr_frac` (0.8),
@@ -28,8 +28,10 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::ElementConversion;
 use nanochat_core::checkpoint_manager::{checkpoint_dir, optim_file_name};
 use nanochat_core::{CheckpointMetadata, OptimizerConfig};
+use nanochat_data::chat_loader::{ChatBatch, ChatLoader, ChatLoaderState, PackMode};
+use nanochat_data::tasks::{TaskSplit, build_mixture};
 use nanochat_eval::chat_eval::{ChatEvalOptions, load_tasks, run_chat_eval};
-use nanochat_eval::tasks::TaskSplit;
+use nanochat_eval::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 use nanochat_infer::Engine;
 use nanochat_model::checkpoint::{load_model, save_checkpoint};
 use nanochat_model::distributed::{Rank, run_replicated};
@@ -38,12 +40,10 @@ use nanochat_model::{ComputeDtype, Gpt, Reduction};
 use nanochat_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 
-pub use crate::chat_args::{ChatStage, ChatTrainArgs, build_mixture, lr_multiplier};
+pub use crate::chat_args::{ChatStage, ChatTrainArgs, lr_multiplier};
 use crate::chat_args::{Inherited, inherit};
-use crate::chat_loader::{ChatBatch, ChatLoader, ChatLoaderState, PackMode};
 use crate::data_parallel::{CHAT_KEYS, gather_states, loader_state_fields, rank_state};
 use crate::error::TrainError;
-use crate::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
 use crate::run_files::{
     load_optimizer_state, meta_field, meta_json, open_metrics, progress_bar, resume_or_source,
@@ -215,7 +215,7 @@ struct ChatRun<'a> {
     grad_accum: u64,
     dir: PathBuf,
     tag: String,
-    mixture: nanochat_eval::TaskMixture,
+    mixture: nanochat_data::TaskMixture,
     lrs: GroupLrs,
     optimizer: OptimizerConfig,
     src_meta: nanochat_core::CheckpointMeta,

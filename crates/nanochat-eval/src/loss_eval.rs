@@ -106,13 +106,13 @@ pub fn reduce_bpb<B: FusedOps>(
 /// `train` batches (add-one smoothing; targets `row[1..]`; 0-byte tokens not counted). A model
 /// that has learned anything beyond token frequencies scores below it.
 pub fn unigram_bpb<E>(
-    train: impl IntoIterator<Item = Result<crate::dataloader::Batch, E>>,
-    val: impl IntoIterator<Item = Result<crate::dataloader::Batch, E>>,
+    train: impl IntoIterator<Item = Result<nanochat_data::dataloader::Batch, E>>,
+    val: impl IntoIterator<Item = Result<nanochat_data::dataloader::Batch, E>>,
     token_bytes: &[u32],
 ) -> Result<f64, E> {
     let vocab = token_bytes.len();
     let mut counts = vec![1u64; vocab];
-    let targets = |b: &crate::dataloader::Batch| {
+    let targets = |b: &nanochat_data::dataloader::Batch| {
         let t = b.seq_len;
         b.rows
             .chunks(t + 1)

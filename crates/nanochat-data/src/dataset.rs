@@ -1,9 +1,8 @@
 //! Pretraining shards on disk (upstream `nanochat/dataset.py`): a folder of parquet files
 //! `shard_00000.parquet …` with a `text` column, read one row group at a time. The last shard
 //! is the validation split, all others are train.
-//!
-//! This lives in the tokenizer crate because tokenizer training is the first reader; the
-//! training crate's data loader reads shards through the same functions.
+//! Tokenizer training, the best-fit loader ([`crate::dataloader`]), `tok-eval` and `base-eval`
+//! read shards through these functions; [`download`] fetches them.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -11,6 +10,8 @@ use std::path::{Path, PathBuf};
 use arrow_array::{Array, LargeStringArray, StringArray, StringViewArray};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+pub mod download;
 
 /// Errors reading shards; each names the file.
 #[derive(Debug, thiserror::Error)]
