@@ -21,7 +21,6 @@ pub mod execution;
 pub mod py_random;
 pub mod tasks;
 
-pub use dataset::DataError;
 pub use execution::{ExecutionResult, Sandbox, SandboxLimits};
 pub use tasks::{Task, TaskMixture, TaskSpec};
 

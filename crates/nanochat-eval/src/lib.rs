@@ -18,7 +18,9 @@ pub mod loss_eval;
 pub mod plot;
 pub mod report;
 
-pub use base_eval::{Bundle, CoreResult, evaluate_core, evaluate_core_ranked};
+pub use base_eval::{
+    BaseEvalOptions, BaseEvalReport, Bundle, CoreResult, evaluate_base, evaluate_core,
+};
 pub use chat_eval::{ChatEvalOptions, TaskOutcome, run_chat_eval};
 pub use report::Report;
 

@@ -15,6 +15,8 @@ use chrono::{DateTime, Utc};
 use nanochat_core::fs::{IoError, write_atomic};
 use serde_json::Value;
 
+use crate::base_eval::BaseEvalReport;
+
 /// Sections in pipeline order (upstream's names).
 pub const SECTIONS: [&str; 11] = [
     "tokenizer-training",
@@ -214,7 +216,11 @@ impl Report {
     }
 
     /// Writes section `slug` with `entries` (replacing an earlier one).
-    pub fn log(&self, slug: &str, entries: &[(&str, Value)]) -> Result<PathBuf, IoError> {
+    pub fn log(
+        &self,
+        slug: &str,
+        entries: &[(impl AsRef<str>, Value)],
+    ) -> Result<PathBuf, IoError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| IoError::new("create", &self.dir, e))?;
         let mut s = format!(
             "## {}\ntimestamp: {}\n\n",
@@ -222,6 +228,7 @@ impl Report {
             Utc::now().to_rfc3339()
         );
         for (k, v) in entries {
+            let k = k.as_ref();
             match v {
                 Value::String(p) if p.ends_with(".png") => {
                     let _ = writeln!(s, "\n![{k}]({p})\n");
@@ -235,6 +242,26 @@ impl Report {
         let path = self.section_path(slug);
         write_atomic(&path, s.as_bytes())?;
         Ok(path)
+    }
+
+    /// Writes the `base-model-evaluation` section of a [`BaseEvalReport`]: bits per byte, CORE
+    /// (under its label), GPT-2 on the same tasks, and each task's centered accuracy.
+    pub fn log_base_eval(&self, r: &BaseEvalReport) -> Result<PathBuf, IoError> {
+        let mut entries: Vec<(String, Value)> =
+            [("train_bpb", r.train_bpb), ("val_bpb", r.val_bpb)]
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.to_string(), v?.into())))
+                .collect();
+        if let Some(core) = &r.core {
+            entries.push((core.label.clone(), core.core_metric.into()));
+            if let Some(g) = core.gpt2_same_tasks {
+                entries.push(("GPT-2 124M on the same tasks".into(), g.into()));
+            }
+            for t in &core.tasks {
+                entries.push((format!("centered {}", t.label), t.centered.into()));
+            }
+        }
+        self.log("base-model-evaluation", &entries)
     }
 
     /// The key-values of a logged section, if it exists.

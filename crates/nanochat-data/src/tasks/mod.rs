@@ -55,17 +55,9 @@ pub enum TaskError {
     /// An unknown task name.
     #[error("unknown task `{0}` (known: {known})", known = TaskSpec::KNOWN.join(", "))]
     Unknown(String),
-    /// A `--mixture` entry that cannot be read.
-    #[error("mixture entry `{entry}`: {reason}")]
-    MixtureEntry {
-        /// The entry.
-        entry: String,
-        /// What is wrong.
-        reason: &'static str,
-    },
-    /// A mixture without tasks.
-    #[error("the mixture is empty")]
-    EmptyMixture,
+    /// A `--mixture` that cannot be built (the entry and the reason, or no tasks).
+    #[error("{0}")]
+    Mixture(String),
     /// A data set that is empty or missing files.
     #[error("{path}: {reason}")]
     Missing {
@@ -326,10 +318,7 @@ pub fn build_mixture(
 ) -> Result<TaskMixture, TaskError> {
     let mut tasks: Vec<Arc<dyn Task>> = Vec::new();
     for e in entries {
-        let bad = |reason| TaskError::MixtureEntry {
-            entry: e.clone(),
-            reason,
-        };
+        let bad = |why: &str| TaskError::Mixture(format!("mixture entry `{e}`: {why}"));
         let (spec, times) = match e.rsplit_once('*') {
             Some((s, k)) => (
                 s,
@@ -360,9 +349,22 @@ pub fn build_mixture(
         }
     }
     if tasks.is_empty() {
-        return Err(TaskError::EmptyMixture);
+        return Err(TaskError::Mixture("the mixture is empty".into()));
     }
     Ok(TaskMixture::new(tasks, seed))
+}
+
+/// The non-blank lines of the JSONL `text` read from `path`, parsed, with their 0-based indexes.
+pub(crate) fn jsonl<'a, T: serde::de::DeserializeOwned>(
+    path: &'a Path,
+    text: &'a str,
+) -> impl Iterator<Item = Result<(usize, T), TaskError>> + 'a {
+    let lines = text.lines().enumerate();
+    let lines = lines.filter(|(_, l)| !l.trim().is_empty());
+    lines.map(move |(i, l)| {
+        let bad = |e: serde_json::Error| TaskError::parse(path, i + 1, format!("bad JSON: {e}"));
+        serde_json::from_str(l).map(|r| (i, r)).map_err(bad)
+    })
 }
 
 pub(crate) fn read_text(path: &Path) -> Result<String, TaskError> {
