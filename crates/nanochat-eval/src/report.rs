@@ -386,4 +386,47 @@ mod tests {
         assert!(text.contains("Total wall clock time: 0h0m"));
         assert!(dir.path().join("report/report.md").exists());
     }
+
+    #[test]
+    fn base_eval_report_saves_and_logs_its_fields() {
+        use crate::base_eval::{CoreResult, TaskScore};
+        let dir = tempfile::tempdir().unwrap();
+        let task = TaskScore {
+            label: "hellaswag".into(),
+            examples: 10,
+            accuracy: 0.3,
+            centered: 0.1,
+            seconds: 1.0,
+        };
+        let core = CoreResult {
+            label: "CORE-18".into(),
+            core_metric: 0.0123,
+            tasks: vec![task],
+            skipped: vec!["jeopardy".into()],
+            gpt2_same_tasks: Some(0.12),
+        };
+        let r = BaseEvalReport {
+            checkpoint: dir.path().join("d4"),
+            core: Some(core),
+            step: 7,
+            train_bpb: Some(1.5),
+            val_bpb: None,
+        };
+        let path = r.save(dir.path()).unwrap();
+        assert!(
+            path.ends_with("base_eval/d4_000007.json"),
+            "{}",
+            path.display()
+        );
+        let back: BaseEvalReport = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(back, r);
+        let report = Report::new(dir.path());
+        report.log_base_eval(&r).unwrap();
+        let s = report.section("base-model-evaluation").unwrap();
+        assert_eq!(s["train_bpb"], "1.5000");
+        assert_eq!(s["CORE-18"], "0.0123");
+        assert_eq!(s["GPT-2 124M on the same tasks"], "0.1200");
+        assert_eq!(s["centered hellaswag"], "0.1000");
+        assert!(!s.contains_key("val_bpb"));
+    }
 }
