@@ -1,7 +1,8 @@
 //! Pretraining shards on disk (upstream `nanochat/dataset.py`): a folder of parquet files
 //! `shard_00000.parquet …` with a `text` column, read one row group at a time. The last shard
 //! is the validation split, all others are train.
-//! Tokenizer training, the best-fit loader ([`crate::dataloader`]), `tok-eval` and `base-eval`
+//!
+//! Tokenizer training, the best-fit loader (`dataloader`), `tok-eval` and `base-eval`
 //! read shards through these functions; [`download`] fetches them.
 
 use std::fs::File;
