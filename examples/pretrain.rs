@@ -14,12 +14,12 @@ use anyhow::Context;
 
 use nanochat::core::paths::{base_dir, pretrain_data_dir, tokenizer_dir};
 use nanochat::core::{LRSchedule, TrainingConfiguration};
+use nanochat::data::dataloader::{BestFitLoader, LoaderOptions};
+use nanochat::data::dataset::{Split, list_parquet_files, split_files};
+use nanochat::eval::loss_eval::unigram_bpb;
 use nanochat::model::ComputeDtype;
 use nanochat::model::backend::CpuBackend;
 use nanochat::tokenizer::Tokenizer;
-use nanochat::tokenizer::dataset::{Split, list_parquet_files, split_files};
-use nanochat::train::dataloader::{BestFitLoader, LoaderOptions};
-use nanochat::train::loss_eval::unigram_bpb;
 use nanochat::train::{BaseTrainArgs, base_train};
 
 fn main() -> anyhow::Result<()> {

@@ -8,7 +8,7 @@
 //! Saves nothing: `nanochat tok-train` is the command that writes `$NANOCHAT_BASE_DIR/tokenizer`.
 
 use nanochat::core::paths::pretrain_data_dir;
-use nanochat::tokenizer::dataset::{iter_batches, list_parquet_files};
+use nanochat::data::dataset::{iter_batches, list_parquet_files};
 use nanochat::tokenizer::tok_eval::{EvalText, evaluate, format_table};
 use nanochat::tokenizer::tok_train::{TokTrainOptions, train_tokenizer};
 

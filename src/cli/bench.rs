@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use nanochat::core::paths::{pretrain_data_dir, tokenizer_dir};
+use nanochat::data::dataset::{Split, iter_batches, list_parquet_files, split_files};
 use nanochat::tokenizer::Tokenizer;
-use nanochat::tokenizer::dataset::{Split, iter_batches, list_parquet_files, split_files};
 
 /// Flags of `bench`.
 #[derive(clap::Args, Debug)]

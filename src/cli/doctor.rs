@@ -8,8 +8,8 @@ use std::path::Path;
 use nanochat::core::Source;
 use nanochat::core::checkpoint_manager::{list_steps, load_meta};
 use nanochat::core::paths::{eval_bundle_dir, pretrain_data_dir, tokenizer_dir};
+use nanochat::data::dataset::list_parquet_files;
 use nanochat::tokenizer::Tokenizer;
-use nanochat::tokenizer::dataset::list_parquet_files;
 
 fn line(ok: bool, what: &str, detail: impl std::fmt::Display) {
     println!(
@@ -185,7 +185,7 @@ pub fn run(base: &Path) -> anyhow::Result<()> {
             )
         },
     );
-    match nanochat::eval::Sandbox::new(nanochat::eval::SandboxLimits::default()) {
+    match nanochat::data::Sandbox::new(nanochat::data::SandboxLimits::default()) {
         Ok(sb) => line(true, "code sandbox", format!("python3, {}", sb.isolation())),
         Err(e) => line(false, "code sandbox", format!("{e} — HumanEval cannot run")),
     }

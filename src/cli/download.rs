@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nanochat::train::download::{DownloadOptions, ShardSource, download_shards};
+use nanochat::data::dataset::download::{DownloadOptions, ShardSource, download_shards};
 
 /// Flags of `download`.
 #[derive(clap::Args, Debug)]

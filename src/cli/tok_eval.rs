@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use nanochat::core::paths::{pretrain_data_dir, tokenizer_dir};
+use nanochat::data::dataset::{Shard, Split, iter_batches, list_parquet_files, split_files};
 use nanochat::tokenizer::Tokenizer;
-use nanochat::tokenizer::dataset::{Shard, Split, iter_batches, list_parquet_files, split_files};
 use nanochat::tokenizer::tok_eval::{EvalText, evaluate, format_table, sample_texts};
 
 /// Flags of `tok-eval`.

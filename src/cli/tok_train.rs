@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use nanochat::core::paths::{pretrain_data_dir, tokenizer_dir};
-use nanochat::tokenizer::dataset::{Split, iter_batches, list_parquet_files, split_files};
+use nanochat::data::dataset::{Split, iter_batches, list_parquet_files, split_files};
 use nanochat::tokenizer::tok_train::{TokTrainOptions, train_tokenizer};
 
 /// Flags of `tok-train`.

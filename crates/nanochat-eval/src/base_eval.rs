@@ -7,23 +7,32 @@
 //! Tasks whose data file is absent are skipped and named; the score is then labelled
 //! `CORE-N` (N tasks) and compared with GPT-2's centered scores on the same N tasks, read from
 //! the bundle's `openai-community-gpt2*.csv` reference files.
+//!
+//! [`evaluate_base`] is the whole of `scripts/base_eval.py`: bits per byte on the train and
+//! validation shards, then CORE, into a [`BaseEvalReport`] saved as
+//! `<base>/base_eval/<tag>_<step>.json` and logged to the report card.
 
 use nanochat_model::FusedOps;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
+use nanochat_core::fs::{IoError, write_atomic};
+use nanochat_data::dataloader::{BestFitLoader, LoaderError, LoaderOptions};
+use nanochat_data::dataset::{DataError, Split, list_parquet_files, split_files};
+use nanochat_data::py_random::PyRandom;
 use nanochat_model::Gpt;
-use nanochat_model::distributed::Rank;
+use nanochat_model::distributed::{DistError, Rank};
 use nanochat_tokenizer::Tokenizer;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::core_eval::{CoreError, TaskMeta, TaskType, centered, evaluate_example};
-use crate::py_random::PyRandom;
+use crate::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 
-/// Problems with the bundle.
+/// Why a base evaluation stopped: the bundle, an example, the shards or a rank.
 #[derive(Debug, thiserror::Error)]
-pub enum BundleError {
+pub enum BaseEvalError {
     /// A file cannot be read.
     #[error("{path}: {reason}")]
     File {
@@ -34,7 +43,13 @@ pub enum BundleError {
     },
     /// A reduction across data-parallel ranks failed.
     #[error(transparent)]
-    Dist(#[from] nanochat_model::distributed::DistError),
+    Dist(#[from] DistError),
+    /// The shards cannot be listed.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The shards cannot be loaded.
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
     /// An example is malformed.
     #[error("task {task}: {source}")]
     Example {
@@ -46,8 +61,8 @@ pub enum BundleError {
     },
 }
 
-fn file_err(path: &Path, reason: impl ToString) -> BundleError {
-    BundleError::File {
+fn file_err(path: &Path, reason: impl ToString) -> BaseEvalError {
+    BaseEvalError::File {
         path: path.to_path_buf(),
         reason: reason.to_string(),
     }
@@ -77,7 +92,7 @@ pub struct Bundle {
 
 impl Bundle {
     /// Reads `core.yaml` and `eval_meta_data.csv` from `dir`.
-    pub fn open(dir: &Path) -> Result<Self, BundleError> {
+    pub fn open(dir: &Path) -> Result<Self, BaseEvalError> {
         let yaml_path = dir.join("core.yaml");
         let text = std::fs::read_to_string(&yaml_path).map_err(|e| file_err(&yaml_path, e))?;
         let docs =
@@ -157,7 +172,7 @@ impl Bundle {
         &self,
         task: &BundleTask,
         max_per_task: Option<usize>,
-    ) -> Result<Vec<serde_json::Value>, BundleError> {
+    ) -> Result<Vec<serde_json::Value>, BaseEvalError> {
         let path = self.data_path(task);
         let text = std::fs::read_to_string(&path).map_err(|e| file_err(&path, e))?;
         let mut data = text
@@ -177,7 +192,7 @@ impl Bundle {
     }
 
     /// GPT-2's centered score per task from `openai-community-<model>.csv`.
-    pub fn reference(&self, model: &str) -> Result<BTreeMap<String, f64>, BundleError> {
+    pub fn reference(&self, model: &str) -> Result<BTreeMap<String, f64>, BaseEvalError> {
         let path = self.dir.join(format!("openai-community-{model}.csv"));
         let mut reader = csv::ReaderBuilder::new()
             .trim(csv::Trim::All)
@@ -197,7 +212,7 @@ impl Bundle {
 }
 
 /// One task's score.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskScore {
     /// Label.
     pub label: String,
@@ -212,7 +227,7 @@ pub struct TaskScore {
 }
 
 /// The CORE result.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CoreResult {
     /// `CORE` when all tasks ran, else `CORE-N`.
     pub label: String,
@@ -226,30 +241,18 @@ pub struct CoreResult {
     pub gpt2_same_tasks: Option<f64>,
 }
 
-/// Evaluates CORE on every task whose data is present (upstream `evaluate_core`). `progress`
-/// is called after each task.
-pub fn evaluate_core<B: FusedOps>(
-    model: &Gpt<B>,
-    tokenizer: &Tokenizer,
-    bundle: &Bundle,
-    max_per_task: Option<usize>,
-    progress: impl FnMut(&TaskScore),
-) -> Result<CoreResult, BundleError> {
-    let rank = Rank::single(model.device());
-    evaluate_core_ranked(model, tokenizer, bundle, max_per_task, &rank, progress)
-}
-
-/// [`evaluate_core`] on one data-parallel rank: it scores examples `rank, rank + world, …` of
+/// Evaluates CORE on every task whose data is present (upstream `evaluate_core`) on one
+/// data-parallel rank (`Rank::single` alone): it scores examples `rank, rank + world, …` of
 /// each task and the correct counts are summed over the ranks (upstream's strided examples
-/// and `all_reduce`). Every rank returns the same result.
-pub fn evaluate_core_ranked<B: FusedOps>(
+/// and `all_reduce`). Every rank returns the same result. `progress` is called after each task.
+pub fn evaluate_core<B: FusedOps>(
     model: &Gpt<B>,
     tokenizer: &Tokenizer,
     bundle: &Bundle,
     max_per_task: Option<usize>,
     rank: &Rank<B>,
     mut progress: impl FnMut(&TaskScore),
-) -> Result<CoreResult, BundleError> {
+) -> Result<CoreResult, BaseEvalError> {
     let mut tasks = Vec::new();
     let mut skipped = Vec::new();
     for task in &bundle.tasks {
@@ -272,7 +275,7 @@ pub fn evaluate_core_ranked<B: FusedOps>(
         for idx in (rank.rank..n).step_by(rank.world_size) {
             let r =
                 evaluate_example(idx, model, tokenizer, data, &task.meta).map_err(|source| {
-                    BundleError::Example {
+                    BaseEvalError::Example {
                         task: task.label.clone(),
                         source,
                     }
@@ -313,4 +316,123 @@ pub fn evaluate_core_ranked<B: FusedOps>(
         skipped,
         gpt2_same_tasks,
     })
+}
+
+/// What [`evaluate_base`] measures (upstream `base_eval.py`'s flags).
+#[derive(Debug, Clone)]
+pub struct BaseEvalOptions {
+    /// Run CORE over the bundle.
+    pub core: bool,
+    /// Measure bits per byte on the train and validation shards.
+    pub bpb: bool,
+    /// Examples per CORE task (`None`: all).
+    pub max_per_task: Option<usize>,
+    /// Tokens per split for bits per byte.
+    pub split_tokens: u64,
+    /// Rows per batch for bits per byte.
+    pub device_batch_size: usize,
+    /// The CORE eval bundle.
+    pub bundle_dir: PathBuf,
+    /// The pretraining shards.
+    pub data_dir: PathBuf,
+}
+
+/// What a base model scored, as saved in `<base>/base_eval/<tag>_<step>.json` (fields in the
+/// file's key order).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BaseEvalReport {
+    /// The checkpoint folder.
+    pub checkpoint: PathBuf,
+    /// CORE, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub core: Option<CoreResult>,
+    /// The checkpoint's step.
+    pub step: u64,
+    /// Bits per byte on the train shards, when measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_bpb: Option<f64>,
+    /// Bits per byte on the validation shard, when measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_bpb: Option<f64>,
+}
+
+impl BaseEvalReport {
+    /// Writes `<base_dir>/base_eval/<tag>_<step:06>.json` (tag: the checkpoint folder's name)
+    /// and returns its path.
+    pub fn save(&self, base_dir: &Path) -> Result<PathBuf, IoError> {
+        let tag = self
+            .checkpoint
+            .file_name()
+            .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+        let dir = base_dir.join("base_eval");
+        let path = dir.join(format!("{tag}_{:06}.json", self.step));
+        std::fs::create_dir_all(&dir).map_err(|e| IoError::new("create", &dir, e))?;
+        let json = serde_json::to_string_pretty(self)
+            .map_err(|e| IoError::new("serialise", &path, e.into()))?;
+        write_atomic(&path, json.as_bytes())?;
+        Ok(path)
+    }
+}
+
+/// Upstream `scripts/base_eval.py` on one data-parallel rank (every rank returns the same
+/// report): bits per byte on the train and validation splits (each rank reads its stride of
+/// the row groups), then CORE ([`evaluate_core`]). `say` receives the progress lines on
+/// the master rank.
+pub fn evaluate_base<B: FusedOps>(
+    model: &Gpt<B>,
+    tokenizer: &Arc<Tokenizer>,
+    opts: &BaseEvalOptions,
+    rank: &Rank<B>,
+    checkpoint: &Path,
+    step: u64,
+    say: impl Fn(&str),
+) -> Result<BaseEvalReport, BaseEvalError> {
+    let say = |line: String| {
+        if rank.is_master() {
+            say(&line);
+        }
+    };
+    let mut report = BaseEvalReport {
+        checkpoint: checkpoint.to_path_buf(),
+        step,
+        ..Default::default()
+    };
+    if opts.bpb {
+        let shards = list_parquet_files(&opts.data_dir)?;
+        let (device, t) = (rank.device.clone(), model.config().sequence_len);
+        let per_step = (opts.device_batch_size * t * rank.world_size) as u64;
+        let steps = (opts.split_tokens / per_step).max(1) as usize;
+        let tb = token_bytes_tensor::<B>(&tokenizer.token_bytes(), &device);
+        let mut lo = LoaderOptions::new(opts.device_batch_size, t);
+        (lo.rank, lo.world_size) = (rank.rank, rank.world_size);
+        for (name, split) in [("train", Split::Train), ("val", Split::Val)] {
+            let files = split_files(&shards, split).to_vec();
+            let loader = BestFitLoader::new(files, tokenizer.clone(), lo.clone(), None)?;
+            let batches = loader.map(|b| b.map(|b| b.to_tensors::<B>(&device)));
+            let bpb = reduce_bpb(rank, evaluate_bpb_sums(model, batches, steps, &tb)?)?.bpb();
+            say(format!("{name} bpb: {bpb:.6}"));
+            match split {
+                Split::Train => report.train_bpb = Some(bpb),
+                Split::Val => report.val_bpb = Some(bpb),
+            }
+        }
+    }
+    if opts.core {
+        let bundle = Bundle::open(&opts.bundle_dir)?;
+        let r = evaluate_core(model, tokenizer, &bundle, opts.max_per_task, rank, |t| {
+            say(format!(
+                "{:<34} accuracy {:.4} | centered {:+.4} | {} examples | {:.1}s",
+                t.label, t.accuracy, t.centered, t.examples, t.seconds
+            ))
+        })?;
+        if !r.skipped.is_empty() {
+            say(format!("skipped (data absent): {}", r.skipped.join(", ")));
+        }
+        let gpt2 = r.gpt2_same_tasks.map_or(String::new(), |g| {
+            format!(" (GPT-2 124M on the same tasks: {g:.4})")
+        });
+        say(format!("{}: {:.4}{gpt2}", r.label, r.core_metric));
+        report.core = Some(r);
+    }
+    Ok(report)
 }

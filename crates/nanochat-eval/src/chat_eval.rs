@@ -20,11 +20,10 @@ use std::time::Instant;
 use burn::tensor::{Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use nanochat_core::{EvaluationResult, GenerationParams, Validate, ValidationError};
+use nanochat_data::tasks::{EvalKind, Task, TaskError, TaskSpec, TaskSplit};
 use nanochat_infer::{Engine, EngineError};
 use nanochat_model::distributed::Rank;
 use nanochat_tokenizer::TokenizerError;
-
-use crate::tasks::{EvalKind, Task, TaskError, TaskSpec, TaskSplit};
 
 /// Why a chat evaluation failed.
 #[derive(Debug, thiserror::Error)]

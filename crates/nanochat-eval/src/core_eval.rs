@@ -9,12 +9,11 @@
 
 use burn::tensor::{Int, Tensor, TensorData};
 use minijinja::{Environment, Value, context};
+use nanochat_data::py_random::PyRandom;
 use nanochat_model::FusedOps;
 use nanochat_model::{Gpt, Reduction};
 use nanochat_tokenizer::Tokenizer;
 use serde_json::Value as Json;
-
-use crate::py_random::PyRandom;
 
 /// The three CORE task types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

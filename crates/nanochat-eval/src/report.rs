@@ -15,6 +15,8 @@ use chrono::{DateTime, Utc};
 use nanochat_core::fs::{IoError, write_atomic};
 use serde_json::Value;
 
+use crate::base_eval::BaseEvalReport;
+
 /// Sections in pipeline order (upstream's names).
 pub const SECTIONS: [&str; 11] = [
     "tokenizer-training",
@@ -214,7 +216,11 @@ impl Report {
     }
 
     /// Writes section `slug` with `entries` (replacing an earlier one).
-    pub fn log(&self, slug: &str, entries: &[(&str, Value)]) -> Result<PathBuf, IoError> {
+    pub fn log(
+        &self,
+        slug: &str,
+        entries: &[(impl AsRef<str>, Value)],
+    ) -> Result<PathBuf, IoError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| IoError::new("create", &self.dir, e))?;
         let mut s = format!(
             "## {}\ntimestamp: {}\n\n",
@@ -222,6 +228,7 @@ impl Report {
             Utc::now().to_rfc3339()
         );
         for (k, v) in entries {
+            let k = k.as_ref();
             match v {
                 Value::String(p) if p.ends_with(".png") => {
                     let _ = writeln!(s, "\n![{k}]({p})\n");
@@ -235,6 +242,26 @@ impl Report {
         let path = self.section_path(slug);
         write_atomic(&path, s.as_bytes())?;
         Ok(path)
+    }
+
+    /// Writes the `base-model-evaluation` section of a [`BaseEvalReport`]: bits per byte, CORE
+    /// (under its label), GPT-2 on the same tasks, and each task's centered accuracy.
+    pub fn log_base_eval(&self, r: &BaseEvalReport) -> Result<PathBuf, IoError> {
+        let mut entries: Vec<(String, Value)> =
+            [("train_bpb", r.train_bpb), ("val_bpb", r.val_bpb)]
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.to_string(), v?.into())))
+                .collect();
+        if let Some(core) = &r.core {
+            entries.push((core.label.clone(), core.core_metric.into()));
+            if let Some(g) = core.gpt2_same_tasks {
+                entries.push(("GPT-2 124M on the same tasks".into(), g.into()));
+            }
+            for t in &core.tasks {
+                entries.push((format!("centered {}", t.label), t.centered.into()));
+            }
+        }
+        self.log("base-model-evaluation", &entries)
     }
 
     /// The key-values of a logged section, if it exists.
@@ -358,5 +385,48 @@ mod tests {
         assert!(text.contains("![plot](x.png)"));
         assert!(text.contains("Total wall clock time: 0h0m"));
         assert!(dir.path().join("report/report.md").exists());
+    }
+
+    #[test]
+    fn base_eval_report_saves_and_logs_its_fields() {
+        use crate::base_eval::{CoreResult, TaskScore};
+        let dir = tempfile::tempdir().unwrap();
+        let task = TaskScore {
+            label: "hellaswag".into(),
+            examples: 10,
+            accuracy: 0.3,
+            centered: 0.1,
+            seconds: 1.0,
+        };
+        let core = CoreResult {
+            label: "CORE-18".into(),
+            core_metric: 0.0123,
+            tasks: vec![task],
+            skipped: vec!["jeopardy".into()],
+            gpt2_same_tasks: Some(0.12),
+        };
+        let r = BaseEvalReport {
+            checkpoint: dir.path().join("d4"),
+            core: Some(core),
+            step: 7,
+            train_bpb: Some(1.5),
+            val_bpb: None,
+        };
+        let path = r.save(dir.path()).unwrap();
+        assert!(
+            path.ends_with("base_eval/d4_000007.json"),
+            "{}",
+            path.display()
+        );
+        let back: BaseEvalReport = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(back, r);
+        let report = Report::new(dir.path());
+        report.log_base_eval(&r).unwrap();
+        let s = report.section("base-model-evaluation").unwrap();
+        assert_eq!(s["train_bpb"], "1.5000");
+        assert_eq!(s["CORE-18"], "0.0123");
+        assert_eq!(s["GPT-2 124M on the same tasks"], "0.1200");
+        assert_eq!(s["centered hellaswag"], "0.1000");
+        assert!(!s.contains_key("val_bpb"));
     }
 }

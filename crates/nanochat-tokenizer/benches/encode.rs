@@ -2,34 +2,39 @@
 //! (trained on the first train shard) vs GPT-2's and GPT-4's tiktoken-rs encoders, on the
 //! validation shard's documents.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use nanochat_core::paths::data_dir;
-use nanochat_tokenizer::dataset::{Split, iter_batches, list_parquet_files, split_files};
 use nanochat_tokenizer::pretokenize::Splitter;
 use nanochat_tokenizer::tok_train::{TokTrainOptions, train_tokenizer};
 use nanochat_tokenizer::{SPLIT_PATTERN, Tokenizer};
 
-fn docs(split: Split, max_chars: usize) -> Vec<String> {
-    let files =
-        list_parquet_files(&data_dir().join("pretrain")).expect("offline data (NANOCHAT_DATA_DIR)");
+/// Documents of the validation shard (the last) or the train shards, up to `max_chars`.
+fn docs(val: bool, max_chars: usize) -> Vec<String> {
+    let files = common::pretrain_shards();
+    let n = files.len();
+    let split = if val || n < 2 {
+        &files[n - 1..]
+    } else {
+        &files[..n - 1]
+    };
     let mut out = Vec::new();
-    let mut n = 0;
-    for b in iter_batches(split_files(&files, split), 0, 1) {
-        for d in b.expect("readable shard").texts {
-            n += d.len();
-            out.push(d);
-            if n > max_chars {
-                return out;
-            }
+    let mut chars = 0;
+    for d in split.iter().flat_map(|f| common::shard_docs(f)) {
+        chars += d.len();
+        out.push(d);
+        if chars > max_chars {
+            break;
         }
     }
     out
 }
 
 fn bench(c: &mut Criterion) {
-    let val = docs(Split::Val, 2_000_000);
+    let val = docs(true, 2_000_000);
     let bytes: usize = val.iter().map(String::len).sum();
-    let train = docs(Split::Train, 4_000_000);
+    let train = docs(false, 4_000_000);
     let opts = TokTrainOptions {
         vocab_size: 8192,
         ..Default::default()

@@ -11,7 +11,6 @@
 //! - [`chat`]: rendering conversations into ids and training masks;
 //! - [`stream`]: UTF-8-safe incremental decoding for streaming output;
 //! - [`tok_eval`]: compression against GPT-2 and GPT-4;
-//! - [`dataset`]: reading pretraining parquet shards;
 //! - [`pretokenize`]: the exact fast splitter for upstream's regex.
 //!
 //! ```
@@ -30,7 +29,6 @@
 
 pub mod bpe_train;
 pub mod chat;
-pub mod dataset;
 pub mod error;
 pub mod pickle;
 pub mod pretokenize;

@@ -1,11 +1,12 @@
 //! Parity with upstream (rustbpe 0.1.0 + tiktoken 0.14): the fixture's merges, encodings,
 //! rendered conversations and pickled tokenizer.
 
+mod common;
+
 use std::path::PathBuf;
 
 use nanochat_core::paths::{data_dir, tokenizer_fixture_dir};
 use nanochat_core::{Conversation, SpecialTokens, TokenizerConfig};
-use nanochat_tokenizer::dataset::{Shard, iter_batches};
 use nanochat_tokenizer::pickle::import_pickle;
 use nanochat_tokenizer::tok_train::{TokTrainOptions, train_tokenizer};
 use nanochat_tokenizer::tokenizer::read_tiktoken;
@@ -51,12 +52,7 @@ fn training_learns_the_fixture_merges() {
     let meta = meta();
     assert_eq!(meta["pattern"].as_str().unwrap(), SPLIT_PATTERN);
     let shard = data_dir().join("pretrain").join("shard_00000.parquet");
-    Shard::open(&shard).expect("offline data present (NANOCHAT_DATA_DIR)");
-    let files = [shard];
-    let docs = iter_batches(&files, 0, 1).flat_map(|b| match b {
-        Ok(b) => b.texts.into_iter().map(Ok).collect::<Vec<_>>(),
-        Err(e) => vec![Err(e)],
-    });
+    let docs = common::shard_docs(&shard).map(Ok::<_, String>);
     let opts = TokTrainOptions {
         max_chars: 4_000_000,
         doc_cap: 10_000,

@@ -21,17 +21,17 @@ use nanochat_core::checkpoint_manager::checkpoint_dir;
 use nanochat_core::{
     CheckpointMeta, CheckpointMetadata, DistributedConfig, Source, TrainingConfiguration, Validate,
 };
+use nanochat_data::dataloader::{BestFitLoader, LoaderOptions, LoaderState};
+use nanochat_data::dataset::{Split, list_parquet_files, split_files};
+use nanochat_eval::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 use nanochat_model::checkpoint::load_checkpoint;
 use nanochat_model::distributed::{Rank, run_replicated};
 use nanochat_model::{ComputeDtype, Gpt};
 use nanochat_tokenizer::Tokenizer;
-use nanochat_tokenizer::dataset::{Split, list_parquet_files, split_files};
 use serde::{Deserialize, Serialize};
 
 use crate::data_parallel::{gather_states, train_step};
-use crate::dataloader::{BestFitLoader, LoaderOptions, LoaderState};
 use crate::error::TrainError;
-use crate::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
 use crate::run::{Bar, Cadence, Run, debiased, load_optimizer_state, smooth_loss};
 use crate::schedule::RunPlan;

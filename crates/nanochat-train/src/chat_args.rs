@@ -1,12 +1,10 @@
 //! The settings of midtraining and SFT (upstream's flags of v0 `mid_train.py` and HEAD
-//! `chat_sft.py`), the mixture syntax of `--mixture`, and the LR schedule of both stages.
+//! `chat_sft.py`) and the LR schedule of both stages (`--mixture` entries are read by
+//! `nanochat_data::tasks::build_mixture`).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use nanochat_core::{CheckpointMetadata, Source, TrainingConfiguration};
-use nanochat_eval::TaskMixture;
-use nanochat_eval::tasks::{Conversations, Take, Task, TaskSpec, TaskSplit};
 use nanochat_model::ComputeDtype;
 use serde::{Deserialize, Serialize};
 
@@ -253,55 +251,6 @@ impl ChatTrainArgs {
             self.warmdown_ratio.unwrap_or(warmdown),
         )
     }
-}
-
-/// Builds a mixture from entries like `GSM8K*4`, `SpellingBee:2000` or `mine.jsonl`.
-pub fn build_mixture(
-    entries: &[String],
-    split: TaskSplit,
-    data_dir: &Path,
-    seed: u64,
-) -> Result<TaskMixture, TrainError> {
-    let mut tasks: Vec<Arc<dyn Task>> = Vec::new();
-    for e in entries {
-        let bad = |why: &str| TrainError::Data(format!("mixture entry `{e}`: {why}"));
-        let (spec, times) = match e.rsplit_once('*') {
-            Some((s, k)) => (
-                s,
-                k.parse::<usize>().map_err(|_| bad("`*k` needs a count"))?,
-            ),
-            None => (e.as_str(), 1),
-        };
-        let (name, size) = match spec.rsplit_once(':') {
-            Some((s, n)) if !s.ends_with(".jsonl") && n.chars().all(|c| c.is_ascii_digit()) => (
-                s,
-                Some(n.parse::<usize>().map_err(|_| bad("`:n` needs a size"))?),
-            ),
-            _ => (spec, None),
-        };
-        let task: Arc<dyn Task> = if name.ends_with(".jsonl") || name.ends_with(".jsonl.gz") {
-            Arc::new(
-                Conversations::jsonl(Path::new(name))
-                    .map_err(|e| TrainError::Data(e.to_string()))?,
-            )
-        } else {
-            let t = TaskSpec::load(name, split, data_dir, size.unwrap_or(1000))
-                .map_err(|e| TrainError::Data(e.to_string()))?;
-            // The spelling tasks are generated with `n` examples already; for them `Take` is
-            // a no-op.
-            match size {
-                Some(n) => Arc::new(Take::new(t, n)),
-                None => t,
-            }
-        };
-        for _ in 0..times {
-            tasks.push(task.clone());
-        }
-    }
-    if tasks.is_empty() {
-        return Err(TrainError::Data("the mixture is empty".into()));
-    }
-    Ok(TaskMixture::new(tasks, seed))
 }
 
 /// The LR multiplier at `progress` ∈ [0, 1]: `init` until `1 − warmdown`, then linear to 0.

@@ -21,7 +21,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Tensor, TensorData};
 use nanochat_core::checkpoint_manager::checkpoint_dir;
 use nanochat_core::{CheckpointMetadata, GenerationParams, Source};
-use nanochat_eval::tasks::{Gsm8k, Task};
+use nanochat_data::tasks::{Gsm8k, Task};
 use nanochat_infer::Engine;
 use nanochat_model::distributed::{Rank, run_replicated};
 use nanochat_model::{ComputeDtype, Gpt, Reduction};

@@ -3,7 +3,7 @@
 //!
 //! Both stages load a checkpoint (mid: base; SFT: mid, else base), **inherit** its sequence
 //! length, device batch, total batch and learning rates from the checkpoint's meta (flags
-//! override), and train one epoch of a [`TaskMixture`](nanochat_eval::TaskMixture) packed by the [`ChatLoader`]:
+//! override), and train one epoch of a [`TaskMixture`](nanochat_data::TaskMixture) packed by the [`ChatLoader`]:
 //! - **mid**: crop packing, all tokens trained; LR multiplier 1 for 80 % of the epoch, then
 //!   linear to 0; writes `mid_checkpoints/<tag>/`;
 //! - **SFT**: pad packing with assistant-only targets; LR multiplier `init_lr_frac` (0.8),
@@ -27,20 +27,20 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{ElementConversion, Int, Tensor};
 use nanochat_core::CheckpointMetadata;
 use nanochat_core::checkpoint_manager::checkpoint_dir;
+use nanochat_data::chat_loader::{ChatBatch, ChatLoader, ChatLoaderState, PackMode};
+use nanochat_data::tasks::{TaskSplit, build_mixture};
 use nanochat_eval::chat_eval::{ChatEvalOptions, load_tasks, run_chat_eval};
-use nanochat_eval::tasks::TaskSplit;
+use nanochat_eval::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 use nanochat_infer::Engine;
 use nanochat_model::distributed::{Rank, run_replicated};
 use nanochat_model::{ComputeDtype, Gpt, Reduction};
 use nanochat_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 
-pub use crate::chat_args::{ChatStage, ChatTrainArgs, build_mixture, lr_multiplier};
+pub use crate::chat_args::{ChatStage, ChatTrainArgs, lr_multiplier};
 use crate::chat_args::{Inherited, inherit};
-use crate::chat_loader::{ChatBatch, ChatLoader, ChatLoaderState, PackMode};
 use crate::data_parallel::gather_states;
 use crate::error::TrainError;
-use crate::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
 use crate::run::{
     Bar, Cadence, Run, load_optimizer_state, load_source, resume_or_source, smooth_loss,
@@ -265,8 +265,8 @@ struct ChatRun<'a> {
     grad_accum: u64,
     dir: PathBuf,
     tag: String,
-    mixture: nanochat_eval::TaskMixture,
-    val_mixture: Option<nanochat_eval::TaskMixture>,
+    mixture: nanochat_data::TaskMixture,
+    val_mixture: Option<nanochat_data::TaskMixture>,
     lrs: GroupLrs,
     src_meta: nanochat_core::CheckpointMeta,
     src_dir: PathBuf,
@@ -445,7 +445,7 @@ fn restore<B: TrainBackend>(
 /// stride, the sums added up); `None` when no row has an assistant token within the length.
 fn val_bpb<B: FusedOps>(
     run: &ChatRun<'_>,
-    mixture: &nanochat_eval::TaskMixture,
+    mixture: &nanochat_data::TaskMixture,
     model: &Gpt<B>,
     token_bytes: &Tensor<B, 1, Int>,
     rank: &Rank<B>,
@@ -508,7 +508,7 @@ fn chat_meta(
 /// SFT's periodic ChatCORE: the tasks read once, on rank 0.
 struct PeriodicChatCore {
     opts: ChatEvalOptions,
-    tasks: Vec<Arc<dyn nanochat_eval::tasks::Task>>,
+    tasks: Vec<Arc<dyn nanochat_data::tasks::Task>>,
 }
 
 impl PeriodicChatCore {

@@ -2,11 +2,12 @@
 //! the file, field or tensor involved.
 
 use nanochat_core::{CheckpointError, ValidationError};
+use nanochat_data::dataloader::LoaderError;
+use nanochat_data::dataset::DataError;
+use nanochat_data::tasks::TaskError;
 use nanochat_model::checkpoint::ModelError;
 use nanochat_model::weights::WeightsError;
-use nanochat_tokenizer::dataset::DataError;
 
-use crate::dataloader::LoaderError;
 use crate::optim::OptimError;
 
 /// Why a training run stopped.
@@ -21,6 +22,9 @@ pub enum TrainError {
     /// A shard could not be read.
     #[error(transparent)]
     Shard(#[from] DataError),
+    /// A task or mixture could not be loaded.
+    #[error(transparent)]
+    Task(#[from] TaskError),
     /// The loader failed.
     #[error(transparent)]
     Loader(#[from] LoaderError),

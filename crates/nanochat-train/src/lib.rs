@@ -1,12 +1,12 @@
 //! # nanochat-train
 //!
-//! nanochat's training stages: parquet shards and their download (upstream
-//! `nanochat/dataset.py`), the BOS-aligned best-fit data loader with exact resume
-//! (`dataloader.py`), the combined MuonAdamW optimizer (`optim.py`), and the loops of
-//! `base_train.py`, midtraining (v0 `mid_train.py`), `chat_sft.py` and `chat_rl.py`.
+//! nanochat's training stages: the combined MuonAdamW optimizer (upstream `optim.py`) and the
+//! loops of `base_train.py`, midtraining (v0 `mid_train.py`), `chat_sft.py` and `chat_rl.py`.
+//! Their data (shards, loaders, tasks) comes from `nanochat_data`, bits per byte from
+//! `nanochat_eval::loss_eval`.
 //!
-//! Ported so far: [`optim::MuonAdamW`] ([`muon`], [`adamw`]), [`dataloader::BestFitLoader`], [`base_train()`](base_train::base_train) with
-//! [`schedule::RunPlan`], [`loss_eval`] (bits per byte), midtraining and SFT ([`chat_train`](mod@chat_train)),
+//! Ported so far: [`optim::MuonAdamW`] ([`muon`], [`adamw`]), [`base_train()`](base_train::base_train) with
+//! [`schedule::RunPlan`], midtraining and SFT ([`chat_train`](mod@chat_train)),
 //! RL ([`chat_rl`](mod@chat_rl), [`pass_at_k`]); data parallelism on every stage ([`data_parallel`], over
 //! `nanochat_model::distributed`); training throughput on random tokens ([`bench_train`]).
 
@@ -16,14 +16,10 @@ pub mod adamw;
 pub mod base_train;
 pub mod bench_train;
 pub mod chat_args;
-pub mod chat_loader;
 pub mod chat_rl;
 pub mod chat_train;
 pub mod data_parallel;
-pub mod dataloader;
-pub mod download;
 pub mod error;
-pub mod loss_eval;
 pub mod muon;
 pub mod optim;
 pub mod pass_at_k;

@@ -3,8 +3,8 @@
 //! data-parallel ranks and the counts summed.
 
 use nanochat_core::GenerationParams;
+use nanochat_data::tasks::Task;
 use nanochat_eval::chat_eval::correct_samples;
-use nanochat_eval::tasks::Task;
 use nanochat_infer::Engine;
 use nanochat_model::distributed::Rank;
 use serde::{Deserialize, Serialize};

@@ -16,9 +16,9 @@ use nanochat_core::{CheckpointMetadata, TrainingConfiguration};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::chat_loader::ChatLoaderState;
-use crate::dataloader::LoaderState;
 use crate::error::TrainError;
+use nanochat_data::chat_loader::ChatLoaderState;
+use nanochat_data::dataloader::LoaderState;
 
 /// The batch and configuration of a run: written by every stage, inherited by the next one
 /// (a field a checkpoint lacks reads as `None`, and the reader picks its default).

@@ -297,8 +297,8 @@ fn a_failing_rank_stops_the_run_and_the_last_checkpoint_resumes() {
 
 #[test]
 fn sharded_chat_eval_counts_like_one_rank() {
+    use nanochat_data::tasks::{TaskSpec, TaskSplit};
     use nanochat_eval::chat_eval::{ChatEvalOptions, evaluate_task};
-    use nanochat_eval::tasks::{TaskSpec, TaskSplit};
     use nanochat_infer::Engine;
 
     let _g = lock();

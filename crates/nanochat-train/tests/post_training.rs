@@ -7,12 +7,12 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
 use nanochat_core::tokenizer_config::Vocabulary;
 use nanochat_core::{ContentPart, Conversation, Message, MessageContent, MessageRole, ModelConfig};
-use nanochat_eval::TaskMixture;
-use nanochat_eval::tasks::Task;
+use nanochat_data::TaskMixture;
+use nanochat_data::chat_loader::{ChatBatch, ChatLoader, PackMode};
+use nanochat_data::tasks::Task;
 use nanochat_model::Gpt;
 use nanochat_model::weights::named_grad_params;
 use nanochat_tokenizer::{SPLIT_PATTERN, Tokenizer};
-use nanochat_train::chat_loader::{ChatBatch, ChatLoader, PackMode};
 use nanochat_train::chat_train::token_weighted_grads;
 
 type B = Autodiff<Flex>;

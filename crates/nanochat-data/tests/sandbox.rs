@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use nanochat_core::paths::data_dir;
-use nanochat_eval::tasks::{HumanEval, Task};
-use nanochat_eval::{Sandbox, SandboxLimits};
+use nanochat_data::tasks::{HumanEval, Task};
+use nanochat_data::{Sandbox, SandboxLimits};
 
 fn sandbox() -> Sandbox {
     Sandbox::new(SandboxLimits {

@@ -1,7 +1,7 @@
 //! Every task loads from the offline data with the expected sizes and renders.
 
 use nanochat_core::paths::data_dir;
-use nanochat_eval::tasks::{EvalKind, TaskSpec, TaskSplit};
+use nanochat_data::tasks::{EvalKind, TaskSpec, TaskSplit};
 
 #[test]
 fn offline_tasks_load() {

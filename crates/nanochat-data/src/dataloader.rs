@@ -17,10 +17,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
+use crate::dataset::{DataError, Shard};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use nanochat_tokenizer::Tokenizer;
-use nanochat_tokenizer::dataset::{DataError, Shard};
 use serde::{Deserialize, Serialize};
 
 /// A document's address: shard index (in the split's file list), row group, row.

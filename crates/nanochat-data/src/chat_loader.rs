@@ -16,9 +16,10 @@ use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use nanochat_eval::TaskMixture;
 use nanochat_tokenizer::{Tokenizer, TokenizerError};
 use serde::{Deserialize, Serialize};
+
+use crate::tasks::TaskMixture;
 
 /// What to do when no buffered conversation fits the rest of a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

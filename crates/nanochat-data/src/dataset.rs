@@ -2,15 +2,17 @@
 //! `shard_00000.parquet …` with a `text` column, read one row group at a time. The last shard
 //! is the validation split, all others are train.
 //!
-//! This lives in the tokenizer crate because tokenizer training is the first reader; the
-//! training crate's data loader reads shards through the same functions.
+//! Tokenizer training, the best-fit loader (`dataloader`), `tok-eval` and `base-eval`
+//! read shards through these functions; [`download`] fetches them.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use arrow_array::{Array, LargeStringArray, StringArray, StringViewArray};
+use arrow_array::cast::AsArray;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+pub mod download;
 
 /// Errors reading shards; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -55,16 +57,13 @@ pub enum Split {
 
 /// All `*.parquet` files in `dir`, sorted by name (temporary and partial downloads excluded).
 pub fn list_parquet_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| DataError::List {
+    let list_err = |source| DataError::List {
         dir: dir.to_path_buf(),
         source,
-    })?;
+    };
     let mut files = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|source| DataError::List {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
+    for entry in std::fs::read_dir(dir).map_err(list_err)? {
+        let entry = entry.map_err(list_err)?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if name.ends_with(".parquet") && !name.starts_with('.') {
@@ -148,31 +147,13 @@ impl Shard {
         for batch in reader {
             let batch = batch.map_err(|e| shard_err(path, format!("row group {rg}: {e}")))?;
             let column = batch.column(0);
-            let any = column.as_any();
-            if let Some(a) = any.downcast_ref::<StringArray>() {
-                texts.extend((0..a.len()).map(|i| {
-                    if a.is_null(i) {
-                        String::new()
-                    } else {
-                        a.value(i).to_string()
-                    }
-                }));
-            } else if let Some(a) = any.downcast_ref::<LargeStringArray>() {
-                texts.extend((0..a.len()).map(|i| {
-                    if a.is_null(i) {
-                        String::new()
-                    } else {
-                        a.value(i).to_string()
-                    }
-                }));
-            } else if let Some(a) = any.downcast_ref::<StringViewArray>() {
-                texts.extend((0..a.len()).map(|i| {
-                    if a.is_null(i) {
-                        String::new()
-                    } else {
-                        a.value(i).to_string()
-                    }
-                }));
+            let text = |s: Option<&str>| s.unwrap_or_default().to_string();
+            if let Some(a) = column.as_string_opt::<i32>() {
+                texts.extend(a.iter().map(text));
+            } else if let Some(a) = column.as_string_opt::<i64>() {
+                texts.extend(a.iter().map(text));
+            } else if let Some(a) = column.as_string_view_opt() {
+                texts.extend(a.iter().map(text));
             } else {
                 return Err(shard_err(
                     path,

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use arrow_array::{ArrayRef, RecordBatch, StringArray};
 use nanochat_core::tokenizer_config::Vocabulary;
+use nanochat_data::dataloader::{BestFitLoader, DocStream, LoaderOptions, LoaderState};
 use nanochat_tokenizer::{SPLIT_PATTERN, Tokenizer};
-use nanochat_train::dataloader::{BestFitLoader, DocStream, LoaderOptions, LoaderState};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use proptest::prelude::*;
@@ -150,7 +150,7 @@ fn bad_state_is_refused() {
         .state;
     state
         .buffer
-        .push(nanochat_train::dataloader::DocRef(7, 0, 0));
+        .push(nanochat_data::dataloader::DocRef(7, 0, 0));
     let err = BestFitLoader::new(files, byte_tokenizer(), opts(1, 4, 1, 1), Some(&state))
         .err()
         .unwrap();

@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow_array::{ArrayRef, RecordBatch, StringArray};
-use nanochat_tokenizer::dataset::{Shard, list_parquet_files};
-use nanochat_train::download::{DownloadOptions, ShardSource, download_shards, shard_file_name};
+use nanochat_data::dataset::download::{
+    DownloadOptions, ShardSource, download_shards, shard_file_name,
+};
+use nanochat_data::dataset::{Shard, list_parquet_files};
 use parquet::arrow::ArrowWriter;
 
 fn parquet_bytes(docs: &[&str]) -> Vec<u8> {

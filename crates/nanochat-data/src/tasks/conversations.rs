@@ -17,7 +17,7 @@ use std::path::Path;
 
 use nanochat_core::{Conversation, Message, MessageRole, Validate};
 
-use super::{Task, TaskError, read_gz, read_text};
+use super::{Task, TaskError, jsonl, read_gz, read_text};
 
 fn check(path: &Path, line: usize, c: &Conversation) -> Result<(), TaskError> {
     c.validate().map_err(|error| TaskError::Invalid {
@@ -205,12 +205,8 @@ impl Conversations {
         let text = read_gz(path)?;
         let mut conversations = Vec::new();
         let mut skipped = 0;
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let r: Row = serde_json::from_str(line)
-                .map_err(|e| TaskError::parse(path, i + 1, format!("bad JSON: {e}")))?;
+        for row in jsonl::<Row>(path, &text) {
+            let (_, r) = row?;
             match parse_transcript(&r.chosen) {
                 Some(c) => conversations.push(c),
                 None => skipped += 1,

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use nanochat_tokenizer::dataset::Shard;
+use super::Shard;
 
 /// A dataset of numbered shards on Hugging Face.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use nanochat_core::{Conversation, Message, MessageRole};
 
-use super::{EvalKind, Task, TaskError, read_text};
+use super::{EvalKind, Task, TaskError, jsonl, read_text};
 
 const LETTERS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 
@@ -70,12 +70,8 @@ impl MultipleChoice {
             gold: usize,
         }
         let text = read_text(path)?;
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let row: Row = serde_json::from_str(line)
-                .map_err(|e| TaskError::parse(path, i + 1, format!("bad JSON: {e}")))?;
+        for row in jsonl::<Row>(path, &text) {
+            let (i, row) = row?;
             if row.choices.len() < 2 || row.choices.len() > LETTERS.len() {
                 return Err(TaskError::parse(
                     path,

@@ -1,7 +1,7 @@
 //! Tasks: datasets of conversations with a way to grade an answer (upstream `tasks/common.py`,
-//! `tasks/*.py`). Chat evaluation ([`crate::chat_eval`]) asks a [`Task`] for prompts and grades
-//! the model's replies with it; post-training (`nanochat_train::chat_train`) mixes tasks into a
-//! training stream with [`TaskMixture`].
+//! `tasks/*.py`). Chat evaluation (`nanochat_eval::chat_eval`) asks a [`Task`] for prompts and
+//! grades the model's replies with it; post-training (`nanochat_train::chat_train`) mixes tasks
+//! into a training stream with [`TaskMixture`] ([`build_mixture`] reads `--mixture` entries).
 //!
 //! Every loader reads the offline data layout of `../shared/data` (see
 //! [`TaskSpec::load`]) and reports bad input as a [`TaskError`] naming the file, the line and
@@ -55,6 +55,9 @@ pub enum TaskError {
     /// An unknown task name.
     #[error("unknown task `{0}` (known: {known})", known = TaskSpec::KNOWN.join(", "))]
     Unknown(String),
+    /// A `--mixture` that cannot be built (the entry and the reason, or no tasks).
+    #[error("{0}")]
+    Mixture(String),
     /// A data set that is empty or missing files.
     #[error("{path}: {reason}")]
     Missing {
@@ -306,6 +309,64 @@ impl TaskSpec {
 }
 
 /// Reads a whole file into a string, naming the file on failure.
+/// Builds a mixture from entries like `GSM8K*4`, `SpellingBee:2000` or `mine.jsonl`.
+pub fn build_mixture(
+    entries: &[String],
+    split: TaskSplit,
+    data_dir: &Path,
+    seed: u64,
+) -> Result<TaskMixture, TaskError> {
+    let mut tasks: Vec<Arc<dyn Task>> = Vec::new();
+    for e in entries {
+        let bad = |why: &str| TaskError::Mixture(format!("mixture entry `{e}`: {why}"));
+        let (spec, times) = match e.rsplit_once('*') {
+            Some((s, k)) => (
+                s,
+                k.parse::<usize>().map_err(|_| bad("`*k` needs a count"))?,
+            ),
+            None => (e.as_str(), 1),
+        };
+        let (name, size) = match spec.rsplit_once(':') {
+            Some((s, n)) if !s.ends_with(".jsonl") && n.chars().all(|c| c.is_ascii_digit()) => (
+                s,
+                Some(n.parse::<usize>().map_err(|_| bad("`:n` needs a size"))?),
+            ),
+            _ => (spec, None),
+        };
+        let task: Arc<dyn Task> = if name.ends_with(".jsonl") || name.ends_with(".jsonl.gz") {
+            Arc::new(Conversations::jsonl(Path::new(name))?)
+        } else {
+            let t = TaskSpec::load(name, split, data_dir, size.unwrap_or(1000))?;
+            // The spelling tasks are generated with `n` examples already; for them `Take` is
+            // a no-op.
+            match size {
+                Some(n) => Arc::new(Take::new(t, n)),
+                None => t,
+            }
+        };
+        for _ in 0..times {
+            tasks.push(task.clone());
+        }
+    }
+    if tasks.is_empty() {
+        return Err(TaskError::Mixture("the mixture is empty".into()));
+    }
+    Ok(TaskMixture::new(tasks, seed))
+}
+
+/// The non-blank lines of the JSONL `text` read from `path`, parsed, with their 0-based indexes.
+pub(crate) fn jsonl<'a, T: serde::de::DeserializeOwned>(
+    path: &'a Path,
+    text: &'a str,
+) -> impl Iterator<Item = Result<(usize, T), TaskError>> + 'a {
+    let lines = text.lines().enumerate();
+    let lines = lines.filter(|(_, l)| !l.trim().is_empty());
+    lines.map(move |(i, l)| {
+        let bad = |e: serde_json::Error| TaskError::parse(path, i + 1, format!("bad JSON: {e}"));
+        serde_json::from_str(l).map(|r| (i, r)).map_err(bad)
+    })
+}
+
 pub(crate) fn read_text(path: &Path) -> Result<String, TaskError> {
     let bytes = nanochat_core::fs::read(path)?;
     String::from_utf8(bytes).map_err(|e| TaskError::parse(path, 0, format!("not UTF-8: {e}")))

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use nanochat_core::{Conversation, Message, MessageRole};
 
-use super::{Task, TaskError, read_gz};
+use super::{Task, TaskError, jsonl, read_gz};
 use crate::execution::{Sandbox, SandboxLimits};
 
 /// One problem.
@@ -63,15 +63,8 @@ impl HumanEval {
     /// Reads `HumanEval.jsonl.gz` and finds `python3` for the sandbox.
     pub fn load(path: &Path) -> Result<Self, TaskError> {
         let text = read_gz(path)?;
-        let mut problems = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let p: Problem = serde_json::from_str(line)
-                .map_err(|e| TaskError::parse(path, i + 1, format!("bad JSON: {e}")))?;
-            problems.push(p);
-        }
+        let problems = jsonl::<Problem>(path, &text).map(|row| row.map(|(_, p)| p));
+        let problems = problems.collect::<Result<Vec<_>, _>>()?;
         let sandbox = Sandbox::new(SandboxLimits::default()).map_err(|e| TaskError::Missing {
             path: path.to_path_buf(),
             reason: format!("HumanEval needs a sandbox: {e}"),

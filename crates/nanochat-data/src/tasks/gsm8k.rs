@@ -7,7 +7,7 @@ use std::path::Path;
 
 use nanochat_core::{ContentPart, Conversation, Message, MessageContent, MessageRole};
 
-use super::{Task, TaskError, extract_answer, read_text};
+use super::{Task, TaskError, extract_answer, jsonl, read_text};
 
 /// GSM8K problems.
 #[derive(Debug, Clone)]
@@ -75,12 +75,8 @@ impl Gsm8k {
         }
         let text = read_text(path)?;
         let mut rows = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let r: Row = serde_json::from_str(line)
-                .map_err(|e| TaskError::parse(path, i + 1, format!("bad JSON: {e}")))?;
+        for row in jsonl::<Row>(path, &text) {
+            let (i, r) = row?;
             if extract_answer(&r.answer).is_none() {
                 return Err(TaskError::parse(path, i + 1, "answer has no `#### n` line"));
             }

@@ -58,21 +58,9 @@ pub fn accumulate_bpb<B: FusedOps>(
     sums.bytes += total as u64;
 }
 
-/// Bits per byte of `model` over `steps` batches.
-pub fn evaluate_bpb<B: FusedOps, I, E>(
-    model: &Gpt<B>,
-    batches: I,
-    steps: usize,
-    token_bytes: &Tensor<B, 1, Int>,
-) -> Result<f64, E>
-where
-    I: IntoIterator<Item = Result<(Tensor<B, 2, Int>, Tensor<B, 2, Int>), E>>,
-{
-    Ok(evaluate_bpb_sums(model, batches, steps, token_bytes)?.bpb())
-}
-
-/// The sums behind [`evaluate_bpb`], for ranks that each evaluate their share of the batches
-/// and add their sums up ([`reduce_bpb`]).
+/// The sums of bits per byte (upstream `evaluate_bpb`; [`BpbSums::bpb`] divides them) of `model`
+/// over `steps` batches, for ranks that each evaluate their share of the batches and add their
+/// sums up ([`reduce_bpb`]).
 pub fn evaluate_bpb_sums<B: FusedOps, I, E>(
     model: &Gpt<B>,
     batches: I,
@@ -106,13 +94,13 @@ pub fn reduce_bpb<B: FusedOps>(
 /// `train` batches (add-one smoothing; targets `row[1..]`; 0-byte tokens not counted). A model
 /// that has learned anything beyond token frequencies scores below it.
 pub fn unigram_bpb<E>(
-    train: impl IntoIterator<Item = Result<crate::dataloader::Batch, E>>,
-    val: impl IntoIterator<Item = Result<crate::dataloader::Batch, E>>,
+    train: impl IntoIterator<Item = Result<nanochat_data::dataloader::Batch, E>>,
+    val: impl IntoIterator<Item = Result<nanochat_data::dataloader::Batch, E>>,
     token_bytes: &[u32],
 ) -> Result<f64, E> {
     let vocab = token_bytes.len();
     let mut counts = vec![1u64; vocab];
-    let targets = |b: &crate::dataloader::Batch| {
+    let targets = |b: &nanochat_data::dataloader::Batch| {
         let t = b.seq_len;
         b.rows
             .chunks(t + 1)
