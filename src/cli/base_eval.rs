@@ -8,8 +8,8 @@ use nanochat::model::TrainBackend;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use nanochat::core::paths::{eval_bundle_dir, pretrain_data_dir};
-use nanochat::core::{DeviceSpec, Source};
+use nanochat::core::Source;
+use nanochat::core::paths::eval_bundle_dir;
 use nanochat::eval::{BaseEvalOptions, BaseEvalReport, evaluate_base};
 use nanochat::model::checkpoint::load_model;
 use nanochat::model::distributed::run_replicated;
@@ -40,14 +40,8 @@ pub struct Args {
     /// The CORE eval bundle (default $NANOCHAT_DATA_DIR/eval_bundle).
     #[arg(long)]
     bundle_dir: Option<PathBuf>,
-    /// Shards for bits per byte (default as base-train).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Device: auto, cpu, wgpu[:N], cuda[:N] (with --devices: the first rank's device).
-    #[arg(long, default_value = "auto")]
-    device: DeviceSpec,
     #[command(flatten)]
-    dist: super::distributed::DistArgs,
+    run: super::run_args::RunArgs,
 }
 
 fn parse_tokens(s: &str) -> Result<u64, String> {
@@ -73,6 +67,7 @@ impl BackendTask for Task {
             a.step,
             &device,
         )?;
+        let model = model.with_compute_dtype(a.run.compute_dtype(a.run.device()));
         let step = meta.step();
         println!("{} step {step}", dir.display());
         let wants = |k: &str| a.eval.split(',').any(|e| e.trim() == k);
@@ -83,10 +78,10 @@ impl BackendTask for Task {
             split_tokens: a.split_tokens,
             device_batch_size: a.device_batch_size,
             bundle_dir: a.bundle_dir.clone().unwrap_or_else(eval_bundle_dir),
-            data_dir: a.data_dir.clone().unwrap_or_else(pretrain_data_dir),
+            data_dir: a.run.pretrain_data_dir(),
         };
         // With --devices every rank scores its stride of the examples; the counts are summed.
-        let dist = a.dist.config()?;
+        let dist = a.run.distributed()?;
         run_replicated::<B::InnerBackend, _, _, _, _, _>(
             dist.as_ref(),
             &device,
@@ -107,7 +102,7 @@ pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
         base: base.to_path_buf(),
         tokenizer: Arc::new(super::load_tokenizer(base)?),
     };
-    let report = dispatch(args.device, task)??;
+    let report = dispatch(args.run.device(), task)??;
     println!("wrote {}", report.save(base)?.display());
     nanochat::eval::Report::new(base).log_base_eval(&report)?;
     Ok(())

@@ -36,15 +36,16 @@ pub struct Args {
     devices: Option<usize>,
 }
 
+/// A preset's flags per stage, as command lines.
 struct Preset {
     vocab_size: &'static str,
     depth: &'static str,
-    train: Vec<&'static str>,
-    eval: Vec<&'static str>,
-    mid: Vec<&'static str>,
-    sft: Vec<&'static str>,
-    rl: Vec<&'static str>,
-    chat_eval: Vec<&'static str>,
+    train: String,
+    eval: &'static str,
+    mid: &'static str,
+    sft: &'static str,
+    rl: &'static str,
+    chat_eval: &'static str,
 }
 
 fn preset(name: &str) -> Result<Preset> {
@@ -52,72 +53,18 @@ fn preset(name: &str) -> Result<Preset> {
         "cpu" => Preset {
             vocab_size: "8192",
             depth: "4",
-            train: vec![
-                "--max-seq-len",
-                "256",
-                "--window-pattern",
-                "L",
-                "--device-batch-size",
-                "8",
-                "--total-batch-size",
-                "2048",
-                "--num-iterations",
-                "120",
-                "--warmup-steps",
-                "10",
-                "--eval-every",
-                "40",
-                "--eval-tokens",
-                "32768",
-                "--sample-every",
-                "120",
-                "--save-every",
-                "40",
-            ],
-            eval: vec!["--max-per-task", "6", "--split-tokens", "32768"],
-            mid: vec![
-                "--mixture",
-                "HHRLHF:600,MCExtra:600,GSM8K:600,Identity,SimpleSpelling:400,SpellingBee:400",
-                "--num-iterations",
-                "60",
-                "--save-every",
-                "20",
-                "--eval-every",
-                "30",
-                "--eval-tokens",
-                "16384",
-            ],
-            sft: vec![
-                "--mixture",
-                "HHRLHF:400,MMLU:400,GSM8K:600,Identity,SimpleSpelling:300,SpellingBee:300",
-                "--num-iterations",
-                "60",
-                "--save-every",
-                "20",
-                "--eval-every",
-                "30",
-                "--eval-tokens",
-                "16384",
-            ],
-            rl: vec![
-                "--num-steps",
-                "12",
-                "--examples-per-step",
-                "4",
-                "--num-samples",
-                "4",
-                "--max-new-tokens",
-                "64",
-                "--eval-every",
-                "0",
-                "--eval-examples",
-                "16",
-                "--eval-k",
-                "2",
-                "--save-every",
-                "4",
-            ],
-            chat_eval: vec!["-x", "100", "-m", "96", "--spelling-size", "100"],
+            train: "--max-seq-len 256 --window-pattern L --device-batch-size 8 \
+                    --total-batch-size 2048 --num-iterations 120 --warmup-steps 10 \
+                    --eval-every 40 --eval-tokens 32768 --sample-every 120 --save-every 40"
+                .into(),
+            eval: "--max-per-task 6 --split-tokens 32768",
+            mid: "--mixture HHRLHF:600,MCExtra:600,GSM8K:600,Identity,SimpleSpelling:400,SpellingBee:400 \
+                  --num-iterations 60 --save-every 20 --eval-every 30 --eval-tokens 16384",
+            sft: "--mixture HHRLHF:400,MMLU:400,GSM8K:600,Identity,SimpleSpelling:300,SpellingBee:300 \
+                  --num-iterations 60 --save-every 20 --eval-every 30 --eval-tokens 16384",
+            rl: "--num-steps 12 --examples-per-step 4 --num-samples 4 --max-new-tokens 64 \
+                 --eval-every 0 --eval-examples 16 --eval-k 2 --save-every 4",
+            chat_eval: "-x 100 -m 96 --spelling-size 100",
         },
         "d12" | "d20" | "d24" => Preset {
             vocab_size: "32768",
@@ -126,17 +73,15 @@ fn preset(name: &str) -> Result<Preset> {
                 "d20" => "20",
                 _ => "24",
             },
-            train: vec![
-                "--save-every",
-                "500",
-                "--target-param-data-ratio",
-                if name == "d24" { "8" } else { "12" },
-            ],
-            eval: vec!["--max-per-task", "500"],
-            mid: vec!["--save-every", "200"],
-            sft: vec!["--save-every", "200"],
-            rl: vec![],
-            chat_eval: vec![],
+            train: format!(
+                "--save-every 500 --target-param-data-ratio {}",
+                if name == "d24" { 8 } else { 12 }
+            ),
+            eval: "--max-per-task 500",
+            mid: "--save-every 200",
+            sft: "--save-every 200",
+            rl: "",
+            chat_eval: "",
         },
         other => bail!("--preset {other}: expected cpu, d12, d20 or d24"),
     })
@@ -189,138 +134,40 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     let bin = target.join("release/nanochat");
     let tag = format!("d{}", p.depth);
     let total = Instant::now();
-    let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
-    let with = |head: &[&str], tail: &[&'static str]| {
-        let mut v = strs(head);
-        v.extend(strs(tail));
-        v
-    };
     let dev = args.device.as_str();
-    let no_progress = "--no-progress";
-    let stages: Vec<(&str, Vec<String>)> = vec![
-        ("report-reset", strs(&["report", "reset", "--device", dev])),
+    // Every stage's command line; the training and evaluation stages also get `--devices`.
+    let on = format!("-g {tag} --device {dev} --no-progress");
+    let (ce, d) = (p.chat_eval, p.depth);
+    let stages: Vec<(&str, String)> = vec![
+        ("report-reset", format!("report reset --device {dev}")),
         (
             "tok-train",
-            strs(&["tok-train", "--vocab-size", p.vocab_size, no_progress]),
+            format!("tok-train --vocab-size {} --no-progress", p.vocab_size),
         ),
-        ("tok-eval", strs(&["tok-eval"])),
+        ("tok-eval", "tok-eval".into()),
         (
             "base-train",
-            with(
-                &[
-                    "base-train",
-                    "--depth",
-                    p.depth,
-                    "--model-tag",
-                    &tag,
-                    "--device",
-                    dev,
-                    no_progress,
-                ],
-                &p.train,
+            format!(
+                "base-train --depth {d} --model-tag {tag} --device {dev} --no-progress {}",
+                p.train
             ),
         ),
-        (
-            "base-eval",
-            with(
-                &["base-eval", "--model-tag", &tag, "--device", dev],
-                &p.eval,
-            ),
-        ),
-        (
-            "mid-train",
-            with(
-                &["mid-train", "-g", &tag, "--device", dev, no_progress],
-                &p.mid,
-            ),
-        ),
-        (
-            "chat-eval-mid",
-            with(
-                &[
-                    "chat-eval",
-                    "-i",
-                    "mid",
-                    "-g",
-                    &tag,
-                    "--device",
-                    dev,
-                    "--no-progress",
-                ],
-                &p.chat_eval,
-            ),
-        ),
-        (
-            "chat-sft",
-            with(
-                &[
-                    "chat-sft",
-                    "-i",
-                    "mid",
-                    "-g",
-                    &tag,
-                    "--device",
-                    dev,
-                    no_progress,
-                ],
-                &p.sft,
-            ),
-        ),
-        (
-            "chat-eval-sft",
-            with(
-                &[
-                    "chat-eval",
-                    "-i",
-                    "sft",
-                    "-g",
-                    &tag,
-                    "--device",
-                    dev,
-                    "--no-progress",
-                ],
-                &p.chat_eval,
-            ),
-        ),
-        (
-            "chat-rl",
-            with(
-                &[
-                    "chat-rl",
-                    "-i",
-                    "sft",
-                    "-g",
-                    &tag,
-                    "--device",
-                    dev,
-                    no_progress,
-                ],
-                &p.rl,
-            ),
-        ),
+        ("base-eval", format!("base-eval {on} {}", p.eval)),
+        ("mid-train", format!("mid-train {on} {}", p.mid)),
+        ("chat-eval-mid", format!("chat-eval -i mid {on} {ce}")),
+        ("chat-sft", format!("chat-sft -i mid {on} {}", p.sft)),
+        ("chat-eval-sft", format!("chat-eval -i sft {on} {ce}")),
+        ("chat-rl", format!("chat-rl -i sft {on} {}", p.rl)),
         (
             "chat-eval-rl",
-            with(
-                &[
-                    "chat-eval",
-                    "-i",
-                    "rl",
-                    "-g",
-                    &tag,
-                    "-a",
-                    "GSM8K",
-                    "--device",
-                    dev,
-                    "--no-progress",
-                ],
-                &p.chat_eval,
-            ),
+            format!("chat-eval -i rl {on} -a GSM8K {ce}"),
         ),
     ];
     let devices = args.devices.map(|n| n.to_string());
     let stages: Vec<(&str, Vec<String>)> = stages
         .into_iter()
-        .map(|(name, mut v)| {
+        .map(|(name, line)| {
+            let mut v: Vec<String> = line.split_whitespace().map(String::from).collect();
             let parallel = !matches!(name, "report-reset" | "tok-train" | "tok-eval");
             if let (true, Some(n)) = (parallel, &devices) {
                 v.extend(["--devices".to_string(), n.clone()]);
