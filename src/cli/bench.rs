@@ -36,6 +36,13 @@ enum What {
     /// on random tokens; prints the median step time, tok/s and MFU. With --devices, through
     /// the data-parallel path.
     Train(Box<TrainArgs>),
+    /// Matrix products at the shapes of a training step, in the compute dtype (TFLOP/s).
+    Matmul(Box<super::bench_kernels::MatmulArgs>),
+    /// The model's causal attention, forward and forward + backward.
+    Attention(Box<super::bench_kernels::AttentionArgs>),
+    /// The forward of the PyTorch reference fixtures on this device, against the CPU backend
+    /// and PyTorch's logits (fails outside the dtype's tolerance).
+    Parity(Box<super::bench_kernels::ParityArgs>),
 }
 
 /// Flags of `bench train`.
@@ -73,6 +80,10 @@ pub struct TrainArgs {
     /// sides use the same autotuned kernels; prints the step-time ratio.
     #[arg(long, value_name = "ROUNDS")]
     compare_collective: Option<usize>,
+    /// Also time each step's forward, backward and optimizer separately (synchronising the
+    /// device between them).
+    #[arg(long)]
+    phases: bool,
     #[command(flatten)]
     on: super::run_args::DeviceArgs,
 }
@@ -118,6 +129,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
             .as_deref()
             .and_then(nanochat::train::peak_flops::peak_flops),
         distributed: a.on.dist.config()?,
+        phases: a.phases,
     };
     if let Some(rounds) = a.compare_collective {
         let o = nanochat::model::dispatch(device, OverheadTask(args, rounds))??;
@@ -247,6 +259,9 @@ fn best_of(repeats: usize, mut f: impl FnMut() -> usize) -> (f64, usize) {
 pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
     match args.what {
         What::Train(a) => bench_train(*a)?,
+        What::Matmul(a) => super::bench_kernels::matmul(*a)?,
+        What::Attention(a) => super::bench_kernels::attention(*a)?,
+        What::Parity(a) => super::bench_kernels::parity(*a)?,
         What::Infer(a) => {
             let device = super::resolve_device(a.device);
             let a = InferArgs { device, ..*a };

@@ -4,6 +4,7 @@
 mod base_eval;
 mod base_train;
 mod bench;
+mod bench_kernels;
 mod chat_cli;
 mod chat_eval;
 mod chat_train;

@@ -92,10 +92,22 @@ pub enum Configured {
 /// see the module docs).
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub fn configure(gpu: &str) -> Configured {
-    use cubecl::config::cache::CacheConfig;
-    use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
     static DONE: OnceLock<Configured> = OnceLock::new();
     DONE.get_or_init(|| {
+        let configured = point_caches(gpu);
+        if let Configured::At(dir) | Configured::Kept(dir) = &configured {
+            watch_tuning(dir.clone(), std::time::Duration::from_secs(5));
+        }
+        configured
+    })
+    .clone()
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn point_caches(gpu: &str) -> Configured {
+    use cubecl::config::cache::CacheConfig;
+    use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+    {
         let storage = CubeClRuntimeConfig::storage();
         let mut state = storage.lock();
         if let Some(cfg) = state.as_ref() {
@@ -132,8 +144,55 @@ pub fn configure(gpu: &str) -> Configured {
         }
         *state = Some(std::sync::Arc::new(cfg));
         Configured::At(dir)
-    })
-    .clone()
+    }
+}
+
+/// The autotune results (one JSON line per tuned kernel key) in the cache folder `dir`.
+pub fn tuned_keys(dir: &Path) -> u64 {
+    let mut stack = vec![dir.to_path_buf()];
+    let mut lines = 0;
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.components().any(|c| c.as_os_str() == "autotune") {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                lines += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+            }
+        }
+    }
+    lines
+}
+
+/// Says what a first run on a GPU is doing while CubeCL tunes kernels (minutes on a cold
+/// cache): a background thread that counts the autotune results in `dir` every `every` and
+/// logs a line whenever the count grew. It runs as long as the process.
+pub fn watch_tuning(dir: PathBuf, every: std::time::Duration) {
+    let start = std::time::Instant::now();
+    let spawned = std::thread::Builder::new()
+        .name("kernel-tuning".into())
+        .spawn(move || {
+            let before = tuned_keys(&dir);
+            let mut seen = before;
+            loop {
+                std::thread::sleep(every);
+                let now = tuned_keys(&dir);
+                if now > seen {
+                    tracing::info!(
+                        "tuning GPU kernels: {} new shapes in {:.0} s ({} cached in {}; later runs reuse them)",
+                        now - before,
+                        start.elapsed().as_secs_f64(),
+                        now,
+                        dir.display()
+                    );
+                    seen = now;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("no kernel-tuning progress: {e}");
+    }
 }
 
 /// Without a GPU backend there is nothing to configure.
@@ -209,6 +268,13 @@ mod tests {
         std::fs::write(dir.path().join("cuda-a/y"), b"1").unwrap();
         std::fs::create_dir_all(dir.path().join("wgpu")).unwrap();
         std::fs::write(dir.path().join("loose-file"), b"ignored").unwrap();
+        std::fs::write(a.join("z.json.log"), b"{}\n{}\n").unwrap();
+        assert_eq!(
+            tuned_keys(dir.path()),
+            2,
+            "only autotune files, one key a line"
+        );
+        std::fs::remove_file(a.join("z.json.log")).unwrap();
         let s = summary(dir.path());
         assert_eq!(
             s,

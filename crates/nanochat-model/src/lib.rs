@@ -11,7 +11,9 @@
 //! - [`backend`]: choosing a backend and device at run time;
 //! - [`kernel_cache`]: where the GPU backends keep autotune results and compiled kernels;
 //! - [`alloc`]: a caching global allocator for CPU tensors (what the `nanochat` binary uses);
-//! - [`distributed`]: data-parallel ranks on burn's collective engine.
+//! - [`distributed`]: data-parallel ranks on burn's collective engine;
+//! - [`fixture`]: the PyTorch reference fixtures and the forward parity check;
+//! - [`microbench`]: timings of matmuls and attention (the GPU profile).
 
 #![warn(missing_docs)]
 
@@ -19,12 +21,14 @@ pub mod alloc;
 pub mod backend;
 pub mod checkpoint;
 pub mod distributed;
+pub mod fixture;
 pub mod flash_attention;
 pub mod gpt;
 pub mod hf_export;
 pub mod init;
 pub mod kernel_cache;
 pub mod kv_cache;
+pub mod microbench;
 pub mod ops;
 pub mod rotary;
 pub mod weights;

@@ -7,10 +7,11 @@
 use nanochat_model::TrainBackend;
 use std::time::Instant;
 
+use burn::optim::GradientsParams;
 use burn::tensor::{Distribution, Int, Tensor};
 use nanochat_core::{DistributedConfig, ModelConfig, TrainingConfiguration, Validate};
 use nanochat_model::distributed::{Rank, run_replicated};
-use nanochat_model::{ComputeDtype, Gpt};
+use nanochat_model::{ComputeDtype, Gpt, Reduction};
 use serde::Serialize;
 
 use crate::data_parallel::train_step;
@@ -42,6 +43,20 @@ pub struct BenchTrainArgs {
     pub peak_flops: Option<f64>,
     /// Data-parallel layout; `None`: no collective.
     pub distributed: Option<DistributedConfig>,
+    /// Also time the forward, backward and optimizer of each step separately (a device
+    /// synchronisation between them; the step times then include those).
+    pub phases: bool,
+}
+
+/// Median seconds of the phases of a step ([`BenchTrainArgs::phases`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct Phases {
+    /// Forward and loss.
+    pub forward_s: f64,
+    /// Backward (gradients of every parameter).
+    pub backward_s: f64,
+    /// Gradient all-reduce (ranks) and the MuonAdamW update.
+    pub optimizer_s: f64,
 }
 
 /// The measurement (rank 0's clock; every step ends with the gradient all-reduce, so the
@@ -68,6 +83,15 @@ pub struct BenchTrainResult {
     pub mfu: Option<f64>,
     /// Minor page faults of the process per timed step (Linux; `None` elsewhere).
     pub minor_faults_per_step: Option<f64>,
+    /// The phases of a step, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phases: Option<Phases>,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// The process's minor page faults so far (`/proc/self/stat`, field 10), on Linux.
@@ -143,12 +167,10 @@ pub fn bench_collective_overhead<B: TrainBackend>(
             |model, rank| bench_rank(args, &config, model, rank),
         )?);
     }
-    let median = |runs: &[BenchTrainResult]| {
-        let mut all: Vec<f64> = runs.iter().flat_map(|r| r.step_s.iter().copied()).collect();
-        all.sort_by(f64::total_cmp);
-        all.get(all.len() / 2).copied().unwrap_or(f64::NAN)
+    let all = |runs: &[BenchTrainResult]| -> Vec<f64> {
+        runs.iter().flat_map(|r| r.step_s.iter().copied()).collect()
     };
-    let ratio = median(&collective) / median(&plain);
+    let ratio = median(&all(&collective)) / median(&all(&plain));
     Ok(CollectiveOverhead {
         plain,
         collective,
@@ -174,6 +196,7 @@ fn bench_rank<B: TrainBackend>(
     };
     let (b, t) = (args.device_batch_size, args.seq_len);
     let mut times = Vec::with_capacity(args.steps);
+    let mut phases: Vec<[f64; 3]> = Vec::new();
     let mut faults_at_warmup_end = None;
     for step in 0..args.warmup + args.steps {
         if step == args.warmup {
@@ -185,13 +208,21 @@ fn bench_rank<B: TrainBackend>(
         let mut batch = Some((row.clone().narrow(1, 0, t), row.narrow(1, 1, t)));
         B::sync(&device).ok();
         let t0 = Instant::now();
-        let next = || {
+        let mut next = || {
             batch
                 .take()
                 .ok_or_else(|| TrainError::Data("one micro-batch per bench step".into()))
         };
-        let (updated, _) = train_step(model, &mut opt, next, 1, &scalars, &rank, None)?;
-        model = updated;
+        model = if args.phases {
+            let (x, y) = next()?;
+            let (updated, split) = phased_step(model, &mut opt, x, y, &scalars, &rank)?;
+            if step >= args.warmup {
+                phases.push(split);
+            }
+            updated
+        } else {
+            train_step(model, &mut opt, next, 1, &scalars, &rank, None)?.0
+        };
         B::sync(&device).ok();
         let dt = t0.elapsed().as_secs_f64();
         if step >= args.warmup {
@@ -213,15 +244,15 @@ fn bench_rank<B: TrainBackend>(
         (Some(a), Some(b)) if !times.is_empty() => Some((b - a) as f64 / times.len() as f64),
         _ => None,
     };
-    let mut sorted = times.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = if sorted.is_empty() {
-        f64::NAN
-    } else {
-        sorted[sorted.len() / 2]
-    };
+    let median_step = median(&times);
+    let phase = |i: usize| median(&phases.iter().map(|p| p[i]).collect::<Vec<_>>());
+    let phases = (!phases.is_empty()).then(|| Phases {
+        forward_s: phase(0),
+        backward_s: phase(1),
+        optimizer_s: phase(2),
+    });
     let tokens = (b * t * rank.world_size) as f64;
-    let tok_per_sec = tokens / median;
+    let tok_per_sec = tokens / median_step;
     let flops = config.estimate_flops() as f64;
     Ok(BenchTrainResult {
         depth: args.depth,
@@ -229,12 +260,38 @@ fn bench_rank<B: TrainBackend>(
         world_size: rank.world_size,
         collective: rank.uses_collective(),
         tokens_per_rank: b * t,
-        median_step_s: median,
+        median_step_s: median_step,
         step_s: times,
         tok_per_sec,
         mfu: args
             .peak_flops
             .map(|p| 100.0 * flops * tok_per_sec / (p * rank.world_size as f64)),
         minor_faults_per_step,
+        phases,
     })
+}
+
+/// One optimizer step like [`train_step`]'s, with the device synchronised after the forward,
+/// the backward and the update: the updated model and the three durations (s).
+fn phased_step<B: TrainBackend>(
+    model: Gpt<B>,
+    opt: &mut MuonAdamW<B::InnerBackend>,
+    x: Tensor<B, 2, Int>,
+    y: Tensor<B, 2, Int>,
+    scalars: &StepScalars,
+    rank: &Rank<B::InnerBackend>,
+) -> Result<(Gpt<B>, [f64; 3]), TrainError> {
+    let device = &rank.device;
+    let clock = Instant::now();
+    let loss = model.forward_loss(x, y, Reduction::Mean);
+    B::sync(device).ok();
+    let forward = clock.elapsed().as_secs_f64();
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    B::sync(device).ok();
+    let backward = clock.elapsed().as_secs_f64() - forward;
+    let grads = rank.all_reduce_grads(&model, grads)?;
+    let model = opt.step(model, grads, scalars)?;
+    B::sync(device).ok();
+    let optimizer = clock.elapsed().as_secs_f64() - forward - backward;
+    Ok((model, [forward, backward, optimizer]))
 }

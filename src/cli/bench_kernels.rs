@@ -1,0 +1,202 @@
+//! `nanochat bench matmul | attention | parity`: the kernels of a training step on one device,
+//! and the forward against the PyTorch reference fixtures: what the GPU profile
+//! (`xtask/scripts/gpu_profile.sh`) runs beside `torch.matmul` and
+//! `scaled_dot_product_attention` on the same GPU.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use nanochat::model::burn::tensor::backend::AutodiffBackend;
+use nanochat::model::fixture::{Fixture, forward_parity};
+use nanochat::model::microbench;
+use nanochat::model::{BackendTask, ComputeDtype, TrainBackend, dispatch};
+use nanochat::train::bench_train::{BenchTrainArgs, bench_model};
+
+use super::run_args::DeviceArgs;
+
+/// Flags of `bench matmul`.
+#[derive(clap::Args, Debug)]
+pub struct MatmulArgs {
+    /// Products `MxKxN`, comma-separated (default: the forward GEMMs of a step of the model
+    /// below: q/k/v/o, MLP in and out, lm_head).
+    #[arg(long, value_delimiter = ',')]
+    shapes: Vec<String>,
+    /// Model depth (for the default shapes).
+    #[arg(long, default_value_t = 12)]
+    depth: usize,
+    /// Rows per device (for the default shapes).
+    #[arg(long, default_value_t = 32)]
+    device_batch_size: usize,
+    /// Tokens per row (for the default shapes).
+    #[arg(long, default_value_t = 2048)]
+    seq_len: usize,
+    /// Vocabulary size (for the default shapes).
+    #[arg(long, default_value_t = 32768)]
+    vocab_size: usize,
+    /// Timed products per shape.
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+    #[command(flatten)]
+    on: DeviceArgs,
+}
+
+/// Flags of `bench attention`.
+#[derive(clap::Args, Debug)]
+pub struct AttentionArgs {
+    /// Batch.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Sequence length (full causal window).
+    #[arg(long, default_value_t = 2048)]
+    seq_len: usize,
+    /// Heads.
+    #[arg(long, default_value_t = 6)]
+    heads: usize,
+    /// Head dimension.
+    #[arg(long, default_value_t = 128)]
+    head_dim: usize,
+    /// Timed calls.
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    #[command(flatten)]
+    on: DeviceArgs,
+}
+
+/// Flags of `bench parity`.
+#[derive(clap::Args, Debug)]
+pub struct ParityArgs {
+    /// Fixture folder (default $NANOCHAT_FIXTURE_DIR, else ../shared/fixtures/model).
+    #[arg(long)]
+    fixture_dir: Option<PathBuf>,
+    #[command(flatten)]
+    on: DeviceArgs,
+}
+
+/// `MxKxN` → `(m, k, n)`.
+fn parse_shape(s: &str) -> anyhow::Result<(usize, usize, usize)> {
+    let dims: Vec<usize> = s
+        .split('x')
+        .map(|d| d.trim().parse())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("--shapes {s}: expected MxKxN"))?;
+    match dims[..] {
+        [m, k, n] => Ok((m, k, n)),
+        _ => anyhow::bail!("--shapes {s}: expected MxKxN"),
+    }
+}
+
+/// The forward GEMMs of a step of the depth-dial model `a` describes.
+fn step_shapes(a: &MatmulArgs) -> anyhow::Result<Vec<(usize, usize, usize)>> {
+    let cfg = bench_model(&BenchTrainArgs {
+        depth: a.depth,
+        device_batch_size: a.device_batch_size,
+        seq_len: a.seq_len,
+        window_pattern: "L".into(),
+        vocab_size: a.vocab_size,
+        head_dim: 128,
+        steps: 0,
+        warmup: 0,
+        compute_dtype: ComputeDtype::F32,
+        peak_flops: None,
+        distributed: None,
+        phases: false,
+    })?;
+    let (rows, c) = (a.device_batch_size * a.seq_len, cfg.n_embd);
+    let kv = cfg.n_kv_head * (c / cfg.n_head);
+    Ok(vec![
+        (rows, c, c),
+        (rows, c, kv),
+        (rows, c, 4 * c),
+        (rows, 4 * c, c),
+        (rows, c, cfg.vocab_size),
+    ])
+}
+
+enum Kernel {
+    Matmul(Vec<(usize, usize, usize)>, usize),
+    Attention([usize; 4], usize),
+    Parity(Vec<Fixture>),
+}
+
+struct KernelTask(Kernel, ComputeDtype);
+
+type Cpu = <nanochat::model::backend::CpuBackend as AutodiffBackend>::InnerBackend;
+
+impl BackendTask for KernelTask {
+    type Output = anyhow::Result<serde_json::Value>;
+    fn run<B: TrainBackend>(self, device: B::Device) -> Self::Output {
+        let dtype = self.1;
+        Ok(match self.0 {
+            Kernel::Matmul(shapes, iters) => {
+                let r: Vec<_> = shapes
+                    .into_iter()
+                    .map(|s| microbench::matmul::<B::InnerBackend>(s, dtype, iters, &device))
+                    .collect();
+                serde_json::json!({ "matmul": r })
+            }
+            Kernel::Attention(shape, iters) => {
+                serde_json::json!({ "attention": microbench::attention::<B>(shape, dtype, iters, &device) })
+            }
+            Kernel::Parity(fixtures) => {
+                let r = fixtures
+                    .iter()
+                    .map(|f| forward_parity::<B::InnerBackend, Cpu>(f, &device, dtype))
+                    .collect::<Result<Vec<_>, _>>()?;
+                serde_json::json!({ "parity": r })
+            }
+        })
+    }
+}
+
+fn run_kernel(on: &DeviceArgs, kernel: Kernel) -> anyhow::Result<serde_json::Value> {
+    let device = on.device();
+    let dtype = on.compute_dtype(device);
+    let mut out = dispatch(device, KernelTask(kernel, dtype))??;
+    out["device"] = device.to_string().into();
+    out["dtype"] = format!("{dtype:?}").into();
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(out)
+}
+
+/// Runs `bench matmul`.
+pub fn matmul(a: MatmulArgs) -> anyhow::Result<()> {
+    let shapes = match a.shapes.is_empty() {
+        true => step_shapes(&a)?,
+        false => a
+            .shapes
+            .iter()
+            .map(|s| parse_shape(s))
+            .collect::<Result<_, _>>()?,
+    };
+    run_kernel(&a.on, Kernel::Matmul(shapes, a.iters)).map(drop)
+}
+
+/// Runs `bench attention`.
+pub fn attention(a: AttentionArgs) -> anyhow::Result<()> {
+    let shape = [a.batch, a.seq_len, a.heads, a.head_dim];
+    run_kernel(&a.on, Kernel::Attention(shape, a.iters)).map(drop)
+}
+
+/// Runs `bench parity`; fails when a fixture is outside the dtype's tolerance.
+pub fn parity(a: ParityArgs) -> anyhow::Result<()> {
+    let dir = a
+        .fixture_dir
+        .clone()
+        .unwrap_or_else(nanochat::core::paths::fixture_dir);
+    let fixtures = Fixture::all(&dir)?;
+    anyhow::ensure!(!fixtures.is_empty(), "no fixtures in {}", dir.display());
+    let out = run_kernel(&a.on, Kernel::Parity(fixtures))?;
+    let failed: Vec<_> = out["parity"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["ok"] != true)
+        .map(|r| r["fixture"].to_string())
+        .collect();
+    anyhow::ensure!(
+        failed.is_empty(),
+        "forward outside tolerance: {}",
+        failed.join(", ")
+    );
+    Ok(())
+}
