@@ -163,6 +163,16 @@ impl Args {
         if self.model_tag.is_some() {
             c.model_tag = self.model_tag.clone();
         }
+        // A warm-up the user did not ask for never outlasts the steps they did ask for.
+        if let (None, Some(n)) = (self.warmup_steps, c.num_iterations)
+            && c.schedule.warmup_steps > n
+        {
+            tracing::info!(
+                "warmup_steps {} > num_iterations {n}: warming up over {n} steps",
+                c.schedule.warmup_steps
+            );
+            c.schedule.warmup_steps = n;
+        }
         nanochat::core::Validate::validate(&c)?;
         Ok(c)
     }

@@ -12,6 +12,9 @@ use nanochat::infer::{Chat, Engine};
 use nanochat::model::{BackendTask, ComputeDtype, dispatch};
 use nanochat::tokenizer::Tokenizer;
 
+/// Most tokens per answer unless `--max-tokens` says otherwise.
+const DEFAULT_MAX_TOKENS: usize = 256;
+
 /// Flags of `chat-cli`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -29,9 +32,9 @@ pub struct Args {
     /// Nucleus sampling threshold (1 = off).
     #[arg(long, default_value_t = 1.0)]
     top_p: f64,
-    /// Most tokens per answer.
-    #[arg(long, default_value_t = 256)]
-    max_tokens: usize,
+    /// Most tokens per answer (default 256, or what the model's context has left when less).
+    #[arg(long)]
+    max_tokens: Option<usize>,
     /// Random seed (answers are reproducible for a given seed).
     #[arg(long)]
     seed: Option<u64>,
@@ -66,13 +69,27 @@ impl BackendTask for Task {
             temperature: a.temperature,
             top_k: (a.top_k > 0).then_some(a.top_k),
             top_p: a.top_p,
-            max_tokens: a.max_tokens,
+            max_tokens: a.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
             seed: a.seed,
             ..GenerationParams::default()
         };
         let mut chat = Chat::new(&engine);
         let answer = |chat: &mut Chat<'_, B::InnerBackend>, text: &str| -> anyhow::Result<()> {
             let mut out = std::io::stdout();
+            // Our own default never becomes an error: it shrinks to the room left. What the
+            // user asked for explicitly is checked as given.
+            let room = chat.room_for(text);
+            let mut params = params.clone();
+            if a.max_tokens.is_none() && room < params.max_tokens {
+                anyhow::ensure!(
+                    room > 0,
+                    "the conversation fills the model's context: `clear` starts a new one"
+                );
+                eprintln!(
+                    "(answers are capped at {room} tokens: that is what the model's context has left)"
+                );
+                params.max_tokens = room;
+            }
             chat.send(text, &params, |piece| {
                 let _ = out.write_all(piece.as_bytes());
                 let _ = out.flush();

@@ -108,6 +108,17 @@ def run(name, cmd, limit, optional=False):
     return rec
 
 
+def tuned_keys():
+    """Autotune results in the kernel caches (one JSON line per tuned kernel key)."""
+    n = 0
+    for dirpath, _, files in os.walk(os.path.join(args.work, "kernel-cache")):
+        if "autotune" in dirpath.split(os.sep):
+            for f in files:
+                with open(os.path.join(dirpath, f), "rb") as fh:
+                    n += fh.read().count(b"\n")
+    return n
+
+
 def save():
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
@@ -131,7 +142,9 @@ if smi:
 # 1. The forward against PyTorch's fixture (bf16 tolerance), cold: it also pays first compiles.
 run("parity", f"{nc} bench parity {dev} --fixture-dir {args.fixtures}", 120)
 # 2. The first d12 step with whatever caches there are (cold on a fresh machine).
+keys_before = tuned_keys()
 run("d12_first_step", f"{nc} bench train {D12} --window-pattern L {dev} --steps 1 --warmup 0", 240)
+results["autotune_keys_of_first_step"] = tuned_keys() - keys_before
 # 3. The same again, with the caches of 2: the warm first step; then the steady state.
 run("d12_first_step_warm", f"{nc} bench train {D12} --window-pattern L {dev} --steps 1 --warmup 0", 90)
 run("d12", f"{nc} bench train {D12} --window-pattern L {dev} --steps 10 --warmup 2 --device-name H200", 120)
@@ -193,6 +206,7 @@ rows = [
     ("d12 MFU (%)", fmt(get("d12", "result", "result", "mfu"), ".1f"), get("d12", "cmd")),
     ("upstream d12 tok/s (PyTorch)", fmt(get("torch_d12", "result", "tok_per_sec"), ".0f"), get("torch_d12", "cmd")),
     ("upstream d12 peak memory (GB)", fmt(get("torch_d12", "result", "peak_memory_gb"), ".1f"), get("torch_d12", "cmd")),
+    ("autotune keys the first step created", str(results.get("autotune_keys_of_first_step")), get("d12_first_step", "cmd")),
     ("peak GPU memory over the profile (GiB, nvidia-smi)", fmt(results.get("peak_gpu_memory_gib"), ".1f"), "nvidia-smi -lms 250"),
 ]
 ph = get("d12_phases", "result", "result", "phases") or {}

@@ -33,6 +33,18 @@ impl<'e, B: FusedOps> Chat<'e, B> {
         self.tokens.truncate(1);
     }
 
+    /// The tokens left for a reply to `user` within the model's context.
+    pub fn room_for(&self, user: &str) -> usize {
+        let tok = self.engine.tokenizer();
+        // The conversation, the user turn with its two markers, `<|assistant_start|>`.
+        let prompt = self.tokens.len() + tok.encode(user).len() + 3;
+        self.engine
+            .model()
+            .config()
+            .sequence_len
+            .saturating_sub(prompt)
+    }
+
     /// Adds a user message, generates the assistant's reply (streaming its text pieces to
     /// `on_text`) and appends it to the conversation.
     pub fn send(
