@@ -307,7 +307,7 @@ fn train_rank<B: TrainBackend>(
     let bf16 = args.compute_dtype == ComputeDtype::BF16;
     let mut model = model.with_compute_dtype(args.compute_dtype);
     let mut opt = MuonAdamW::new(&model, &cfg.optimizer, &lrs)?.with_bf16_orthogonalization(bf16);
-    let (loader_state, mut loop_state, mut val_bpb, start_step) = match resume {
+    let (loader_state, mut loop_state, mut val_bpb, start) = match resume {
         None => (None, LoopState::default(), None, 0),
         Some((meta, typed)) => {
             let step = meta.metadata.step;
@@ -326,16 +326,9 @@ fn train_rank<B: TrainBackend>(
     let n = plan.num_iterations;
     let cadence = Cadence::new(cfg.save_every, cfg.resume_from_step, args.stop_after);
     let master = rank.is_master();
-    let mut run = Run::open(
-        &dir,
-        master,
-        args.progress,
-        Bar::Steps(n),
-        cadence,
-        start_step,
-    )?;
+    let mut run = Run::open(&dir, master, args.progress, Bar::Steps(n), cadence, start)?;
     let mut metrics = Vec::new();
-    let mut step = start_step;
+    let mut step = start;
     loop {
         let last = step == n;
         if Cadence::due(cfg.eval_every, step, last) {

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use nanochat_core::{CheckpointMetadata, Source, TrainingConfiguration};
+use nanochat_data::chat_loader::PackMode;
 use nanochat_model::ComputeDtype;
 use serde::{Deserialize, Serialize};
 
@@ -154,6 +155,15 @@ impl ChatStage {
                 "SimpleSpelling:300",
                 "SpellingBee:300",
             ],
+        }
+    }
+
+    /// How conversations are packed into rows: mid crops (every token trained), SFT pads
+    /// (assistant tokens only).
+    pub fn packing(self) -> PackMode {
+        match self {
+            ChatStage::Mid => PackMode::Crop,
+            ChatStage::Sft => PackMode::Pad,
         }
     }
 

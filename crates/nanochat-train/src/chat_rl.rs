@@ -346,19 +346,13 @@ fn rl_rank<B: TrainBackend>(
         }
     };
     let mut model = model.with_compute_dtype(args.compute_dtype);
-    let cadence = Cadence::new(
+    let (save_every, master, bar) = (
         Some(args.save_every),
-        args.resume_from_step,
-        args.stop_after,
-    );
-    let mut out = Run::open(
-        dir,
         rank.is_master(),
-        args.progress,
         Bar::Steps(num_steps),
-        cadence,
-        start,
-    )?;
+    );
+    let cadence = Cadence::new(save_every, args.resume_from_step, args.stop_after);
+    let mut out = Run::open(dir, master, args.progress, bar, cadence, start)?;
     let t_run = Instant::now();
     let bos = tokenizer.bos_token_id();
     let (mut eval, mut rewards_log) = (None, Vec::new());

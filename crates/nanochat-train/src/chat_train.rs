@@ -284,14 +284,12 @@ fn chat_rank<B: TrainBackend>(
     let (b, t) = (inh.device_batch_size, inh.max_seq_len);
     let (mut opt, loader_state, mut ls, start) = restore(run, &model, &rank)?;
     let mut model = model.with_compute_dtype(args.compute_dtype);
-    let mode = match args.stage {
-        ChatStage::Mid => PackMode::Crop,
-        ChatStage::Sft => PackMode::Pad,
-    };
-    let (mixture, st) = (run.mixture.clone(), loader_state.as_ref());
+    let (mixture, mode) = (run.mixture.clone(), args.stage.packing());
+    let st = loader_state.as_ref();
     let mut loader =
         ChatLoader::for_rank(mixture, tokenizer.clone(), b, t, mode, st, rank.rank, world)?;
-    let token_bytes = token_bytes_tensor::<B::InnerBackend>(&tokenizer.token_bytes(), device);
+    let val =
+        (run.val_mixture.as_ref()).map(|vm| Validation::<B::InnerBackend>::new(run, vm, &rank));
     let chatcore = PeriodicChatCore::load(args, rank.is_master())?;
     // One epoch unless capped: the horizon in steps is known only approximately (packing),
     // so the schedule runs on epoch progress; with --num-iterations on step / n.
@@ -311,28 +309,19 @@ fn chat_rank<B: TrainBackend>(
         let synced = rank.sum_f64(&[local, f64::from(u8::from(local >= 1.0))])?;
         let progress = synced[0] / world as f64;
         let last = synced[1] > 0.0 || args.num_iterations == Some(step);
-        if let Some(vm) = &run.val_mixture
+        if let Some(val) = &val
             && (last || Cadence::due(args.eval_every, step, last))
         {
-            match val_bpb(run, vm, &model.valid(), &token_bytes, &rank)? {
-                Some(bpb) => {
-                    ls.val_bpb = Some(bpb);
-                    out.validated(step, bpb);
-                }
-                None => out.log(format!("Step {step:05} | Validation bpb undefined: no assistant tokens within {t} tokens of the validation rows")),
-            }
+            ls.val_bpb = val
+                .bpb(&model.valid(), &rank, &mut out, step)?
+                .or(ls.val_bpb);
         }
         if let Some(cc) = &chatcore
             && Cadence::due(args.chatcore_every, step, last)
             && (last || step > 0)
         {
             let name = format!("{}/{}@{step}", args.stage.source().as_str(), run.tag);
-            let (metric, value) = cc.evaluate(&model, &tokenizer, &name)?;
-            chatcore_value = value;
-            out.log(format!(
-                "Step {step:05} | {metric}: {:.4}",
-                value.unwrap_or(0.0)
-            ));
+            chatcore_value = cc.evaluate(&model, &tokenizer, &name, (&out, step))?;
         }
         if out.cadence.save_due(step, last) {
             let loaders = RankStates(gather_states(&rank, &loader.state())?);
@@ -442,35 +431,52 @@ fn restore<B: TrainBackend>(
 }
 
 /// Validation bits per byte over `eval_tokens` of the validation mixture (each rank its
-/// stride, the sums added up); `None` when no row has an assistant token within the length.
-fn val_bpb<B: FusedOps>(
-    run: &ChatRun<'_>,
-    mixture: &nanochat_data::TaskMixture,
-    model: &Gpt<B>,
-    token_bytes: &Tensor<B, 1, Int>,
-    rank: &Rank<B>,
-) -> Result<Option<f64>, TrainError> {
-    let (b, t, world) = (
-        run.inh.device_batch_size,
-        run.inh.max_seq_len,
-        rank.world_size,
-    );
-    let steps = (run.args.eval_tokens / (b * t * world) as u64).max(1) as usize;
-    let tok = run.tokenizer.clone();
-    let mut vl = ChatLoader::for_rank(
-        mixture.clone(),
-        tok,
-        b,
-        t,
-        PackMode::Pad,
-        None,
-        rank.rank,
-        world,
-    )?;
-    let batches = (0..steps).map(|_| vl.next_batch().map(|bt| bt.to_tensors::<B>(&rank.device)));
-    let sums = evaluate_bpb_sums(model, batches, steps, token_bytes)?;
-    let bpb = reduce_bpb(rank, sums)?.bpb();
-    Ok(bpb.is_finite().then_some(bpb))
+/// stride, the sums added up).
+struct Validation<'a, B: FusedOps> {
+    run: &'a ChatRun<'a>,
+    mixture: &'a nanochat_data::TaskMixture,
+    token_bytes: Tensor<B, 1, Int>,
+}
+
+impl<'a, B: FusedOps> Validation<'a, B> {
+    fn new(run: &'a ChatRun<'a>, mixture: &'a nanochat_data::TaskMixture, rank: &Rank<B>) -> Self {
+        let token_bytes = token_bytes_tensor::<B>(&run.tokenizer.token_bytes(), &rank.device);
+        Validation {
+            run,
+            mixture,
+            token_bytes,
+        }
+    }
+
+    /// The bits per byte of `model`, logged for `step`; `None` when no row has an assistant
+    /// token within the length.
+    fn bpb(
+        &self,
+        model: &Gpt<B>,
+        rank: &Rank<B>,
+        out: &mut Run,
+        step: u64,
+    ) -> Result<Option<f64>, TrainError> {
+        let (b, t, world) = (
+            self.run.inh.device_batch_size,
+            self.run.inh.max_seq_len,
+            rank.world_size,
+        );
+        let steps = (self.run.args.eval_tokens / (b * t * world) as u64).max(1) as usize;
+        let (mixture, tok) = (self.mixture.clone(), self.run.tokenizer.clone());
+        let mut vl =
+            ChatLoader::for_rank(mixture, tok, b, t, PackMode::Pad, None, rank.rank, world)?;
+        let batches =
+            (0..steps).map(|_| vl.next_batch().map(|bt| bt.to_tensors::<B>(&rank.device)));
+        let sums = evaluate_bpb_sums(model, batches, steps, &self.token_bytes)?;
+        let bpb = reduce_bpb(rank, sums)?.bpb();
+        if !bpb.is_finite() {
+            out.log(format!("Step {step:05} | Validation bpb undefined: no assistant tokens within {t} tokens of the validation rows"));
+            return Ok(None);
+        }
+        out.validated(step, bpb);
+        Ok(Some(bpb))
+    }
 }
 
 /// The checkpoint meta of `step`.
@@ -525,15 +531,18 @@ impl PeriodicChatCore {
         Ok(Some(PeriodicChatCore { opts, tasks }))
     }
 
-    /// The metric's name and its aggregate for `model`.
+    /// The aggregate for `model`, logged for `step`.
     fn evaluate<B: TrainBackend>(
         &self,
         model: &Gpt<B>,
         tokenizer: &Arc<Tokenizer>,
         name: &str,
-    ) -> Result<(String, Option<f64>), TrainError> {
+        (out, step): (&Run, u64),
+    ) -> Result<Option<f64>, TrainError> {
         let engine = Engine::new(model.valid(), tokenizer.clone())?;
         let (_, res) = run_chat_eval(&engine, &self.tasks, &self.opts, name)?;
-        Ok((res.metric, res.aggregate))
+        let value = res.aggregate.unwrap_or(0.0);
+        out.log(format!("Step {step:05} | {}: {value:.4}", res.metric));
+        Ok(res.aggregate)
     }
 }
