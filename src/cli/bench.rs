@@ -48,24 +48,8 @@ enum What {
 /// Flags of `bench train`.
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// Model depth.
-    #[arg(long, default_value_t = 12)]
-    depth: usize,
-    /// Rows per device per step.
-    #[arg(long, default_value_t = 32)]
-    device_batch_size: usize,
-    /// Tokens per row.
-    #[arg(long, default_value_t = 2048)]
-    seq_len: usize,
-    /// Sliding-window pattern (L = full context everywhere, as the reference table).
-    #[arg(long, default_value = "L")]
-    window_pattern: String,
-    /// Vocabulary size.
-    #[arg(long, default_value_t = 32768)]
-    vocab_size: usize,
-    /// Target head dimension (upstream's `--head-dim`; `runcpu.sh` uses 64).
-    #[arg(long, default_value_t = 128)]
-    head_dim: usize,
+    #[command(flatten)]
+    shape: super::bench_kernels::StepShape,
     /// Timed steps (the median is reported).
     #[arg(long, default_value_t = 10)]
     steps: usize,
@@ -116,12 +100,6 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| super::base_train::detected_gpu_name(device));
     let args = nanochat::train::bench_train::BenchTrainArgs {
-        depth: a.depth,
-        device_batch_size: a.device_batch_size,
-        seq_len: a.seq_len,
-        window_pattern: a.window_pattern.clone(),
-        vocab_size: a.vocab_size,
-        head_dim: a.head_dim,
         steps: a.steps,
         warmup: a.warmup,
         compute_dtype,
@@ -130,6 +108,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
             .and_then(nanochat::train::peak_flops::peak_flops),
         distributed: a.on.dist.config()?,
         phases: a.phases,
+        ..a.shape.bench_args()
     };
     if let Some(rounds) = a.compare_collective {
         let o = nanochat::model::dispatch(device, OverheadTask(args, rounds))??;
@@ -160,8 +139,8 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         r.params,
         r.world_size,
         if r.collective { " via collective" } else { "" },
-        a.device_batch_size,
-        a.seq_len,
+        a.shape.device_batch_size,
+        a.shape.seq_len,
         r.median_step_s * 1e3,
         r.tok_per_sec,
         r.mfu.map_or("-".into(), |m| format!("{m:.1} %")),

@@ -14,6 +14,49 @@ use nanochat::train::bench_train::{BenchTrainArgs, bench_model};
 
 use super::run_args::DeviceArgs;
 
+/// The model (the depth dial's) and batch of a training step.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StepShape {
+    /// Model depth.
+    #[arg(long, default_value_t = 12)]
+    depth: usize,
+    /// Rows per device per step.
+    #[arg(long, default_value_t = 32)]
+    pub device_batch_size: usize,
+    /// Tokens per row.
+    #[arg(long, default_value_t = 2048)]
+    pub seq_len: usize,
+    /// Sliding-window pattern (L = full context everywhere, as the reference table).
+    #[arg(long, default_value = "L")]
+    window_pattern: String,
+    /// Vocabulary size.
+    #[arg(long, default_value_t = 32768)]
+    vocab_size: usize,
+    /// Target head dimension (upstream's `--head-dim`; `runcpu.sh` uses 64).
+    #[arg(long, default_value_t = 128)]
+    head_dim: usize,
+}
+
+impl StepShape {
+    /// A `bench train` of this shape (no steps; float32; one device).
+    pub fn bench_args(&self) -> BenchTrainArgs {
+        BenchTrainArgs {
+            depth: self.depth,
+            device_batch_size: self.device_batch_size,
+            seq_len: self.seq_len,
+            window_pattern: self.window_pattern.clone(),
+            vocab_size: self.vocab_size,
+            head_dim: self.head_dim,
+            steps: 0,
+            warmup: 0,
+            compute_dtype: ComputeDtype::F32,
+            peak_flops: None,
+            distributed: None,
+            phases: false,
+        }
+    }
+}
+
 /// Flags of `bench matmul`.
 #[derive(clap::Args, Debug)]
 pub struct MatmulArgs {
@@ -21,18 +64,8 @@ pub struct MatmulArgs {
     /// below: q/k/v/o, MLP in and out, lm_head).
     #[arg(long, value_delimiter = ',')]
     shapes: Vec<String>,
-    /// Model depth (for the default shapes).
-    #[arg(long, default_value_t = 12)]
-    depth: usize,
-    /// Rows per device (for the default shapes).
-    #[arg(long, default_value_t = 32)]
-    device_batch_size: usize,
-    /// Tokens per row (for the default shapes).
-    #[arg(long, default_value_t = 2048)]
-    seq_len: usize,
-    /// Vocabulary size (for the default shapes).
-    #[arg(long, default_value_t = 32768)]
-    vocab_size: usize,
+    #[command(flatten)]
+    shape: StepShape,
     /// Timed products per shape.
     #[arg(long, default_value_t = 20)]
     iters: usize,
@@ -87,21 +120,8 @@ fn parse_shape(s: &str) -> anyhow::Result<(usize, usize, usize)> {
 
 /// The forward GEMMs of a step of the depth-dial model `a` describes.
 fn step_shapes(a: &MatmulArgs) -> anyhow::Result<Vec<(usize, usize, usize)>> {
-    let cfg = bench_model(&BenchTrainArgs {
-        depth: a.depth,
-        device_batch_size: a.device_batch_size,
-        seq_len: a.seq_len,
-        window_pattern: "L".into(),
-        vocab_size: a.vocab_size,
-        head_dim: 128,
-        steps: 0,
-        warmup: 0,
-        compute_dtype: ComputeDtype::F32,
-        peak_flops: None,
-        distributed: None,
-        phases: false,
-    })?;
-    let (rows, c) = (a.device_batch_size * a.seq_len, cfg.n_embd);
+    let cfg = bench_model(&a.shape.bench_args())?;
+    let (rows, c) = (a.shape.device_batch_size * a.shape.seq_len, cfg.n_embd);
     let kv = cfg.n_kv_head * (c / cfg.n_head);
     Ok(vec![
         (rows, c, c),
