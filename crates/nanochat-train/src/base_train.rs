@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::data_parallel::{gather_states, train_step};
 use crate::error::TrainError;
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
+pub use crate::run::StepMetrics;
 use crate::run::{Bar, Cadence, Run, debiased, load_optimizer_state, smooth_loss};
 use crate::schedule::RunPlan;
 use crate::stage_meta::{self, RankStates, RunMeta};
@@ -108,49 +109,23 @@ impl LoopState {
     }
 }
 
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepMetrics {
-    /// Step index (the optimizer step just taken).
-    pub step: u64,
-    /// Raw loss of the last micro-batch.
-    pub loss: f64,
-    /// Debiased EMA of the loss.
-    pub smooth_loss: f64,
-    /// LR multiplier.
-    pub lrm: f64,
-    /// Step time (s).
-    pub dt: f64,
-    /// Tokens per second.
-    pub tok_per_sec: f64,
-    /// Model FLOPs utilisation (%), when the device's peak is known.
-    pub mfu: Option<f64>,
-    /// Data epoch.
-    pub epoch: u64,
-    /// Validation bpb measured before this step, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub val_bpb: Option<f64>,
-}
-
-impl StepMetrics {
-    /// The status line of this step of `n` (upstream's `print0` of each step).
-    fn status(&self, n: u64, loader: &LoaderState, loop_state: &LoopState) -> String {
-        let (step, p) = (self.step, loader.pos);
-        format!(
-            "step {step:05}/{n:05} ({:.2}%) | loss: {:.6} | lrm: {:.2} | dt: {:.2}ms | tok/sec: {:.0} | mfu: {} | epoch: {} pq: {} rg: {} | total time: {:.2}m{}",
-            100.0 * step as f64 / n as f64,
-            self.smooth_loss,
-            self.lrm,
-            self.dt * 1000.0,
-            self.tok_per_sec,
-            self.mfu.map_or("-".to_string(), |m| format!("{m:.2}")),
-            p.epoch,
-            p.pq_idx,
-            p.rg_idx,
-            loop_state.total_training_time / 60.0,
-            loop_state.eta(step, n),
-        )
-    }
+/// The status line of a step of `n` (upstream's `print0` of each step).
+fn status(m: &StepMetrics, n: u64, loader: &LoaderState, loop_state: &LoopState) -> String {
+    let (step, p) = (m.step, loader.pos);
+    format!(
+        "step {step:05}/{n:05} ({:.2}%) | loss: {:.6} | lrm: {:.2} | dt: {:.2}ms | tok/sec: {:.0} | mfu: {} | epoch: {} pq: {} rg: {} | total time: {:.2}m{}",
+        100.0 * step as f64 / n as f64,
+        m.smooth_loss,
+        m.lrm,
+        m.dt * 1000.0,
+        m.tok_per_sec,
+        m.mfu.map_or("-".to_string(), |m| format!("{m:.2}")),
+        p.epoch,
+        p.pq_idx,
+        p.rg_idx,
+        loop_state.total_training_time / 60.0,
+        loop_state.eta(step, n),
+    )
 }
 
 /// What a run did.
@@ -379,7 +354,7 @@ fn train_rank<B: TrainBackend>(
         if step > 10 {
             loop_state.total_training_time += dt;
         }
-        let epoch = loader_state.pos.epoch;
+        let epoch = Some(loader_state.pos.epoch);
         let (loss, smooth_loss, val_bpb) = (train_loss, smooth, run.take_val());
         let m = StepMetrics {
             step,
@@ -390,9 +365,10 @@ fn train_rank<B: TrainBackend>(
             tok_per_sec,
             mfu,
             epoch,
+            progress: None,
             val_bpb,
         };
-        run.log(m.status(n, &loader_state, &loop_state));
+        run.log(status(&m, n, &loader_state, &loop_state));
         run.record(&m)?;
         metrics.push(m);
         step += 1;

@@ -43,7 +43,8 @@ use crate::data_parallel::gather_states;
 use crate::error::TrainError;
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
 use crate::run::{
-    Bar, Cadence, Run, load_optimizer_state, load_source, resume_or_source, smooth_loss,
+    Bar, Cadence, Run, StepMetrics, load_optimizer_state, load_source, resume_or_source,
+    smooth_loss,
 };
 use crate::schedule::B_REF;
 use crate::stage_meta::{self, RankStates, RunMeta};
@@ -59,48 +60,27 @@ pub struct ChatLoopState {
     pub val_bpb: Option<f64>,
 }
 
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChatStepMetrics {
-    /// Step.
-    pub step: u64,
-    /// Token-weighted loss of the step.
-    pub loss: f64,
-    /// Debiased EMA.
-    pub smooth_loss: f64,
-    /// LR multiplier.
-    pub lrm: f64,
-    /// Seconds.
-    pub dt: f64,
-    /// Trained targets per second.
-    pub tok_per_sec: f64,
-    /// Epoch progress.
-    pub progress: f64,
-    /// Validation bpb measured before this step.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub val_bpb: Option<f64>,
-}
+/// `metrics.jsonl`'s lines (the stages share one type).
+pub type ChatStepMetrics = StepMetrics;
 
-impl ChatStepMetrics {
-    /// The status line of this step.
-    fn status(&self, mfu: Option<f64>, trained: usize, ls: &ChatLoopState) -> String {
-        let p = self.progress;
-        let eta = match p > 0.0 {
-            true => ls.total_training_time * (1.0 - p).max(0.0) / p / 60.0,
-            false => 0.0,
-        };
-        format!(
-            "step {:05} ({:.2}%) | loss: {:.6} | lrm: {:.3} | dt: {:.2}ms | tok/sec: {:.0} | mfu: {} | trained tokens: {trained} | total time: {:.2}m | eta: {eta:.1}m",
-            self.step,
-            100.0 * p,
-            self.smooth_loss,
-            self.lrm,
-            self.dt * 1000.0,
-            self.tok_per_sec,
-            mfu.map_or("-".to_string(), |m| format!("{m:.2}")),
-            ls.total_training_time / 60.0,
-        )
-    }
+/// The status line of a step.
+fn status(m: &StepMetrics, trained: usize, ls: &ChatLoopState) -> String {
+    let p = m.progress.unwrap_or(0.0);
+    let eta = match p > 0.0 {
+        true => ls.total_training_time * (1.0 - p).max(0.0) / p / 60.0,
+        false => 0.0,
+    };
+    format!(
+        "step {:05} ({:.2}%) | loss: {:.6} | lrm: {:.3} | dt: {:.2}ms | tok/sec: {:.0} | mfu: {} | trained tokens: {trained} | total time: {:.2}m | eta: {eta:.1}m",
+        m.step,
+        100.0 * p,
+        m.smooth_loss,
+        m.lrm,
+        m.dt * 1000.0,
+        m.tok_per_sec,
+        m.mfu.map_or("-".to_string(), |m| format!("{m:.2}")),
+        ls.total_training_time / 60.0,
+    )
 }
 
 /// What a run did.
@@ -115,7 +95,7 @@ pub struct ChatTrainSummary {
     /// Last ChatCORE, if measured.
     pub chatcore: Option<f64>,
     /// This invocation's metrics.
-    pub metrics: Vec<ChatStepMetrics>,
+    pub metrics: Vec<StepMetrics>,
     /// Conversations per epoch.
     pub epoch_len: usize,
     /// Tokens per step.
@@ -362,18 +342,20 @@ fn chat_rank<B: TrainBackend>(
         let mfu = args
             .peak_flops
             .map(|pk| 100.0 * model.estimate_flops() as f64 * tok_per_sec / (pk * world as f64));
-        let (loss, progress, val_bpb) = (loss_sum, p, out.take_val());
-        let m = ChatStepMetrics {
+        let (loss, progress, val_bpb) = (loss_sum, Some(p), out.take_val());
+        let m = StepMetrics {
             step,
             loss,
             smooth_loss: smooth,
             lrm,
             dt,
             tok_per_sec,
+            mfu,
+            epoch: None,
             progress,
             val_bpb,
         };
-        out.log(m.status(mfu, n_valid, &ls));
+        out.log(status(&m, n_valid, &ls));
         out.set_position((p * 1000.0) as u64);
         out.record(&m)?;
         metrics.push(m);

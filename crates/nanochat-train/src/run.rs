@@ -204,6 +204,35 @@ impl Run {
     }
 }
 
+/// One line of `metrics.jsonl`: what every stage records of a step.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct StepMetrics {
+    /// Step index (the optimizer step just taken).
+    pub step: u64,
+    /// The step's loss: pretraining, of its last micro-batch; post-training, token-weighted
+    /// over the whole step.
+    pub loss: f64,
+    /// Debiased EMA of the loss.
+    pub smooth_loss: f64,
+    /// LR multiplier.
+    pub lrm: f64,
+    /// Step time (s).
+    pub dt: f64,
+    /// Tokens processed per second (all ranks).
+    pub tok_per_sec: f64,
+    /// Model FLOPs utilisation (%), when the device's peak is known.
+    pub mfu: Option<f64>,
+    /// Data epoch (pretraining).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// Progress through the epoch (post-training).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
+    /// Validation bpb measured before this step, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_bpb: Option<f64>,
+}
+
 /// Folds `loss` into the EMA `smooth` (upstream's β = 0.9) and returns it debiased for `step`.
 pub fn smooth_loss(smooth: &mut f64, loss: f64, step: u64) -> f64 {
     *smooth = 0.9 * *smooth + 0.1 * loss;
