@@ -49,7 +49,7 @@ pub struct ChatTrainArgs {
     /// Checkpoints to start from: base for mid-train; for chat-sft mid when present, else base.
     #[cfg_attr(feature = "cli", arg(short = 'i', long))]
     pub source: Option<Source>,
-    /// Model tag of the source (default: the largest d<N>).
+    /// Model tag of the source (default: the largest, dN with the largest N).
     #[cfg_attr(feature = "cli", arg(short = 'g', long))]
     pub model_tag: Option<String>,
     /// Step of the source (default: the last).

@@ -48,7 +48,7 @@ pub struct ChatRlArgs {
     /// Checkpoints to start from.
     #[cfg_attr(feature = "cli", arg(short = 'i', long, default_value_t = Self::default().source))]
     pub source: Source,
-    /// Model tag of the source (default: the largest d<N>).
+    /// Model tag of the source (default: the largest, dN with the largest N).
     #[cfg_attr(feature = "cli", arg(short = 'g', long))]
     pub model_tag: Option<String>,
     /// Step of the source (default: the last).

@@ -5,9 +5,9 @@
 //!
 //! Each stage defines its own meta struct (`BaseMeta`, `ChatMeta`, `RlMeta`), made of the
 //! [`RunMeta`] every stage writes and the next stage inherits, the stage's [`RankStates`] (every
-//! rank's loader position) and its loop state. [`write`] flattens it into
+//! rank's loader position) and its loop state. [`write()`] flattens it into
 //! [`CheckpointMetadata::extra`] under upstream's key names, so the meta files read the same as
-//! before and as upstream's; [`read`] parses it back, naming the folder when it does not fit.
+//! before and as upstream's; [`read()`] parses it back, naming the folder when it does not fit.
 
 use std::collections::BTreeMap;
 use std::path::Path;
