@@ -78,12 +78,18 @@ pub struct BaseTrainArgs {
 /// Loop state carried in the checkpoint meta (upstream `loop_state`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LoopState {
-    /// Best validation bpb so far.
+    /// Best validation bpb so far (infinite before the first evaluation: `null` in JSON).
+    #[serde(deserialize_with = "null_is_infinite")]
     pub min_val_bpb: f64,
     /// EMA of the training loss (not debiased).
     pub smooth_train_loss: f64,
     /// Training seconds, excluding the first 10 steps.
     pub total_training_time: f64,
+}
+
+/// JSON has no infinity: `serde_json` writes it as `null`, which reads back as infinity.
+fn null_is_infinite<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
 }
 
 impl Default for LoopState {
@@ -318,12 +324,13 @@ fn train_rank<B: TrainBackend>(
                 run.log(sample_greedy(&eval_model, &tokenizer, prompt, 16));
             }
         }
-        if run.cadence.save_due(step, last) {
+        let (save, stop) = run.at_step(step, last, &rank)?;
+        if save {
             let loaders = RankStates(gather_states(&rank, &loader_state)?);
             let meta = base_meta(cfg, plan, step, val_bpb, loop_state, loaders)?;
             run.save(&model, &opt, meta)?;
         }
-        if last || run.cadence.stop_here(step) {
+        if stop {
             break;
         }
 

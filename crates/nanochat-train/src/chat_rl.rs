@@ -370,7 +370,8 @@ fn rl_rank<B: TrainBackend>(
             ));
             eval = Some(r);
         }
-        if out.cadence.save_due(step, last) {
+        let (save, stop) = out.at_step(step, last, &rank)?;
+        if save {
             let typed = RlMeta {
                 run: run.source.clone(),
                 stage_config: args.clone(),
@@ -380,7 +381,7 @@ fn rl_rank<B: TrainBackend>(
             stage_meta::write(&mut md, &typed)?;
             out.save(&model, &opt, md)?;
         }
-        if last || out.cadence.stop_here(step) {
+        if stop {
             break;
         }
 

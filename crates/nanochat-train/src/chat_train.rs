@@ -303,11 +303,12 @@ fn chat_rank<B: TrainBackend>(
             let name = format!("{}/{}@{step}", args.stage.source().as_str(), run.tag);
             chatcore_value = cc.evaluate(&model, &tokenizer, &name, (&out, step))?;
         }
-        if out.cadence.save_due(step, last) {
+        let (save, stop) = out.at_step(step, last, &rank)?;
+        if save {
             let loaders = RankStates(gather_states(&rank, &loader.state())?);
             out.save(&model, &opt, chat_meta(run, loaders, &ls, step)?)?;
         }
-        if last || out.cadence.stop_here(step) {
+        if stop {
             break;
         }
 

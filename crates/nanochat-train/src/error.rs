@@ -64,6 +64,17 @@ pub enum TrainError {
         /// The step it failed in.
         step: u64,
     },
+    /// Ctrl-C or SIGTERM: the run finished its step, saved a checkpoint and stopped.
+    #[error(
+        "interrupted at step {step}: the checkpoint is saved in {}; continue with the same command and --resume-from-step {step}",
+        dir.display()
+    )]
+    Interrupted {
+        /// The step saved.
+        step: u64,
+        /// Its checkpoint folder.
+        dir: std::path::PathBuf,
+    },
     /// A checkpoint that cannot be resumed from.
     #[error("cannot resume: {0}")]
     Resume(String),

@@ -4,13 +4,18 @@
 //!
 //! A [`Run`] owns the progress bar, rank-0 logging, the `metrics.jsonl` writer (cut back to the
 //! resumed step, validation results that ride on the next step's line), the save / stop
-//! [`Cadence`] and the checkpoint writing. A stage's loop keeps only what is its own: how a
+//! [`Cadence`], the checkpoint writing, and interrupts: on Ctrl-C or SIGTERM the run finishes
+//! its step, saves a checkpoint and stops with [`TrainError::Interrupted`], which names the
+//! resume command; a second signal exits at once (the checkpoint writer is crash-safe, so the
+//! last good checkpoint stays). A stage's loop keeps only what is its own: how a
 //! batch is made, how the loss is computed, what is evaluated, what its meta holds
 //! ([`crate::stage_meta`]).
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -19,6 +24,7 @@ use nanochat_core::fs::IoError;
 use nanochat_core::{CheckpointMeta, CheckpointMetadata, Source};
 use nanochat_model::Gpt;
 use nanochat_model::checkpoint::{load_checkpoint, load_model, save_checkpoint};
+use nanochat_model::distributed::Rank;
 use nanochat_model::weights::{read_safetensors, to_safetensors};
 use serde::Serialize;
 
@@ -85,6 +91,7 @@ pub enum Bar {
 pub struct Run {
     dir: PathBuf,
     master: bool,
+    interrupted: bool,
     bar: ProgressBar,
     metrics: Option<(File, PathBuf)>,
     pending_val: Option<f64>,
@@ -126,14 +133,38 @@ impl Run {
         if let Bar::Steps(_) = bar {
             pb.set_position(start_step);
         }
+        // A new run starts uninterrupted (a process may run several, as tests do).
+        interrupt_flag().store(false, Ordering::SeqCst);
         Ok(Run {
             dir: dir.to_path_buf(),
             master,
+            interrupted: false,
             bar: pb,
             metrics,
             pending_val: None,
             cadence,
         })
+    }
+
+    /// What to do at `step`, before training it: `(save, stop)`. Saves at the last step, on
+    /// the cadence, at `stop_after`, and when interrupted (the ranks agree: one interrupted
+    /// rank stops them all); stops at the last step, at `stop_after` and when interrupted.
+    pub fn at_step<B: Backend>(
+        &mut self,
+        step: u64,
+        last: bool,
+        rank: &Rank<B>,
+    ) -> Result<(bool, bool), TrainError> {
+        let local = f64::from(u8::from(interrupt_flag().load(Ordering::SeqCst)));
+        self.interrupted = rank.sum_f64(&[local])?[0] > 0.0;
+        if self.interrupted {
+            self.log(format!("interrupted: saving step {step} and stopping"));
+        }
+        let save = self.cadence.save_due(step, last) || self.interrupted;
+        Ok((
+            save,
+            last || self.cadence.stop_here(step) || self.interrupted,
+        ))
     }
 
     /// The checkpoint folder.
@@ -194,14 +225,39 @@ impl Run {
     }
 
     /// Ends the run at `step`: a validation with no step after it gets its own metrics line;
-    /// the bar is cleared.
+    /// the bar is cleared. An interrupted run ends in [`TrainError::Interrupted`].
     pub fn finish(mut self, step: u64) -> Result<(), TrainError> {
         if let Some(v) = self.pending_val.take() {
             self.record(&serde_json::json!({"step": step, "val_bpb": v}))?;
         }
         self.bar.finish_and_clear();
-        Ok(())
+        match self.interrupted {
+            true => Err(TrainError::Interrupted {
+                step,
+                dir: self.dir,
+            }),
+            false => Ok(()),
+        }
     }
+}
+
+/// Set by SIGINT and SIGTERM once the first run of the process has opened; a second signal
+/// while it is set exits the process at once (status 130).
+fn interrupt_flag() -> &'static Arc<AtomicBool> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            // Order matters: the exit is checked before the flag is set by this signal.
+            let registered =
+                signal_hook::flag::register_conditional_shutdown(signal, 130, flag.clone())
+                    .and_then(|_| signal_hook::flag::register(signal, flag.clone()));
+            if let Err(e) = registered {
+                tracing::warn!("Ctrl-C will stop the run without saving: {e}");
+            }
+        }
+        flag
+    })
 }
 
 /// One line of `metrics.jsonl`: what every stage records of a step.

@@ -1,6 +1,7 @@
 //! Pretraining resumes bit-identically on the CPU: 2k steps straight and k steps + resume + k
 //! steps give identical parameters, optimizer state and loss log (tiny model, generated shards,
-//! gradient accumulation 2, an eval at the resume point).
+//! gradient accumulation 2, an eval at the resume point); so does a run interrupted by SIGINT
+//! at whatever step the signal lands on.
 
 mod common;
 
@@ -15,6 +16,12 @@ use nanochat_model::ComputeDtype;
 use nanochat_train::{BaseTrainArgs, base_train};
 
 type B = Autodiff<Flex>;
+
+/// The tests of this file one at a time: SIGINT reaches every run of the process.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn config(k: u64) -> TrainingConfiguration {
     TrainingConfiguration {
@@ -64,6 +71,7 @@ fn final_files(base: &Path, step: u64) -> (Vec<u8>, Vec<u8>) {
 
 #[test]
 fn resume_is_bit_identical() {
+    let _serial = serial();
     let k = 3;
     let data = tempfile::tempdir().unwrap();
     write_shards(data.path(), 40);
@@ -129,4 +137,56 @@ fn resume_is_bit_identical() {
     assert!(text.lines().last().unwrap().contains("val_bpb"));
     // The loss fell.
     assert!(straight.metrics.last().unwrap().loss < straight.metrics[0].loss);
+}
+
+#[test]
+fn an_interrupted_run_saves_and_resumes_bit_identically() {
+    let _serial = serial();
+    let k = 4;
+    let data = tempfile::tempdir().unwrap();
+    write_shards(data.path(), 40);
+    let tok = byte_tokenizer();
+    let dev = Default::default();
+    let straight_dir = tempfile::tempdir().unwrap();
+    let cfg = || TrainingConfiguration {
+        eval_every: None,
+        ..config(k)
+    };
+    base_train::<B>(
+        &args(straight_dir.path(), data.path(), cfg(), None),
+        tok.clone(),
+        &dev,
+    )
+    .unwrap();
+
+    // Ctrl-C once two steps are logged: the run finishes its step, saves and says how to resume.
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = checkpoint_dir(dir.path(), Source::Base, "d2").join("metrics.jsonl");
+    let signal = std::thread::spawn(move || {
+        while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 2 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        signal_hook::low_level::raise(signal_hook::consts::SIGINT).unwrap();
+    });
+    let err = base_train::<B>(
+        &args(dir.path(), data.path(), cfg(), None),
+        tok.clone(),
+        &dev,
+    )
+    .expect_err("the run was interrupted");
+    signal.join().unwrap();
+    let msg = err.to_string();
+    let nanochat_train::TrainError::Interrupted { step, .. } = err else {
+        panic!("not an interrupt: {msg}")
+    };
+    assert!((2..2 * k).contains(&step), "interrupted at step {step}");
+    assert!(msg.contains(&format!("--resume-from-step {step}")), "{msg}");
+
+    let resumed = TrainingConfiguration {
+        resume_from_step: Some(step),
+        ..cfg()
+    };
+    let done = base_train::<B>(&args(dir.path(), data.path(), resumed, None), tok, &dev).unwrap();
+    assert_eq!(done.step, 2 * k);
+    assert!(final_files(straight_dir.path(), 2 * k) == final_files(dir.path(), 2 * k));
 }
