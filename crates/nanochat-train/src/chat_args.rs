@@ -10,6 +10,9 @@ use nanochat_model::ComputeDtype;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
+use nanochat_core::validation::{VResult, check_non_negative, check_positive, check_range};
+use nanochat_core::{Interval, Validate};
+
 use crate::stage_meta::{LrOverrides, RunMeta, inherited_config};
 
 /// Which conversation stage.
@@ -126,6 +129,35 @@ pub struct ChatTrainArgs {
     #[serde(default)]
     #[cfg_attr(feature = "cli", arg(skip))]
     pub distributed: Option<nanochat_core::DistributedConfig>,
+}
+
+impl Validate for ChatTrainArgs {
+    /// The stage's own settings (what it inherits is checked once merged, see `inherit`).
+    fn validate(&self) -> VResult {
+        const E: &str = "ChatTrainArgs";
+        self.lrs.validate()?;
+        let (init, warmdown) = self.lr_schedule();
+        check_non_negative(E, "init_lr_frac", init)?;
+        check_range(E, "warmdown_ratio", warmdown, Interval::closed(0.0, 1.0))?;
+        let sizes = [
+            ("device_batch_size", self.device_batch_size),
+            ("max_seq_len", self.max_seq_len),
+        ];
+        for (field, v) in sizes {
+            if let Some(v) = v {
+                check_positive(E, field, v as u64)?;
+            }
+        }
+        if let Some(v) = self.total_batch_size {
+            check_positive(E, "total_batch_size", v)?;
+        }
+        check_positive(E, "eval_tokens", self.eval_tokens)?;
+        check_positive(
+            E,
+            "chatcore_max_problems",
+            self.chatcore_max_problems as u64,
+        )
+    }
 }
 
 /// The validation mixture of both stages.
@@ -287,6 +319,7 @@ pub(crate) fn inherit(
 ) -> Result<Inherited, TrainError> {
     let source = RunMeta::of(meta);
     let cfg = inherited_config(meta, &args.lrs);
+    cfg.optimizer.validate()?;
     let device_batch_size = args
         .device_batch_size
         .or(source.device_batch_size)

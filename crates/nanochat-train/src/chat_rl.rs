@@ -28,10 +28,13 @@ use nanochat_model::{ComputeDtype, Gpt, Reduction};
 use nanochat_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 
+use nanochat_core::validation::{VResult, check_non_negative, check_positive, check_range};
+use nanochat_core::{Interval, Validate};
+
 use crate::error::TrainError;
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
 pub use crate::pass_at_k::{PassAtK, evaluate_pass_at_k};
-use crate::run::{Bar, Cadence, Run, load_optimizer_state, load_source, resume_or_source};
+use crate::run::{Bar, Cadence, Run, SourceCheckpoint, load_optimizer_state};
 use crate::schedule::B_REF;
 use crate::stage_meta::{self, LrOverrides, RunMeta, inherited_config};
 
@@ -156,6 +159,31 @@ impl Default for ChatRlArgs {
     }
 }
 
+impl Validate for ChatRlArgs {
+    fn validate(&self) -> VResult {
+        const E: &str = "ChatRlArgs";
+        self.lrs.validate()?;
+        let counts = [
+            ("num_epochs", self.num_epochs),
+            ("examples_per_step", self.examples_per_step),
+            ("num_samples", self.num_samples),
+            ("max_new_tokens", self.max_new_tokens),
+            ("device_batch_size", self.device_batch_size),
+            ("eval_k", self.eval_k),
+        ];
+        for (field, v) in counts {
+            check_positive(E, field, v as u64)?;
+        }
+        check_range(
+            E,
+            "temperature",
+            self.temperature,
+            Interval::closed(0.0, 2.0),
+        )?;
+        check_non_negative(E, "init_lr_frac", self.init_lr_frac)
+    }
+}
+
 impl ChatRlArgs {
     /// Upstream's defaults with these folders.
     pub fn new(base_dir: PathBuf, data_dir: PathBuf) -> Self {
@@ -260,17 +288,15 @@ pub fn chat_rl<B: TrainBackend>(
     tokenizer: Arc<Tokenizer>,
     device: &B::Device,
 ) -> Result<RlSummary, TrainError> {
+    args.validate()?;
     let train = Gsm8k::load(&args.data_dir.join("tasks/gsm8k/train.jsonl"))
         .map_err(|e| TrainError::Data(e.to_string()))?;
     let test = Gsm8k::load(&args.data_dir.join("tasks/gsm8k/test.jsonl"))
         .map_err(|e| TrainError::Data(e.to_string()))?;
-    let (src_model, src_meta, src_dir, tag) = load_source::<B>(
-        &args.base_dir,
-        args.source,
-        args.model_tag.as_deref(),
-        args.model_step,
-        device,
-    )?;
+    // The source checkpoint's meta: what the run inherits is checked before any weights load.
+    let (source, tag) = (args.source, args.model_tag.as_deref());
+    let src = SourceCheckpoint::find(&args.base_dir, source, tag, args.model_step)?;
+    let (src_meta, src_dir, tag) = (src.meta.clone(), src.dir.clone(), src.tag.clone());
     let dir = checkpoint_dir(&args.base_dir, Source::Rl, &tag);
     let e = args.examples_per_step.max(1);
     let num_steps = args
@@ -279,6 +305,7 @@ pub fn chat_rl<B: TrainBackend>(
 
     let mut source = RunMeta::of(&src_meta.metadata);
     source.user_config = inherited_config(&src_meta.metadata, &args.lrs);
+    source.user_config.optimizer.validate()?;
     let total = source.total_batch_size.unwrap_or(B_REF);
     let lrs = GroupLrs::scaled(
         &source.user_config.optimizer,
@@ -286,7 +313,7 @@ pub fn chat_rl<B: TrainBackend>(
     );
 
     // The model is loaded once; every rank gets a copy (same weights, same parameter ids).
-    let (model, resume_meta) = resume_or_source(src_model, &dir, args.resume_from_step, device)?;
+    let (model, resume_meta) = src.start::<B>(&dir, args.resume_from_step, device)?;
     tracing::info!(
         "RL from {} | {} steps × {} problems × {} samples → {}",
         src_dir.display(),

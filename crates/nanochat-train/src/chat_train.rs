@@ -26,6 +26,7 @@ use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{ElementConversion, Int, Tensor};
 use nanochat_core::CheckpointMetadata;
+use nanochat_core::Validate;
 use nanochat_core::checkpoint_manager::checkpoint_dir;
 use nanochat_data::chat_loader::{ChatBatch, ChatLoader, ChatLoaderState, PackMode};
 use nanochat_data::tasks::{TaskSplit, build_mixture};
@@ -43,8 +44,7 @@ use crate::data_parallel::gather_states;
 use crate::error::TrainError;
 use crate::optim::{GroupLrs, MuonAdamW, StepScalars};
 use crate::run::{
-    Bar, Cadence, Run, StepMetrics, load_optimizer_state, load_source, resume_or_source,
-    smooth_loss,
+    Bar, Cadence, Run, SourceCheckpoint, StepMetrics, load_optimizer_state, smooth_loss,
 };
 use crate::schedule::B_REF;
 use crate::stage_meta::{self, RankStates, RunMeta};
@@ -160,14 +160,11 @@ pub fn chat_train<B: TrainBackend>(
     device: &B::Device,
 ) -> Result<ChatTrainSummary, TrainError> {
     let args = &args.clone().resolve();
-    // The source checkpoint (for config inheritance, and the weights of a fresh run).
-    let (src_model, src_meta, src_dir, tag) = load_source::<B>(
-        &args.base_dir,
-        args.source(),
-        args.model_tag.as_deref(),
-        args.model_step,
-        device,
-    )?;
+    args.validate()?;
+    // The source checkpoint's meta: what the run inherits is checked before any weights load.
+    let (source, tag) = (args.source(), args.model_tag.as_deref());
+    let src = SourceCheckpoint::find(&args.base_dir, source, tag, args.model_step)?;
+    let (src_meta, src_dir, tag) = (src.meta.clone(), src.dir.clone(), src.tag.clone());
     let inh = inherit(&src_meta.metadata, args)?;
     let (b, t) = (inh.device_batch_size, inh.max_seq_len);
     if t > src_meta.model_config.sequence_len {
@@ -210,7 +207,7 @@ pub fn chat_train<B: TrainBackend>(
     );
 
     // The model is loaded once; every rank gets a copy (same weights, same parameter ids).
-    let (model, resume_meta) = resume_or_source(src_model, &dir, args.resume_from_step, device)?;
+    let (model, resume_meta) = src.start::<B>(&dir, args.resume_from_step, device)?;
     let resume = match resume_meta {
         Some(meta) => {
             let typed: ChatMeta = stage_meta::read(&meta.metadata, &dir)?;

@@ -23,7 +23,7 @@ use nanochat_core::checkpoint_manager::{self as files, optim_file_name};
 use nanochat_core::fs::IoError;
 use nanochat_core::{CheckpointMeta, CheckpointMetadata, Source};
 use nanochat_model::Gpt;
-use nanochat_model::checkpoint::{load_checkpoint, load_model, save_checkpoint};
+use nanochat_model::checkpoint::{load_checkpoint, save_checkpoint};
 use nanochat_model::distributed::Rank;
 use nanochat_model::weights::{read_safetensors, to_safetensors};
 use serde::Serialize;
@@ -314,36 +314,57 @@ pub fn load_optimizer_state<B: Backend>(
     Ok(())
 }
 
-/// The checkpoint a post-training stage starts from (`base_dir`'s `source` checkpoints, tag and
-/// step by default the largest and the last): model, meta, folder and tag.
-pub fn load_source<B: Backend>(
-    base_dir: &Path,
-    source: Source,
-    model_tag: Option<&str>,
-    step: Option<u64>,
-    device: &B::Device,
-) -> Result<(Gpt<B>, CheckpointMeta, PathBuf, String), TrainError> {
-    let (model, meta, dir) = load_model::<B>(base_dir, source, model_tag, step, device)?;
-    let tag = dir
-        .file_name()
-        .map_or_else(|| "d0".into(), |s| s.to_string_lossy().into_owned());
-    Ok((model, meta, dir, tag))
+/// The checkpoint a post-training stage starts from, found and its meta read, its weights not
+/// loaded yet: the stage validates what it inherits first.
+pub struct SourceCheckpoint {
+    /// Its folder.
+    pub dir: PathBuf,
+    /// Its model tag.
+    pub tag: String,
+    /// Its meta (config, metadata, files).
+    pub meta: CheckpointMeta,
 }
 
-/// The model a post-training stage starts from: its own checkpoint at `resume_from_step` in
-/// `dir` (with that checkpoint's meta), else `source`.
-pub fn resume_or_source<B: Backend>(
-    source: Gpt<B>,
-    dir: &Path,
-    resume_from_step: Option<u64>,
-    device: &B::Device,
-) -> Result<(Gpt<B>, Option<CheckpointMeta>), TrainError> {
-    match resume_from_step {
-        None => Ok((source, None)),
-        Some(step) => {
-            drop(source);
-            let (model, meta) = load_checkpoint::<B>(dir, step, device)?;
-            Ok((model, Some(meta)))
+impl SourceCheckpoint {
+    /// `base_dir`'s `source` checkpoint of `model_tag` (default the largest `dN`) at `step`
+    /// (default the last), as upstream's `load_model` finds it.
+    pub fn find(
+        base_dir: &Path,
+        source: Source,
+        model_tag: Option<&str>,
+        step: Option<u64>,
+    ) -> Result<Self, TrainError> {
+        let root = base_dir.join(source.dir_name());
+        let tag = match model_tag {
+            Some(t) => t.to_string(),
+            None => files::find_largest_model(&root)?,
+        };
+        let dir = root.join(&tag);
+        let step = match step {
+            Some(s) => s,
+            None => files::find_last_step(&dir)?,
+        };
+        let meta = files::load_meta(&dir, step)?;
+        Ok(SourceCheckpoint { dir, tag, meta })
+    }
+
+    /// The model the stage starts from: its own checkpoint at `resume_from_step` in `dir` (with
+    /// that checkpoint's meta), else these weights.
+    pub fn start<B: Backend>(
+        &self,
+        dir: &Path,
+        resume_from_step: Option<u64>,
+        device: &B::Device,
+    ) -> Result<(Gpt<B>, Option<CheckpointMeta>), TrainError> {
+        match resume_from_step {
+            None => Ok((
+                load_checkpoint::<B>(&self.dir, self.meta.metadata.step, device)?.0,
+                None,
+            )),
+            Some(step) => {
+                let (model, meta) = load_checkpoint::<B>(dir, step, device)?;
+                Ok((model, Some(meta)))
+            }
         }
     }
 }

@@ -12,7 +12,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use nanochat_core::{CheckpointMetadata, TrainingConfiguration};
+use nanochat_core::validation::{VResult, check_positive_f};
+use nanochat_core::{CheckpointMetadata, TrainingConfiguration, Validate};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -60,6 +61,22 @@ pub struct LrOverrides {
     /// Muon learning rate (default: the source's).
     #[cfg_attr(feature = "cli", arg(long))]
     pub matrix_lr: Option<f64>,
+}
+
+impl Validate for LrOverrides {
+    fn validate(&self) -> VResult {
+        let lrs = [
+            ("embedding_lr", self.embedding_lr),
+            ("unembedding_lr", self.unembedding_lr),
+            ("matrix_lr", self.matrix_lr),
+        ];
+        for (field, lr) in lrs {
+            if let Some(lr) = lr {
+                check_positive_f("LrOverrides", field, lr)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The pretraining configuration stored in a checkpoint's meta (`user_config`), with `lrs`

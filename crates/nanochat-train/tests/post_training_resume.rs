@@ -207,3 +207,39 @@ fn run_stages(dist: Option<DistributedConfig>) {
         "RL files differ"
     );
 }
+
+#[test]
+fn bad_settings_are_refused_before_any_weights_load() {
+    let base = tempfile::tempdir().unwrap();
+    base_model(base.path());
+    // Without its weights: a stage that got as far as loading them would fail on the file.
+    let dir = checkpoint_dir(base.path(), Source::Base, "d2");
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("model_") {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let jsonl = base.path().join("mine.jsonl");
+    let chat =
+        r#"{"messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello."}]}"#;
+    std::fs::write(&jsonl, format!("{chat}\n")).unwrap();
+    let dev = Default::default();
+    let refused = |stage: ChatStage, tweak: &dyn Fn(&mut ChatTrainArgs)| {
+        let mut a = chat_args(stage, base.path(), &jsonl);
+        a.source = Some(Source::Base);
+        tweak(&mut a);
+        chat_train::<B>(&a, tok(), &dev).unwrap_err().to_string()
+    };
+    let e = refused(ChatStage::Mid, &|a| a.lrs.matrix_lr = Some(-1.0));
+    assert!(e.contains("matrix_lr") && e.contains("-1"), "{e}");
+    let e = refused(ChatStage::Sft, &|a| a.warmdown_ratio = Some(1.5));
+    assert!(e.contains("warmdown_ratio"), "{e}");
+    let mut rl = ChatRlArgs::new(base.path().to_path_buf(), data_dir());
+    rl.source = Source::Base;
+    rl.temperature = 3.0;
+    let e = chat_rl::<B>(&rl, tok(), &dev).unwrap_err().to_string();
+    assert!(e.contains("temperature"), "{e}");
+    // Valid settings get as far as the weights.
+    let e = refused(ChatStage::Mid, &|_| {});
+    assert!(e.contains("model_"), "{e}");
+}
