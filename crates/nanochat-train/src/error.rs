@@ -75,6 +75,9 @@ pub enum TrainError {
         /// Its checkpoint folder.
         dir: std::path::PathBuf,
     },
+    /// A training run moved through its lifecycle in a way the data model forbids.
+    #[error(transparent)]
+    Lifecycle(#[from] nanochat_core::lifecycle::LifecycleError),
     /// A checkpoint that cannot be resumed from.
     #[error("cannot resume: {0}")]
     Resume(String),

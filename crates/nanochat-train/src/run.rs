@@ -21,6 +21,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use indicatif::{ProgressBar, ProgressStyle};
 use nanochat_core::checkpoint_manager::{self as files, optim_file_name};
 use nanochat_core::fs::IoError;
+use nanochat_core::lifecycle::{Lifecycle, TrainingState};
 use nanochat_core::{CheckpointMeta, CheckpointMetadata, Source};
 use nanochat_model::Gpt;
 use nanochat_model::checkpoint::{load_checkpoint, save_checkpoint};
@@ -92,6 +93,7 @@ pub struct Run {
     dir: PathBuf,
     master: bool,
     interrupted: bool,
+    lifecycle: Lifecycle<TrainingState>,
     bar: ProgressBar,
     metrics: Option<(File, PathBuf)>,
     pending_val: Option<f64>,
@@ -135,10 +137,12 @@ impl Run {
         }
         // A new run starts uninterrupted (a process may run several, as tests do).
         interrupt_flag().store(false, Ordering::SeqCst);
+        let lifecycle = training_lifecycle(dir, cadence.resume_from_step)?;
         Ok(Run {
             dir: dir.to_path_buf(),
             master,
             interrupted: false,
+            lifecycle,
             bar: pb,
             metrics,
             pending_val: None,
@@ -161,10 +165,29 @@ impl Run {
             self.log(format!("interrupted: saving step {step} and stopping"));
         }
         let save = self.cadence.save_due(step, last) || self.interrupted;
-        Ok((
-            save,
-            last || self.cadence.stop_here(step) || self.interrupted,
-        ))
+        let stop = last || self.cadence.stop_here(step) || self.interrupted;
+        // The training lifecycle: Training ⇄ CheckpointSaved, then Completed or Interrupted.
+        let now = chrono::Utc::now();
+        if self.lifecycle.state() == TrainingState::CheckpointSaved {
+            self.lifecycle.advance(TrainingState::Training, now)?;
+        }
+        if save {
+            self.lifecycle
+                .advance(TrainingState::CheckpointSaved, now)?;
+        }
+        if stop {
+            let end = match last {
+                true => TrainingState::Completed,
+                false => TrainingState::Interrupted,
+            };
+            self.lifecycle.advance(end, now)?;
+        }
+        Ok((save, stop))
+    }
+
+    /// Where the run is in its lifecycle (saved with each checkpoint as `training_state`).
+    pub fn lifecycle(&self) -> &Lifecycle<TrainingState> {
+        &self.lifecycle
     }
 
     /// The checkpoint folder.
@@ -217,6 +240,9 @@ impl Run {
         if !self.master {
             return Ok(());
         }
+        let mut meta = meta;
+        meta.extra
+            .insert(TRAINING_STATE_KEY.into(), json_value(&self.lifecycle)?);
         let step = meta.step;
         let optim = to_safetensors(&opt.state_tensors(), None)?;
         save_checkpoint(&self.dir, model, meta, &[(optim_file_name(step, 0), optim)])?;
@@ -239,6 +265,44 @@ impl Run {
             false => Ok(()),
         }
     }
+}
+
+/// Meta key of the run's training lifecycle (state and timestamped history).
+pub const TRAINING_STATE_KEY: &str = "training_state";
+
+fn json_value<T: Serialize>(value: &T) -> Result<serde_json::Value, TrainError> {
+    serde_json::to_value(value).map_err(|e| TrainError::Data(format!("{TRAINING_STATE_KEY}: {e}")))
+}
+
+/// The lifecycle of a run starting now: Initialized → Training, or, resuming from the
+/// checkpoint at `resume_from_step` in `dir`, that checkpoint's lifecycle → Interrupted (unless
+/// it stopped there already) → Resumed → Training. A checkpoint without one (written before
+/// runs recorded it, or unreadable: the stage reports that), or of a run that completed,
+/// starts a new history at Interrupted.
+fn training_lifecycle(
+    dir: &Path,
+    resume_from_step: Option<u64>,
+) -> Result<Lifecycle<TrainingState>, TrainError> {
+    use TrainingState::*;
+    let now = chrono::Utc::now();
+    let mut lifecycle = Lifecycle::new(now);
+    if let Some(step) = resume_from_step {
+        let saved = files::load_meta(dir, step)
+            .ok()
+            .and_then(|m| m.metadata.extra.get(TRAINING_STATE_KEY).cloned());
+        if let Some(l) =
+            saved.and_then(|v| serde_json::from_value::<Lifecycle<TrainingState>>(v).ok())
+            && l.state() != Completed
+        {
+            lifecycle = l;
+        }
+        if lifecycle.state() != Interrupted {
+            lifecycle.advance(Interrupted, now)?;
+        }
+        lifecycle.advance(Resumed, now)?;
+    }
+    lifecycle.advance(Training, now)?;
+    Ok(lifecycle)
 }
 
 /// Set by SIGINT and SIGTERM once the first run of the process has opened; a second signal

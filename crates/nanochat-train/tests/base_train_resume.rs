@@ -181,6 +181,23 @@ fn an_interrupted_run_saves_and_resumes_bit_identically() {
     };
     assert!((2..2 * k).contains(&step), "interrupted at step {step}");
     assert!(msg.contains(&format!("--resume-from-step {step}")), "{msg}");
+    // The run's lifecycle travels with its checkpoints.
+    let ckpt = checkpoint_dir(dir.path(), Source::Base, "d2");
+    let states = |step: u64| -> Vec<String> {
+        let meta = files::load_meta(&ckpt, step).unwrap().metadata;
+        let history = meta.extra["training_state"]["history"]
+            .as_array()
+            .unwrap()
+            .clone();
+        history
+            .iter()
+            .map(|e| e[0].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        states(step),
+        ["initialized", "training", "checkpoint_saved", "interrupted"]
+    );
 
     let resumed = TrainingConfiguration {
         resume_from_step: Some(step),
@@ -189,4 +206,6 @@ fn an_interrupted_run_saves_and_resumes_bit_identically() {
     let done = base_train::<B>(&args(dir.path(), data.path(), resumed, None), tok, &dev).unwrap();
     assert_eq!(done.step, 2 * k);
     assert!(final_files(straight_dir.path(), 2 * k) == final_files(dir.path(), 2 * k));
+    let resumed = ["resumed", "training", "checkpoint_saved", "completed"];
+    assert_eq!(states(2 * k)[4..], resumed, "{:?}", states(2 * k));
 }
