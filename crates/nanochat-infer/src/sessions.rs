@@ -121,6 +121,10 @@ async fn send(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: MessageRequest = parse(&body)?;
+    // Refused before any generation: the session keeps no blank message.
+    if req.content.trim().is_empty() {
+        return Err(ApiError::bad("content", "a message may not be blank"));
+    }
     let (chars, max) = (req.content.chars().count(), limits::MAX_MESSAGE_CHARS);
     if chars > max {
         return Err(ApiError::bad(
@@ -185,10 +189,12 @@ async fn send(
     let Some(s) = g.store.get_mut(&id) else {
         return Err(not_found(&id)); // deleted or evicted while answering
     };
-    s.messages.drain(..trimmed.min(s.messages.len()));
-    s.push(user, now).map_err(ApiError::internal)?;
-    if !text.trim().is_empty() {
-        // An empty reply is returned but not kept (a message may not be blank).
+    // A turn is kept whole: an empty reply (a message may not be blank) is returned but
+    // leaves the history as it was, so user and assistant keep alternating.
+    let kept = !text.trim().is_empty();
+    if kept {
+        s.messages.drain(..trimmed.min(s.messages.len()));
+        s.push(user, now).map_err(ApiError::internal)?;
         s.push(reply, done).map_err(ApiError::internal)?;
     }
     let (used, remaining) = (s.tokens_used(), s.remaining_context());
@@ -198,7 +204,8 @@ async fn send(
         "message": {"role": "assistant", "content": text},
         "finish_reason": finish_str(finish),
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
-        "trimmed": trimmed,
+        "trimmed": if kept { trimmed } else { 0 },
+        "kept": kept,
         "tokens_used": used,
         "remaining_context": remaining,
     });

@@ -299,6 +299,13 @@ fn sessions_keep_history_count_tokens_and_trim() {
     );
     assert_eq!(status, 400);
     assert!(body.contains("temperature"));
+    // A blank message is refused before anything is generated, not as a 500 after.
+    let (status, body) = post(
+        &format!("{url}/v1/sessions/{id}/messages"),
+        r#"{"content": "  "}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("content") && body.contains("blank"), "{body}");
     let (status, _) = post(
         &format!("{url}/v1/sessions"),
         r#"{"context_window": 100000}"#,
