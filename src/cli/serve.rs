@@ -70,17 +70,13 @@ impl BackendTask for Load {
 pub fn run(mut args: Args, base: &Path) -> anyhow::Result<()> {
     let tokenizer = Arc::new(super::load_tokenizer(base)?);
     // The model config (for the context length and the model id) comes from the meta.
-    let source = args.checkpoint.source;
-    let root = base.join(source.dir_name());
-    let tag = match &args.checkpoint.model_tag {
-        Some(t) => t.clone(),
-        None => nanochat::core::checkpoint_manager::find_largest_model(&root)?,
-    };
-    let dir = root.join(&tag);
-    let step = match args.checkpoint.step {
-        Some(s) => s,
-        None => nanochat::core::checkpoint_manager::find_last_step(&dir)?,
-    };
+    let (source, c) = (args.checkpoint.source, &args.checkpoint);
+    let (dir, tag, step) = nanochat::core::checkpoint_manager::find_checkpoint(
+        base,
+        source,
+        c.model_tag.as_deref(),
+        c.step,
+    )?;
     let meta = nanochat::core::checkpoint_manager::load_meta(&dir, step)?;
     let state = AppState::new(
         format!("nanochat-{tag}-{}", source.as_str()),

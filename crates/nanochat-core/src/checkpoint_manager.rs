@@ -561,6 +561,28 @@ pub fn list_steps(dir: &Path) -> Result<Vec<u64>, CheckpointError> {
     Ok(steps)
 }
 
+/// Where upstream's `load_model(source, …)` looks: `<base>/<source>_checkpoints/<model_tag>/`,
+/// the largest `dN` tag unless `model_tag` is given, the last step unless `step` is. Returns the
+/// folder, the tag and the step.
+pub fn find_checkpoint(
+    base_dir: &Path,
+    source: Source,
+    model_tag: Option<&str>,
+    step: Option<u64>,
+) -> Result<(PathBuf, String, u64), CheckpointError> {
+    let root = base_dir.join(source.dir_name());
+    let tag = match model_tag {
+        Some(t) => t.to_string(),
+        None => find_largest_model(&root)?,
+    };
+    let dir = root.join(&tag);
+    let step = match step {
+        Some(s) => s,
+        None => find_last_step(&dir)?,
+    };
+    Ok((dir, tag, step))
+}
+
 /// The highest completed step in `dir` (upstream `find_last_step`).
 pub fn find_last_step(dir: &Path) -> Result<u64, CheckpointError> {
     list_steps(dir)?

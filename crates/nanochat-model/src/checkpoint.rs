@@ -14,8 +14,7 @@ use burn::tensor::TensorData;
 use burn::tensor::backend::Backend;
 use burn_store::{ModuleStore, PytorchStore};
 use nanochat_core::checkpoint_manager::{
-    self as files, CheckpointError, CheckpointWriter, Source, find_largest_model, find_last_step,
-    model_file_name,
+    self as files, CheckpointError, CheckpointWriter, Source, model_file_name,
 };
 use nanochat_core::{CheckpointMeta, CheckpointMetadata, ModelConfig, Validate, ValidationError};
 
@@ -96,16 +95,7 @@ pub fn load_model<B: Backend>(
     step: Option<u64>,
     device: &B::Device,
 ) -> Result<(Gpt<B>, CheckpointMeta, PathBuf), ModelError> {
-    let root = base_dir.join(source.dir_name());
-    let tag = match model_tag {
-        Some(t) => t.to_string(),
-        None => find_largest_model(&root)?,
-    };
-    let dir = root.join(&tag);
-    let step = match step {
-        Some(s) => s,
-        None => find_last_step(&dir)?,
-    };
+    let (dir, _, step) = files::find_checkpoint(base_dir, source, model_tag, step)?;
     let (model, meta) = load_checkpoint(&dir, step, device)?;
     Ok((model, meta, dir))
 }

@@ -398,16 +398,7 @@ impl SourceCheckpoint {
         model_tag: Option<&str>,
         step: Option<u64>,
     ) -> Result<Self, TrainError> {
-        let root = base_dir.join(source.dir_name());
-        let tag = match model_tag {
-            Some(t) => t.to_string(),
-            None => files::find_largest_model(&root)?,
-        };
-        let dir = root.join(&tag);
-        let step = match step {
-            Some(s) => s,
-            None => files::find_last_step(&dir)?,
-        };
+        let (dir, tag, step) = files::find_checkpoint(base_dir, source, model_tag, step)?;
         let meta = files::load_meta(&dir, step)?;
         Ok(SourceCheckpoint { dir, tag, meta })
     }
