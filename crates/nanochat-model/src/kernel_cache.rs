@@ -149,20 +149,25 @@ fn point_caches(gpu: &str) -> Configured {
 
 /// The autotune results (one JSON line per tuned kernel key) in the cache folder `dir`.
 pub fn tuned_keys(dir: &Path) -> u64 {
-    let mut stack = vec![dir.to_path_buf()];
     let mut lines = 0;
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.components().any(|c| c.as_os_str() == "autotune") {
-                let bytes = std::fs::read(&path).unwrap_or_default();
-                lines += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
-            }
+    walk_files(dir, &mut |path, _| {
+        if path.components().any(|c| c.as_os_str() == "autotune") {
+            let bytes = std::fs::read(path).unwrap_or_default();
+            lines += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+        }
+    });
+    lines
+}
+
+/// Calls `f` with every file under `dir` (at any depth) and its size.
+fn walk_files(dir: &Path, f: &mut dyn FnMut(&Path, u64)) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => walk_files(&entry.path(), f),
+            Ok(t) if t.is_file() => f(&entry.path(), entry.metadata().map_or(0, |m| m.len())),
+            _ => {}
         }
     }
-    lines
 }
 
 /// Says what a first run on a GPU is doing while CubeCL tunes kernels (minutes on a cold
@@ -214,18 +219,6 @@ pub struct GpuCache {
 
 /// The GPUs that have a cache under `root`, with their sizes.
 pub fn summary(root: &Path) -> Vec<GpuCache> {
-    fn walk(dir: &Path, files: &mut u64, bytes: &mut u64) {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => walk(&entry.path(), files, bytes),
-                Ok(t) if t.is_file() => {
-                    *files += 1;
-                    *bytes += entry.metadata().map_or(0, |m| m.len());
-                }
-                _ => {}
-            }
-        }
-    }
     let mut out: Vec<GpuCache> = std::fs::read_dir(root)
         .into_iter()
         .flatten()
@@ -233,7 +226,10 @@ pub fn summary(root: &Path) -> Vec<GpuCache> {
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| {
             let (mut files, mut bytes) = (0, 0);
-            walk(&e.path(), &mut files, &mut bytes);
+            walk_files(&e.path(), &mut |_, size| {
+                files += 1;
+                bytes += size;
+            });
             GpuCache {
                 gpu: e.file_name().to_string_lossy().into_owned(),
                 files,

@@ -43,8 +43,7 @@ impl RunMeta {
     /// What `meta` holds of a run (what it lacks reads as `None`, a meta that does not parse
     /// as the defaults: upstream's scripts tolerate older checkpoints the same way).
     pub fn of(meta: &CheckpointMetadata) -> Self {
-        let fields = meta.extra.clone().into_iter().collect();
-        serde_json::from_value(serde_json::Value::Object(fields)).unwrap_or_default()
+        serde_json::from_value(extra_object(meta)).unwrap_or_default()
     }
 }
 
@@ -198,10 +197,14 @@ pub fn write<T: Serialize>(meta: &mut CheckpointMetadata, typed: &T) -> Result<(
     }
 }
 
+/// `meta.extra` as one JSON object, for typed reading.
+fn extra_object(meta: &CheckpointMetadata) -> serde_json::Value {
+    serde_json::Value::Object(meta.extra.clone().into_iter().collect())
+}
+
 /// A stage's typed meta from `meta.extra` of the checkpoint in `dir`.
 pub fn read<T: DeserializeOwned>(meta: &CheckpointMetadata, dir: &Path) -> Result<T, TrainError> {
-    let fields: serde_json::Map<_, _> = meta.extra.clone().into_iter().collect();
-    serde_json::from_value(serde_json::Value::Object(fields))
+    serde_json::from_value(extra_object(meta))
         .map_err(|e| TrainError::Resume(format!("{} (step {}): {e}", dir.display(), meta.step)))
 }
 
