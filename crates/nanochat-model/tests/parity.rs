@@ -3,62 +3,21 @@
 //! `../shared/fixtures/model`): logits, loss, every gradient, KV-cache decode logits, counts.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Int, Tensor, TensorData};
-use nanochat_core::ModelConfig;
 use nanochat_core::paths::fixture_dir;
-use nanochat_model::weights::{load_named, named_grads, read_safetensors};
+use nanochat_model::fixture::Fixture;
+use nanochat_model::weights::{load_named, named_grads};
 use nanochat_model::{Gpt, Reduction};
-use serde_json::Value;
 
 type B = Autodiff<Flex>;
 
-struct Fixture {
-    name: String,
-    json: Value,
-    tensors: BTreeMap<String, TensorData>,
-    path: PathBuf,
-}
-
 fn fixtures() -> Vec<Fixture> {
     let dir = fixture_dir();
-    let mut out = Vec::new();
-    for entry in
-        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("fixture dir {}: {e}", dir.display()))
-    {
-        let path = entry.unwrap().path();
-        if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
-            continue;
-        }
-        let json_path = path.with_extension("json");
-        if !json_path.exists() {
-            continue;
-        }
-        let json: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        let tensors = read_safetensors(&bytes, "", &path)
-            .unwrap()
-            .into_iter()
-            .collect();
-        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-        out.push(Fixture {
-            name,
-            json,
-            tensors,
-            path,
-        });
-    }
+    let out = Fixture::all(&dir).unwrap_or_else(|e| panic!("fixture dir {}: {e}", dir.display()));
     assert!(!out.is_empty(), "no fixtures in {}", dir.display());
     out
-}
-
-fn prefixed(f: &Fixture, prefix: &str) -> Vec<(String, TensorData)> {
-    f.tensors
-        .iter()
-        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone())))
-        .collect()
 }
 
 fn f32s(d: &TensorData) -> Vec<f32> {
@@ -82,9 +41,8 @@ fn model(f: &Fixture) -> Gpt<B> {
 }
 
 fn model_with(f: &Fixture, prefix: &str) -> Gpt<B> {
-    let config: ModelConfig = serde_json::from_value(f.json["config"].clone()).unwrap();
-    let mut m = Gpt::<B>::init(&config, &Default::default()).unwrap();
-    load_named(&mut m, prefixed(f, prefix), &f.path).unwrap();
+    let mut m = Gpt::<B>::init(&f.config, &Default::default()).unwrap();
+    load_named(&mut m, f.prefixed(prefix), &f.path).unwrap();
     m
 }
 
@@ -158,7 +116,7 @@ fn logits_loss_and_gradients_match() {
         let mut grads = loss.backward();
         let ours: BTreeMap<String, TensorData> =
             named_grads(&m, &mut grads).unwrap().into_iter().collect();
-        let theirs = prefixed(&f, "grad.");
+        let theirs = f.prefixed("grad.");
         assert_eq!(ours.len(), theirs.len(), "{}: gradient count", f.name);
         for (name, want) in theirs {
             let got = ours

@@ -12,15 +12,12 @@ use std::time::{Duration, Instant};
 
 use burn::backend::wgpu::WgpuDevice;
 use burn::backend::{Flex, Wgpu};
-use burn::tensor::{Int, Tensor, TensorData};
 use nanochat_core::DeviceSpec;
-use nanochat_core::ModelConfig;
 use nanochat_core::paths::fixture_dir;
-use nanochat_model::FusedOps;
+use nanochat_model::ComputeDtype;
 use nanochat_model::backend::configure_kernel_cache;
-use nanochat_model::kernel_cache::{self, Configured};
-use nanochat_model::weights::{load_named, read_safetensors};
-use nanochat_model::{Gpt, kernel_cache::GpuCache};
+use nanochat_model::fixture::Fixture;
+use nanochat_model::kernel_cache::{self, Configured, GpuCache};
 
 const LIMIT: Duration = Duration::from_secs(600);
 /// Set in the second process: the base dir whose kernel cache it must reuse.
@@ -44,26 +41,6 @@ fn files(dir: &std::path::Path) -> Vec<(String, u64)> {
     out
 }
 
-fn logits<B: FusedOps>(
-    config: &ModelConfig,
-    params: Vec<(String, TensorData)>,
-    idx: &TensorData,
-    device: &B::Device,
-) -> Vec<f32> {
-    let mut m = Gpt::<B>::init(config, device).unwrap();
-    load_named(&mut m, params, "fixture".as_ref()).unwrap();
-    let shape = idx.shape.clone();
-    let idx = Tensor::<B, 2, Int>::from_data(
-        TensorData::new(idx.clone().to_vec::<i64>().unwrap(), [shape[0], shape[1]]),
-        device,
-    );
-    m.forward(idx, None)
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap()
-}
-
 #[test]
 fn wgpu_forward_matches_cpu() {
     let watchdog = std::thread::spawn(|| {
@@ -85,47 +62,31 @@ fn wgpu_forward_matches_cpu() {
         Configured::At(cache.clone())
     );
     // The smallest fixture pair.
-    let dir = fixture_dir();
-    let mut pairs: Vec<_> = std::fs::read_dir(&dir)
+    let fixture = Fixture::all(&fixture_dir())
         .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension().is_some_and(|e| e == "safetensors") && p.with_extension("json").exists()
-        })
-        .collect();
-    pairs.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(u64::MAX));
-    let path = pairs.first().expect("a model fixture").clone();
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(path.with_extension("json")).unwrap()).unwrap();
-    let config: ModelConfig = serde_json::from_value(json["config"].clone()).unwrap();
-    let tensors = read_safetensors(&std::fs::read(&path).unwrap(), "", &path).unwrap();
-    let params: Vec<_> = tensors
-        .iter()
-        .filter_map(|(k, v)| k.strip_prefix("param.").map(|n| (n.to_string(), v.clone())))
-        .collect();
-    let idx = tensors
-        .iter()
-        .find(|(k, _)| k == "input.idx")
-        .unwrap()
-        .1
-        .clone();
+        .into_iter()
+        .next()
+        .expect("a model fixture");
+    let logits = |device: &WgpuDevice| fixture.logits::<Wgpu>(device, ComputeDtype::F32).unwrap();
 
     if child_base.is_some() {
         // The second process: the same forward, from the first one's caches.
         let start = Instant::now();
-        let _ = logits::<Wgpu>(&config, params, &idx, &WgpuDevice::DefaultDevice);
+        let _ = logits(&WgpuDevice::DefaultDevice);
         eprintln!(
             "wgpu forward with warm kernel caches took {:.1?}",
             start.elapsed()
         );
         return;
     }
-    let cpu = logits::<Flex>(&config, params.clone(), &idx, &Default::default());
+    let cpu = fixture
+        .logits::<Flex>(&Default::default(), ComputeDtype::F32)
+        .unwrap();
     let start = Instant::now();
-    let gpu = logits::<Wgpu>(&config, params, &idx, &WgpuDevice::DefaultDevice);
+    let gpu = logits(&WgpuDevice::DefaultDevice);
     eprintln!(
         "wgpu forward of {} took {:.1?}",
-        path.display(),
+        fixture.path.display(),
         start.elapsed()
     );
     let err = cpu
