@@ -101,12 +101,14 @@ pub fn run(mut args: Args, base: &Path) -> anyhow::Result<()> {
         state: state.clone(),
         dtype,
     };
+    let loading = state.clone();
     std::thread::spawn(move || {
         let result = dispatch(device, load)
             .map_err(anyhow::Error::from)
             .and_then(|r| r);
         if let Err(e) = result {
             tracing::error!("model loading failed (the server keeps answering 503): {e:#}");
+            loading.load_failed(format!("{e:#}"));
         }
     });
     rt.block_on(serve(state, listener, async {

@@ -1,19 +1,17 @@
 //! Messages and conversations (upstream's `{"messages": [{"role", "content"}]}` format, with
-//! tool-call parts as `tasks/gsm8k.py` renders them), chat sessions and a bounded session store.
+//! tool-call parts as `tasks/gsm8k.py` renders them). Live chat sessions are in
+//! [`crate::session`].
 //!
 //! A message's content is either a string or a list of parts `{"type": "text" | "python" |
 //! "python_output", "text": …}`, exactly as upstream's `render_conversation` accepts them.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::validation::{
-    Rule, VResult, Validate, ValidationError, check_at_most, check_not_blank, check_positive,
-};
+use crate::validation::{Rule, VResult, Validate, ValidationError, check_not_blank};
 
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -293,180 +291,6 @@ impl Validate for Conversation {
     }
 }
 
-/// A live chat session: its history and its context budget.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConversationSession {
-    /// Unique id within its store.
-    pub id: String,
-    /// Creation time.
-    pub created_at: DateTime<Utc>,
-    /// Last change.
-    pub updated_at: DateTime<Utc>,
-    /// Tokens of context this session may use.
-    pub context_window: usize,
-    /// The model's maximum sequence length.
-    pub max_sequence_len: usize,
-    /// The history.
-    pub messages: Vec<Message>,
-}
-
-impl ConversationSession {
-    /// A new, empty session; checks the context budget.
-    pub fn new(
-        id: impl Into<String>,
-        context_window: usize,
-        max_sequence_len: usize,
-        now: DateTime<Utc>,
-    ) -> Result<Self, ValidationError> {
-        let s = Self {
-            id: id.into(),
-            created_at: now,
-            updated_at: now,
-            context_window,
-            max_sequence_len,
-            messages: Vec::new(),
-        };
-        s.validate()?;
-        Ok(s)
-    }
-
-    /// Appends a message (stamped `now` if it has no timestamp); the session is unchanged when
-    /// the message would break a rule.
-    pub fn push(&mut self, mut message: Message, now: DateTime<Utc>) -> VResult {
-        message.timestamp.get_or_insert(now);
-        self.messages.push(message);
-        if let Err(e) = validate_messages("ConversationSession", &self.messages) {
-            self.messages.pop();
-            return Err(e);
-        }
-        self.updated_at = self.updated_at.max(now);
-        Ok(())
-    }
-
-    /// Tokens used by messages whose count is known.
-    pub fn tokens_used(&self) -> usize {
-        self.messages.iter().filter_map(|m| m.token_count).sum()
-    }
-
-    /// Tokens of context still free.
-    pub fn remaining_context(&self) -> usize {
-        self.context_window.saturating_sub(self.tokens_used())
-    }
-}
-
-impl Validate for ConversationSession {
-    fn validate(&self) -> VResult {
-        check_not_blank("ConversationSession", "id", &self.id)?;
-        check_positive(
-            "ConversationSession",
-            "context_window",
-            self.context_window as u64,
-        )?;
-        check_at_most(
-            "ConversationSession",
-            "context_window",
-            self.context_window as u64,
-            "max_sequence_len",
-            self.max_sequence_len as u64,
-        )?;
-        if self.updated_at < self.created_at {
-            return Err(ValidationError::new(
-                "ConversationSession",
-                "updated_at",
-                self.updated_at.to_rfc3339(),
-                Rule::Chronological {
-                    previous: self.created_at.to_rfc3339(),
-                },
-            ));
-        }
-        validate_messages("ConversationSession", &self.messages)
-    }
-}
-
-/// Sessions by id, bounded in number and idle age.
-#[derive(Debug, Clone)]
-pub struct SessionStore {
-    sessions: HashMap<String, ConversationSession>,
-    max_sessions: usize,
-    max_idle: Duration,
-}
-
-impl SessionStore {
-    /// A store keeping at most `max_sessions`, dropping sessions idle longer than `max_idle`.
-    pub fn new(max_sessions: usize, max_idle: Duration) -> Self {
-        Self {
-            sessions: HashMap::new(),
-            max_sessions: max_sessions.max(1),
-            max_idle,
-        }
-    }
-
-    /// Adds a session; its id must not be in the store. When full, the least recently
-    /// updated session is evicted first. Returns the evicted session's id, if any.
-    pub fn insert(
-        &mut self,
-        session: ConversationSession,
-    ) -> Result<Option<String>, ValidationError> {
-        session.validate()?;
-        if self.sessions.contains_key(&session.id) {
-            return Err(ValidationError::new(
-                "ConversationSession",
-                "id",
-                &session.id,
-                Rule::Unique {
-                    within: "session store",
-                },
-            ));
-        }
-        let mut evicted = None;
-        if self.sessions.len() >= self.max_sessions
-            && let Some(oldest) = self
-                .sessions
-                .values()
-                .min_by_key(|s| (s.updated_at, s.id.clone()))
-                .map(|s| s.id.clone())
-        {
-            self.sessions.remove(&oldest);
-            evicted = Some(oldest);
-        }
-        self.sessions.insert(session.id.clone(), session);
-        Ok(evicted)
-    }
-
-    /// The session with this id.
-    pub fn get(&self, id: &str) -> Option<&ConversationSession> {
-        self.sessions.get(id)
-    }
-
-    /// The session with this id, mutably.
-    pub fn get_mut(&mut self, id: &str) -> Option<&mut ConversationSession> {
-        self.sessions.get_mut(id)
-    }
-
-    /// Removes a session.
-    pub fn remove(&mut self, id: &str) -> Option<ConversationSession> {
-        self.sessions.remove(id)
-    }
-
-    /// Drops sessions idle for longer than the store's limit; returns how many.
-    pub fn evict_idle(&mut self, now: DateTime<Utc>) -> usize {
-        let before = self.sessions.len();
-        let max_idle = self.max_idle;
-        self.sessions.retain(|_, s| now - s.updated_at <= max_idle);
-        before - self.sessions.len()
-    }
-
-    /// Number of sessions.
-    pub fn len(&self) -> usize {
-        self.sessions.len()
-    }
-
-    /// Whether empty.
-    pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,19 +321,5 @@ mod tests {
                 .contains("must be one of: user, assistant, system"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn store_evicts_least_recently_updated_when_full() {
-        let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
-        let mut store = SessionStore::new(2, Duration::hours(1));
-        for (i, id) in ["a", "b", "c"].iter().enumerate() {
-            let s =
-                ConversationSession::new(*id, 100, 100, t0 + Duration::seconds(i as i64)).unwrap();
-            let evicted = store.insert(s).unwrap();
-            assert_eq!(evicted.as_deref(), if i == 2 { Some("a") } else { None });
-        }
-        assert_eq!(store.len(), 2);
-        assert_eq!(store.evict_idle(t0 + Duration::hours(2)), 2);
     }
 }

@@ -10,7 +10,8 @@
 //! | [`training_config`] | [`TrainingConfiguration`] and batch arithmetic | `base_train.py` flags |
 //! | [`optimizer_config`] | [`OptimizerConfig`], [`OptimizerType`], [`LRSchedule`] | `setup_optimizer`, `get_lr_multiplier` |
 //! | [`tokenizer_config`] | [`TokenizerConfig`], [`SpecialTokens`], [`Vocabulary`] | `tokenizer.py` |
-//! | [`conversation`] | [`Message`], [`MessageRole`], [`ConversationSession`], [`SessionStore`] | `render_conversation` input |
+//! | [`conversation`] | [`Message`], [`MessageRole`], [`Conversation`] | `render_conversation` input |
+//! | [`session`] | [`ConversationSession`] (history, budget, sampling defaults, inference lifecycle), [`SessionStore`] | — (upstream's web server is stateless) |
 //! | [`generation`] | [`GenerationParams`] | `Engine.generate` knobs |
 //! | [`evaluation`] | [`EvaluationResult`] | `base_eval` CSV |
 //! | [`dataset`] | [`TrainingDataset`], [`DataSource`], [`DataFormat`], [`PreprocessingStep`], [`DatasetMetadata`] | `dataset.py` |
@@ -49,6 +50,7 @@ pub mod model_counts;
 pub mod optimizer_config;
 pub mod paths;
 pub mod serde_util;
+pub mod session;
 pub mod tokenizer_config;
 pub mod training_config;
 pub mod validation;
@@ -56,10 +58,7 @@ pub mod validation;
 pub use checkpoint::{CheckpointMeta, CheckpointMetadata, FileRecord, Timings};
 pub use checkpoint_manager::{CheckpointError, CheckpointWriter, Source};
 pub use config_file::ConfigError;
-pub use conversation::{
-    ContentPart, Conversation, ConversationSession, Message, MessageContent, MessageRole,
-    SessionStore,
-};
+pub use conversation::{ContentPart, Conversation, Message, MessageContent, MessageRole};
 pub use dataset::{
     DataFormat, DataSource, DatasetKind, DatasetMetadata, PreprocessingStep, ShardInfo, SourceType,
     TrainingDataset,
@@ -74,6 +73,7 @@ pub use lifecycle::{
 pub use model_config::{DepthDial, InitScheme, ModelConfig, WindowSize};
 pub use model_counts::ParamCounts;
 pub use optimizer_config::{AdamGroup, LRSchedule, OptimizerConfig, OptimizerType};
+pub use session::{ConversationSession, SessionStore};
 pub use tokenizer_config::{SpecialTokens, TokenizerConfig, Vocabulary};
 pub use training_config::TrainingConfiguration;
 pub use validation::{Interval, Rule, Validate, ValidationError};

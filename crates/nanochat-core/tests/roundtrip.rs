@@ -240,36 +240,39 @@ fn session() -> impl Strategy<Value = ConversationSession> {
         ),
         any::<bool>(),
         (1usize..4096, 0usize..4096),
+        (any::<bool>(), 0.0f64..2.0),
     )
-        .prop_map(|(id, t0, msgs, system, (ctx, extra))| {
-            let mut now = t0;
-            let mut messages = Vec::new();
-            if system {
-                messages.push(Message::new(MessageRole::System, "be brief").at(now));
-            }
-            for (i, (content, dt, tokens)) in msgs.into_iter().enumerate() {
-                now += chrono::Duration::milliseconds(dt);
-                let role = if i % 2 == 0 {
-                    MessageRole::User
-                } else {
-                    MessageRole::Assistant
-                };
-                messages.push(Message {
-                    role,
-                    content,
-                    timestamp: Some(now),
-                    token_count: tokens,
-                });
-            }
-            ConversationSession {
-                id,
-                created_at: t0,
-                updated_at: now,
-                context_window: ctx,
-                max_sequence_len: ctx + extra,
-                messages,
-            }
-        })
+        .prop_map(
+            |(id, t0, msgs, system, (ctx, extra), (attached, temperature))| {
+                let mut now = t0;
+                let mut messages = Vec::new();
+                if system {
+                    messages.push(Message::new(MessageRole::System, "be brief").at(now));
+                }
+                for (i, (content, dt, tokens)) in msgs.into_iter().enumerate() {
+                    now += chrono::Duration::milliseconds(dt);
+                    let role = if i % 2 == 0 {
+                        MessageRole::User
+                    } else {
+                        MessageRole::Assistant
+                    };
+                    messages.push(Message {
+                        role,
+                        content,
+                        timestamp: Some(now),
+                        token_count: tokens,
+                    });
+                }
+                let mut s = ConversationSession::new(id, ctx, ctx + extra, t0).unwrap();
+                if attached {
+                    s.attach_model(t0).unwrap();
+                }
+                s.generation.temperature = temperature;
+                s.updated_at = now;
+                s.messages = messages;
+                s
+            },
+        )
 }
 
 fn json_value() -> impl Strategy<Value = serde_json::Value> {

@@ -122,9 +122,19 @@ impl Content {
 /// `stop`: one string or a list of them, as the OpenAI API allows.
 #[derive(Debug, Deserialize)]
 #[serde(untagged, expecting = "stop must be a string or a list of strings")]
-enum Stop {
+pub(crate) enum Stop {
     One(String),
     Many(Vec<String>),
+}
+
+impl Stop {
+    /// The stop strings as a list.
+    pub(crate) fn to_vec(&self) -> Vec<String> {
+        match self {
+            Stop::One(s) => vec![s.clone()],
+            Stop::Many(v) => v.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,11 +248,7 @@ impl ChatRequest {
         let max_tokens = self.max_completion_tokens.or(self.max_tokens);
         let max_tokens = max_tokens.unwrap_or(512);
         check_sampling(temperature, top_k, max_tokens)?;
-        let stop = match &self.stop {
-            None => Vec::new(),
-            Some(Stop::One(s)) => vec![s.clone()],
-            Some(Stop::Many(v)) => v.clone(),
-        };
+        let stop = self.stop.as_ref().map_or_else(Vec::new, Stop::to_vec);
         if self.n.unwrap_or(1) != 1 {
             return Err(ApiError::bad("n", "only n = 1 is supported"));
         }

@@ -112,7 +112,7 @@ pub fn stream_reply<B: FusedOps>(
             .map(|s| {
                 (1..s.len())
                     .rev()
-                    .find(|&k| text.ends_with(&s[..k]) && s.is_char_boundary(k))
+                    .find(|&k| s.is_char_boundary(k) && text.ends_with(&s[..k]))
                     .unwrap_or(0)
             })
             .max()

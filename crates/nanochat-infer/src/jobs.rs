@@ -1,7 +1,8 @@
 //! The plumbing between the HTTP handlers and the model workers (upstream v0
 //! `scripts/chat_web.py`: the app state holding the worker pool, and a request's trip through
 //! it): the shared [`AppState`], [`start_job`] (admit a request: the model is loaded, the
-//! server is not closing, a worker takes the job) and [`collect`] (gather a whole answer).
+//! server is not closing, a worker takes the job; the request's lifecycle is recorded in
+//! [`Requests`]) and [`collect`] (gather a whole answer).
 //!
 //! Design: a job's events come back on an unbounded channel; streaming handlers forward them
 //! as SSE frames, the others [`collect`] them. Dropping the receiver (the client left) makes
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::api::ApiError;
 use crate::engine::FinishReason;
+use crate::requests::{Requests, ServerState};
 use crate::session_store::Sessions;
 use crate::workers::{GenEvent, Job, Stats, WorkerPool};
 
@@ -36,6 +38,10 @@ pub struct AppState {
     pub closing: AtomicBool,
     /// Server-side conversations (`/v1/sessions`).
     pub sessions: Sessions,
+    /// The server's lifecycle (loading, ready, failed).
+    pub server: ServerState,
+    /// Every request's lifecycle: those in flight and the last finished ones.
+    pub requests: Arc<Requests>,
     ids: AtomicU64,
 }
 
@@ -50,6 +56,8 @@ impl AppState {
             stats: Arc::new(Stats::default()),
             closing: AtomicBool::new(false),
             sessions: Sessions::default(),
+            server: ServerState::default(),
+            requests: Arc::new(Requests::default()),
             ids: AtomicU64::new(0),
         })
     }
@@ -58,18 +66,32 @@ impl AppState {
         self.ids.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Attaches the workers; `/health` turns ready.
+    /// Attaches the workers; the server turns Ready and `/health` ok.
     pub fn set_pool(&self, pool: WorkerPool) {
-        let _ = self.pool.set(pool);
+        if self.pool.set(pool).is_ok()
+            && let Err(e) = self.server.loaded()
+        {
+            tracing::warn!("{e}");
+        }
+    }
+
+    /// Loading the model failed: the server turns Error and `/health` says why (it keeps
+    /// answering 503).
+    pub fn load_failed(&self, reason: impl ToString) {
+        if let Err(e) = self.server.failed(reason.to_string()) {
+            tracing::warn!("{e}");
+        }
     }
 }
 
 /// The events of one job: `(worker index, event)`.
 pub(crate) type Events = mpsc::UnboundedReceiver<(usize, GenEvent)>;
 
-/// Queues a generation; a 503 while the model loads, during shutdown or without workers.
+/// Queues a generation recorded under `id`; a 503 while the model loads (or after it failed
+/// to), during shutdown or without workers.
 pub(crate) fn start_job(
     state: &AppState,
+    id: String,
     prompt: Vec<u32>,
     params: GenerationParams,
 ) -> Result<Events, ApiError> {
@@ -77,16 +99,22 @@ pub(crate) fn start_job(
     let pool = state
         .pool
         .get()
-        .ok_or_else(|| unavailable("the model is still loading"))?;
+        .ok_or_else(|| match state.server.state().1 {
+            Some(why) => unavailable(&format!("the model failed to load: {why}")),
+            None => unavailable("the model is still loading"),
+        })?;
     if state.closing.load(Ordering::Relaxed) {
         return Err(unavailable("the server is shutting down"));
     }
     state.stats.requests.fetch_add(1, Ordering::Relaxed);
     let (events, rx) = mpsc::unbounded_channel();
+    let request = state.requests.admit(id);
+    request.queued();
     let job = Job {
         prompt,
         params,
         events,
+        request,
     };
     if !pool.submit(job, &state.stats) {
         return Err(unavailable("no model worker is running"));

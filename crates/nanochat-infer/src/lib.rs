@@ -6,7 +6,8 @@
 //! seeds), a token-level [`chat::Chat`] used by `nanochat chat-cli`, and the HTTP
 //! [`server`] (web chat page, upstream's streaming endpoint, OpenAI-compatible API, health,
 //! stats and Prometheus metrics) used by `nanochat serve`, over the OpenAI-compatible request
-//! types in [`api`], the job plumbing in `jobs`, the [`workers`] and the [`sessions`].
+//! types in [`api`], the job plumbing in `jobs`, the [`workers`], the [`sessions`] and the
+//! lifecycle of the server and of every request ([`requests`]).
 //! [`infer_bench`] measures prefill, time to first token and decode throughput per batch size.
 
 #![warn(missing_docs)]
@@ -17,6 +18,7 @@ pub mod chat;
 pub mod engine;
 pub mod infer_bench;
 mod jobs;
+pub mod requests;
 pub mod sampling;
 pub mod server;
 mod session_store;

@@ -1,8 +1,10 @@
 //! The HTTP server (upstream v0 `scripts/chat_web.py`, plus the OpenAI-compatible API users
 //! expect): axum on tokio, a pool of model workers (one thread per engine) fed by a queue.
 //!
-//! - `GET /` the chat page ([`UI_HTML`]); `GET /health` (503 until a model is loaded);
-//!   `GET /stats`; `GET /metrics` (Prometheus text);
+//! - `GET /` the chat page ([`UI_HTML`]); `GET /health` (503 until a model is loaded, with the
+//!   server's lifecycle state and, if loading failed, why); `GET /stats` (counters, the server's
+//!   state, and every request's lifecycle: in flight and the last few, by id — see
+//!   [`crate::requests`]); `GET /metrics` (Prometheus text);
 //! - `POST /chat/completions`: upstream's SSE stream `data: {"token": …, "gpu": n}` … `{"done": true}`;
 //! - `POST /v1/chat/completions` (OpenAI shape, `stream` true → `chat.completion.chunk` SSE
 //!   frames and `data: [DONE]`, false → one JSON with `usage`); `GET /v1/models`;
@@ -59,7 +61,7 @@ async fn upstream_chat(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (_, prompt, params) = prepare(&state, &body, true)?;
-    let rx = start_job(&state, prompt, params)?;
+    let rx = start_job(&state, format!("chat-{}", state.next_id()), prompt, params)?;
     let stream = UnboundedReceiverStream::new(rx).map(|(gpu, ev)| {
         let data = match ev {
             GenEvent::Text(t) => json!({"token": t, "gpu": gpu}),
@@ -76,8 +78,8 @@ async fn openai_chat(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (req, prompt, params) = prepare(&state, &body, false)?;
-    let mut rx = start_job(&state, prompt, params)?;
     let id = format!("chatcmpl-{}", state.next_id());
+    let mut rx = start_job(&state, id.clone(), prompt, params)?;
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -135,15 +137,18 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    match state.pool.get() {
-        Some(p) => {
-            Json(json!({"status": "ok", "ready": true, "num_workers": p.workers})).into_response()
-        }
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "loading", "ready": false})),
+    let (lifecycle, error) = state.server.state();
+    match (state.pool.get(), error) {
+        (Some(p), _) => Json(
+            json!({"status": "ok", "ready": true, "state": lifecycle, "num_workers": p.workers}),
         )
-            .into_response(),
+        .into_response(),
+        (None, error) => {
+            let status = if error.is_some() { "error" } else { "loading" };
+            let body =
+                json!({"status": status, "ready": false, "state": lifecycle, "error": error});
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
     }
 }
 
@@ -179,7 +184,9 @@ fn snapshot(s: &Stats) -> [(&'static str, &'static str, f64); 7] {
 
 async fn stats(State(state): State<Arc<AppState>>) -> Json<Value> {
     let mut v = json!({"model": state.model_id, "ready": state.pool.get().is_some(),
-                       "num_workers": state.pool.get().map_or(0, |p| p.workers)});
+                       "num_workers": state.pool.get().map_or(0, |p| p.workers),
+                       "state": state.server.state().0, "lifecycle": state.server.lifecycle(),
+                       "requests": state.requests.snapshot()});
     for (name, _, value) in snapshot(&state.stats) {
         v[name.trim_start_matches("nanochat_")] = json!(value);
     }

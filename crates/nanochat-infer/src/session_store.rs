@@ -1,20 +1,20 @@
 //! The store behind `/v1/sessions` (no upstream counterpart: upstream's
 //! `scripts/chat_web.py` is stateless, the client resends the whole conversation): the
-//! sessions, bounded in number (least recently used evicted) and idle age, and each one's
-//! inference state.
+//! sessions, bounded in number (least recently used evicted) and idle age. Each session
+//! carries its own inference lifecycle ([`ConversationSession`]'s methods move it).
 //!
-//! Design: one mutex over the [`SessionStore`] and the states. A session answers one message
-//! at a time: [`Sessions::begin`] checks and marks it busy under that lock and returns a
-//! [`Busy`] guard whose `Drop` releases it, so no error path (nor a client that leaves
+//! Design: one mutex over the [`SessionStore`]. A session answers one message at a time:
+//! [`Sessions::begin`] moves it to Processing under that lock (refused, 409, while it answers
+//! another) and returns a [`Busy`] guard whose `Drop` ends the message (Complete after
+//! [`Busy::complete`], Error otherwise), so no error path (nor a client that leaves
 //! mid-answer, which drops the handler's future) can leave a session stuck busy.
 
-use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use nanochat_core::conversation::{Message, SessionStore};
-use nanochat_core::lifecycle::InferenceState;
+use nanochat_core::conversation::Message;
+use nanochat_core::{ConversationSession, GenerationParams, SessionStore};
 
 use crate::api::ApiError;
 
@@ -23,15 +23,9 @@ pub const MAX_SESSIONS: usize = 256;
 /// Idle sessions are dropped after this long.
 pub const MAX_IDLE_SECS: i64 = 3600;
 
-/// The store and each session's lifecycle state.
+/// The sessions, behind one lock.
 pub struct Sessions {
-    inner: Mutex<Inner>,
-}
-
-/// What the lock guards.
-pub(crate) struct Inner {
-    pub(crate) store: SessionStore,
-    pub(crate) states: HashMap<String, InferenceState>,
+    inner: Mutex<SessionStore>,
 }
 
 impl Default for Sessions {
@@ -43,15 +37,14 @@ impl Default for Sessions {
 impl Sessions {
     /// A store bounded by `max_sessions` and `max_idle`.
     pub fn new(max_sessions: usize, max_idle: chrono::Duration) -> Self {
-        let (store, states) = (SessionStore::new(max_sessions, max_idle), HashMap::new());
         Self {
-            inner: Mutex::new(Inner { store, states }),
+            inner: Mutex::new(SessionStore::new(max_sessions, max_idle)),
         }
     }
 
     /// Number of live sessions.
     pub fn len(&self) -> usize {
-        self.lock().store.len()
+        self.lock().len()
     }
 
     /// Whether there are none.
@@ -60,43 +53,41 @@ impl Sessions {
     }
 
     /// The store, locked (a panic elsewhere while holding it leaves no half-written state: every
-    /// update is one call on the store or the map).
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+    /// update is one call on the store or a session).
+    pub(crate) fn lock(&self) -> MutexGuard<'_, SessionStore> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Marks session `id` busy (`processing`) and returns its history, its context window and
-    /// the guard that releases it; 404 if there is no such session, 409 if it is busy.
-    pub(crate) fn begin(
-        &self,
-        id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(Vec<Message>, usize, Busy<'_>), ApiError> {
+    /// Starts answering a message in session `id` (→ Processing) and returns what the answer
+    /// needs: the history, the context window, the session's sampling defaults, and the guard
+    /// that ends the message; 404 if there is no such session, 409 if it is busy.
+    pub(crate) fn begin(&self, id: &str, now: DateTime<Utc>) -> Result<Begun<'_>, ApiError> {
         let mut g = self.lock();
-        g.store.evict_idle(now);
-        let s = g.store.get(id).ok_or_else(|| not_found(id))?;
-        let (history, window) = (s.messages.clone(), s.context_window);
-        let st = g
-            .states
-            .entry(id.to_string())
-            .or_insert(InferenceState::Ready);
-        if matches!(st, InferenceState::Processing | InferenceState::Streaming) {
-            let message = "this session is answering another message";
-            return Err(ApiError::new(StatusCode::CONFLICT, message, Some("id")));
-        }
-        *st = InferenceState::Processing;
-        let end = InferenceState::Ready;
-        let id = id.to_string();
-        Ok((
-            history,
-            window,
-            Busy {
+        g.evict_idle(now);
+        let s = g.get_mut(id).ok_or_else(|| not_found(id))?;
+        s.begin_message(now).map_err(|e| {
+            let message = format!("this session is answering another message ({e})");
+            ApiError::new(StatusCode::CONFLICT, message, Some("id"))
+        })?;
+        Ok(Begun {
+            history: s.messages.clone(),
+            window: s.context_window,
+            generation: s.generation.clone(),
+            busy: Busy {
                 sessions: self,
-                id,
-                end,
+                id: id.to_string(),
+                ok: false,
             },
-        ))
+        })
     }
+}
+
+/// What [`Sessions::begin`] hands out.
+pub(crate) struct Begun<'a> {
+    pub(crate) history: Vec<Message>,
+    pub(crate) window: usize,
+    pub(crate) generation: GenerationParams,
+    pub(crate) busy: Busy<'a>,
 }
 
 /// The 404 for a session that is not (or no longer) there.
@@ -105,62 +96,78 @@ pub(crate) fn not_found(id: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, message, Some("id"))
 }
 
-/// A session answering a message. Its state on drop is `ready` if generation never started,
-/// `error` if it stopped midway (a failure, or the client left) and `complete` after
-/// [`Busy::complete`]. Drop it only with the store unlocked (it takes the lock).
+/// A session answering a message. On drop the message ends: `complete` after
+/// [`Busy::complete`], `error` otherwise (a failure, or the client left). Drop it only with the
+/// store unlocked (it takes the lock).
 pub(crate) struct Busy<'a> {
     sessions: &'a Sessions,
     id: String,
-    end: InferenceState,
+    ok: bool,
 }
 
 impl Busy<'_> {
-    /// Generation started: the session is `streaming` until this guard drops.
+    /// Generation started: Processing → Streaming.
     pub(crate) fn streaming(&mut self) {
-        if let Some(s) = self.sessions.lock().states.get_mut(&self.id) {
-            *s = InferenceState::Streaming;
-        }
-        self.end = InferenceState::Error;
+        self.with_session(|s| s.start_streaming(Utc::now()));
     }
 
     /// The answer is stored: the session turns `complete` when this guard drops.
     pub(crate) fn complete(&mut self) {
-        self.end = InferenceState::Complete;
+        self.ok = true;
+    }
+
+    fn with_session(
+        &self,
+        step: impl FnOnce(&mut ConversationSession) -> Result<(), nanochat_core::LifecycleError>,
+    ) {
+        // The session may have been deleted or evicted meanwhile: nothing left to move.
+        if let Some(s) = self.sessions.lock().get_mut(&self.id)
+            && let Err(e) = step(s)
+        {
+            tracing::warn!(session = %self.id, "{e}");
+        }
     }
 }
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        if let Some(s) = self.sessions.lock().states.get_mut(&self.id) {
-            *s = self.end;
-        }
+        let ok = self.ok;
+        self.with_session(|s| s.end_message(ok, Utc::now()));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nanochat_core::ConversationSession;
+    use nanochat_core::lifecycle::InferenceState;
 
     #[test]
-    fn busy_guard_releases_the_session_on_every_path() {
+    fn busy_guard_ends_the_message_on_every_path() {
         let sessions = Sessions::default();
         let now = Utc::now();
-        let s = ConversationSession::new("s", 64, 64, now).unwrap();
-        sessions.lock().store.insert(s).unwrap();
-        let state = || sessions.lock().states.get("s").copied();
-        let (_, window, mut busy) = sessions.begin("s", now).unwrap();
-        assert_eq!((window, state()), (64, Some(InferenceState::Processing)));
+        let mut s = ConversationSession::new("s", 64, 64, now).unwrap();
+        s.attach_model(now).unwrap();
+        sessions.lock().insert(s).unwrap();
+        let state = || sessions.lock().get("s").map(|s| s.state());
+        let begun = sessions.begin("s", now).unwrap();
+        assert_eq!(
+            (begun.window, state()),
+            (64, Some(InferenceState::Processing))
+        );
         let status = |id| sessions.begin(id, now).err().map(|e| e.status);
         assert_eq!(status("s"), Some(StatusCode::CONFLICT));
-        drop(busy);
-        assert_eq!(state(), Some(InferenceState::Ready));
-        busy = sessions.begin("s", now).unwrap().2;
+        drop(begun);
+        assert_eq!(
+            state(),
+            Some(InferenceState::Error),
+            "failed before streaming"
+        );
+        let mut busy = sessions.begin("s", now).unwrap().busy;
         busy.streaming();
         assert_eq!(state(), Some(InferenceState::Streaming));
         drop(busy);
-        assert_eq!(state(), Some(InferenceState::Error));
-        busy = sessions.begin("s", now).unwrap().2;
+        assert_eq!(state(), Some(InferenceState::Error), "stopped midway");
+        busy = sessions.begin("s", now).unwrap().busy;
         busy.streaming();
         busy.complete();
         drop(busy);

@@ -1,20 +1,28 @@
 //! Server-side conversations (`/v1/sessions`; no upstream counterpart: upstream v0
 //! `scripts/chat_web.py` is stateless): the server keeps the history, so a client sends only
 //! its new message. Each [`ConversationSession`] has an id, timestamps, the token count
-//! of every message and a context budget; when the rendered history plus the reply's
-//! `max_tokens` would exceed the budget, the oldest turns are dropped (and reported). The
-//! store is bounded in number (the least recently used session is evicted) and in idle age.
+//! of every message (its content alone; the template's delimiters are counted on top), a
+//! context budget and the [`GenerationParams`] its messages default to; when the rendered
+//! history plus the reply's `max_tokens` would exceed the budget, the oldest turns are dropped
+//! (and reported). The store is bounded in number (the least recently used session is evicted)
+//! and in idle age.
 //!
-//! - `POST /v1/sessions` `{"context_window"?}` → 201 `{"id", …}`
-//! - `GET /v1/sessions/{id}` → the session with `tokens_used`, `remaining_context`, `state`
-//! - `POST /v1/sessions/{id}/messages` `{"content", "temperature"?, "top_k"?, "max_tokens"?,
-//!   "seed"?}` → the assistant's reply, `usage` and `trimmed` (messages dropped)
+//! - `POST /v1/sessions` `{"context_window"?, "generation"?: {GenerationParams}}` → 201
+//!   `{"id", "generation", "state", …}`
+//! - `GET /v1/sessions/{id}` → the session with `tokens_used`, `remaining_context`, `state` and
+//!   its `lifecycle` (every state entered, with when)
+//! - `POST /v1/sessions/{id}/messages` `{"content", "temperature"?, "top_k"?, "top_p"?,
+//!   "min_p"?, "repetition_penalty"?, "max_tokens"?, "seed"?, "stop"?}` (each overriding the
+//!   session's default for this message) → the assistant's reply, `usage`, `trimmed` (messages
+//!   dropped) and `kept` (false when the reply was empty: the turn is not stored, so user and
+//!   assistant keep alternating)
 //! - `DELETE /v1/sessions/{id}` → 204
 //!
 //! A session answers one message at a time (a second concurrent one gets 409); its state
-//! follows the inference lifecycle (`ready` → `processing` → `streaming` → `complete`), held
-//! by the busy guard of `session_store`. Requests are parsed and checked like the chat
-//! endpoints' ([`crate::api`]) and answered through the same jobs (`jobs`).
+//! follows the inference lifecycle (Created → ModelLoaded → Ready at creation, then per
+//! message Ready → Processing → Streaming → Complete | Error), moved by the session's own
+//! methods through the busy guard of `session_store`. Requests are parsed and checked like the
+//! chat endpoints' ([`crate::api`]) and answered through the same jobs (`jobs`).
 
 use std::sync::Arc;
 
@@ -26,25 +34,36 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use nanochat_core::conversation::{Conversation, Message, MessageRole};
-use nanochat_core::lifecycle::InferenceState;
-use nanochat_core::{ConversationSession, GenerationParams};
+use nanochat_core::{ConversationSession, GenerationParams, Validate};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::api::{ApiError, check_sampling, finish_str, limits, parse};
+use crate::api::{ApiError, Stop, check_sampling, finish_str, limits, parse};
 use crate::jobs::{AppState, collect, start_job};
-use crate::session_store::not_found;
+use crate::session_store::{Begun, not_found};
 pub use crate::session_store::{MAX_IDLE_SECS, MAX_SESSIONS, Sessions};
 
-/// Tokens a message takes in the chat template (its text and its two delimiters).
-fn message_tokens(state: &AppState, m: &Message) -> usize {
-    state.tokenizer.encode(&m.content.to_plain_text()).len() + 2
+/// A message's `token_count`: the tokenization of its content.
+fn content_tokens(state: &AppState, m: &Message) -> usize {
+    state.tokenizer.encode(&m.content.to_plain_text()).len()
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct CreateRequest {
     context_window: Option<usize>,
+    generation: Option<GenerationParams>,
+}
+
+/// Checks sampling parameters against the server's limits and the data model's rules; the
+/// error names the field under `prefix` (`generation.top_p`, or `top_p` in a message).
+fn check_params(p: &GenerationParams, prefix: &str) -> Result<(), ApiError> {
+    check_sampling(p.temperature, p.top_k.unwrap_or(0), p.max_tokens).map_err(|mut e| {
+        e.param = e.param.map(|f| format!("{prefix}{f}"));
+        e
+    })?;
+    p.validate()
+        .map_err(|e| ApiError::bad(&format!("{prefix}{}", e.field), e.to_string()))
 }
 
 async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
@@ -54,22 +73,34 @@ async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Respo
         parse(&body)?
     };
     let window = req.context_window.unwrap_or(state.sequence_len);
+    let generation = req.generation.unwrap_or_default();
+    check_params(&generation, "generation.")?;
+    if state.pool.get().is_none() {
+        let message = "the model is not loaded (yet): see /health";
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            message,
+            None,
+        ));
+    }
     let id = format!("sess-{:016x}", rand_id(&state));
     let now = Utc::now();
-    let session = ConversationSession::new(id.clone(), window, state.sequence_len, now)
-        .map_err(|e| ApiError::bad("context_window", e.to_string()))?;
-    let mut g = state.sessions.lock();
-    g.store.evict_idle(now);
-    let evicted = g
-        .store
-        .insert(session)
-        .map_err(|e| ApiError::bad("id", e.to_string()))?;
-    if let Some(evicted) = evicted {
-        g.states.remove(&evicted);
-    }
-    g.states.insert(id.clone(), InferenceState::Ready);
+    let mut session = ConversationSession::with_generation(
+        id.clone(),
+        window,
+        state.sequence_len,
+        generation,
+        now,
+    )
+    .map_err(|e| ApiError::bad(&e.field, e.to_string()))?;
+    session.attach_model(now).map_err(ApiError::internal)?;
     let body = json!({"id": id, "object": "session", "created_at": now, "context_window": window,
-                      "max_sequence_len": state.sequence_len});
+                      "max_sequence_len": state.sequence_len, "generation": session.generation,
+                      "state": session.state()});
+    let mut g = state.sessions.lock();
+    g.evict_idle(now);
+    g.insert(session)
+        .map_err(|e| ApiError::bad("id", e.to_string()))?;
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -85,13 +116,12 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let mut g = state.sessions.lock();
-    g.store.evict_idle(Utc::now());
-    let s = g.store.get(&id).ok_or_else(|| not_found(&id))?;
-    let st = g.states.get(&id).copied().unwrap_or(InferenceState::Ready);
+    g.evict_idle(Utc::now());
+    let s = g.get(&id).ok_or_else(|| not_found(&id))?;
     let mut v = serde_json::to_value(s).map_err(ApiError::internal)?;
     v["tokens_used"] = s.tokens_used().into();
     v["remaining_context"] = s.remaining_context().into();
-    v["state"] = serde_json::to_value(st).map_err(ApiError::internal)?;
+    v["state"] = serde_json::to_value(s.state()).map_err(ApiError::internal)?;
     Ok(Json(v).into_response())
 }
 
@@ -100,8 +130,7 @@ async fn delete(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let mut g = state.sessions.lock();
-    g.store.remove(&id).ok_or_else(|| not_found(&id))?;
-    g.states.remove(&id);
+    g.remove(&id).ok_or_else(|| not_found(&id))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -111,8 +140,30 @@ struct MessageRequest {
     content: String,
     temperature: Option<f64>,
     top_k: Option<usize>,
+    top_p: Option<f64>,
+    min_p: Option<f64>,
+    repetition_penalty: Option<f64>,
     max_tokens: Option<usize>,
     seed: Option<u64>,
+    stop: Option<Stop>,
+}
+
+impl MessageRequest {
+    /// The session's defaults with this message's overrides.
+    fn params(&self, defaults: &GenerationParams) -> GenerationParams {
+        let d = defaults.clone();
+        GenerationParams {
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_k: self.top_k.map_or(d.top_k, |k| (k > 0).then_some(k)),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            min_p: self.min_p.unwrap_or(d.min_p),
+            repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
+            max_tokens: self.max_tokens.unwrap_or(d.max_tokens),
+            seed: self.seed.or(d.seed),
+            stop: self.stop.as_ref().map_or(d.stop, Stop::to_vec),
+            ..d
+        }
+    }
 }
 
 async fn send(
@@ -132,15 +183,18 @@ async fn send(
             format!("message too long: {chars} > {max} characters"),
         ));
     }
-    let temperature = req.temperature.unwrap_or(0.8);
-    let top_k = req.top_k.unwrap_or(50);
-    let max_tokens = req.max_tokens.unwrap_or(512);
-    check_sampling(temperature, top_k, max_tokens)?;
     let now = Utc::now();
     let mut user = Message::new(MessageRole::User, req.content.clone()).at(now);
-    user.token_count = Some(message_tokens(&state, &user));
-    // Take the history and mark the session busy until `busy` drops.
-    let (history, window, mut busy) = state.sessions.begin(&id, now)?;
+    user.token_count = Some(content_tokens(&state, &user));
+    // Mark the session busy (Processing) until `busy` drops; take its history and defaults.
+    let Begun {
+        history,
+        window,
+        generation,
+        mut busy,
+    } = state.sessions.begin(&id, now)?;
+    let mut params = req.params(&generation);
+    check_params(&params, "")?;
     // Drop the oldest turns until prompt + reply fit the window.
     let mut messages = history;
     messages.push(user.clone());
@@ -153,7 +207,7 @@ async fn send(
             .render_for_completion(&Conversation { messages: conv }, usize::MAX)
             .map_err(|e| ApiError::bad("content", e.to_string()))?;
         // Keep room for the reply: max_tokens, but at most half the window.
-        if prompt.len() + max_tokens.min(window / 2) <= window || messages.len() < 3 {
+        if prompt.len() + params.max_tokens.min(window / 2) <= window || messages.len() < 3 {
             break prompt;
         }
         messages.drain(..2);
@@ -169,24 +223,23 @@ async fn send(
             ),
         ));
     }
-    let params = GenerationParams {
-        temperature,
-        top_k: (top_k > 0).then_some(top_k),
-        max_tokens: max_tokens.min(room),
-        seed: req.seed,
-        ..GenerationParams::default()
-    };
+    params.max_tokens = params.max_tokens.min(room);
     let prompt_tokens = prompt.len();
-    let mut rx = start_job(&state, prompt, params)?;
+    let turn = state
+        .sessions
+        .lock()
+        .get(&id)
+        .map_or(0, |s| s.messages.len() / 2);
+    let mut rx = start_job(&state, format!("{id}/{turn}"), prompt, params)?;
     busy.streaming();
     let answer = collect(&mut rx).await?;
     let (text, finish, completion_tokens) = (answer.text, answer.finish, answer.completion_tokens);
     let done = Utc::now();
     let mut reply = Message::new(MessageRole::Assistant, text.clone()).at(done);
-    reply.token_count = Some(completion_tokens + 2);
+    reply.token_count = Some(content_tokens(&state, &reply));
     // Declared after `busy`, so dropped (unlocked) before it on every return.
     let mut g = state.sessions.lock();
-    let Some(s) = g.store.get_mut(&id) else {
+    let Some(s) = g.get_mut(&id) else {
         return Err(not_found(&id)); // deleted or evicted while answering
     };
     // A turn is kept whole: an empty reply (a message may not be blank) is returned but

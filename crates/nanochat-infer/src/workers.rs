@@ -4,6 +4,7 @@
 //! `/metrics` are updated as it goes.
 
 use nanochat_model::FusedOps;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::chat::stream_reply;
 use crate::engine::{Engine, FinishReason};
+use crate::requests::RequestHandle;
 
 /// What a worker sends back while generating.
 #[derive(Debug)]
@@ -32,6 +34,8 @@ pub(crate) struct Job {
     pub(crate) prompt: Vec<u32>,
     pub(crate) params: GenerationParams,
     pub(crate) events: mpsc::UnboundedSender<(usize, GenEvent)>,
+    /// Its lifecycle record, moved by the worker.
+    pub(crate) request: RequestHandle,
 }
 
 /// Counters behind `/stats` and `/metrics`.
@@ -95,22 +99,42 @@ impl WorkerPool {
     }
 }
 
+/// Runs one job: Processing while prefilling, Streaming from the first piece, then Complete,
+/// or Error when generation fails or the client left before the end.
 fn run_job<B: FusedOps>(idx: usize, engine: &Engine<B>, job: Job, stats: &Stats) {
     let start = Instant::now();
-    let mut first = true;
-    let events = &job.events;
-    let result = stream_reply(engine, &job.prompt, &job.params, |piece| {
-        if first {
-            first = false;
-            stats
-                .ttft_micros
-                .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
-            stats.ttft_count.fetch_add(1, Ordering::Relaxed);
-        }
-        events
-            .send((idx, GenEvent::Text(piece.to_string())))
-            .is_ok()
-    });
+    let Job {
+        prompt,
+        params,
+        events,
+        request,
+    } = job;
+    request.processing();
+    if events.is_closed() {
+        request.finish(Err("the client left before generation started".into()));
+        return;
+    }
+    let (mut first, mut client_left) = (true, false);
+    // A bug that panics inside generation fails this request, not the worker: the engine
+    // keeps no state between requests (each has its own KV cache).
+    let result = panic::catch_unwind(AssertUnwindSafe(|| {
+        stream_reply(engine, &prompt, &params, |piece| {
+            if first {
+                first = false;
+                request.streaming();
+                stats
+                    .ttft_micros
+                    .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+                stats.ttft_count.fetch_add(1, Ordering::Relaxed);
+            }
+            client_left = events
+                .send((idx, GenEvent::Text(piece.to_string())))
+                .is_err();
+            !client_left
+        })
+        .map_err(|e| e.to_string())
+    }))
+    .unwrap_or_else(|p| Err(format!("generation panicked: {}", panic_text(&*p))));
     stats
         .decode_micros
         .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -118,20 +142,38 @@ fn run_job<B: FusedOps>(idx: usize, engine: &Engine<B>, job: Job, stats: &Stats)
         Ok(row) => {
             stats
                 .prompt_tokens
-                .fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
+                .fetch_add(prompt.len() as u64, Ordering::Relaxed);
             stats
                 .completion_tokens
                 .fetch_add(row.tokens.len() as u64, Ordering::Relaxed);
+            if first {
+                // Nothing to stream (an empty answer): still a step through Streaming.
+                request.streaming();
+            }
+            request.finish(if client_left {
+                Err("the client disconnected during generation".into())
+            } else {
+                Ok(())
+            });
             GenEvent::Done {
                 finish: row.finish_reason,
-                prompt_tokens: job.prompt.len(),
+                prompt_tokens: prompt.len(),
                 completion_tokens: row.tokens.len(),
             }
         }
         Err(e) => {
             stats.errors.fetch_add(1, Ordering::Relaxed);
-            GenEvent::Error(e.to_string())
+            request.finish(Err(e.clone()));
+            GenEvent::Error(e)
         }
     };
     let _ = events.send((idx, event));
+}
+
+/// A panic's message.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<&str>()
+        .copied()
+        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }

@@ -1,10 +1,13 @@
 //! The HTTP server over real loopback HTTP with a small random model: health turns ready when
 //! the workers attach, the OpenAI endpoint answers streaming (chunks, finish_reason, [DONE])
 //! and non-streaming (usage), upstream's endpoint streams `{"token"}`…`{"done":true}`, bad
-//! requests get a 4xx JSON naming the field, and the server keeps serving after each.
+//! requests get a 4xx JSON naming the field, and the server keeps serving after each; every
+//! request's and session's recorded lifecycle (Created → … → Complete | Error); sessions'
+//! sampling defaults, token counts and empty replies.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use burn::backend::Flex;
 use burn::tensor::backend::Backend;
@@ -44,9 +47,12 @@ fn start() -> (String, Arc<AppState>) {
             .unwrap();
     });
     let url = format!("http://{addr}");
-    // Not ready before the model is attached.
-    let r = agent().get(&format!("{url}/health")).call().unwrap();
+    // Not ready before the model is attached, and no session can start.
+    let mut r = agent().get(&format!("{url}/health")).call().unwrap();
     assert_eq!(r.status(), 503);
+    let health: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(health["state"], "created");
+    assert_eq!(post(&format!("{url}/v1/sessions"), "").0, 503);
     B::seed(&Default::default(), 1);
     let model = Gpt::<B>::init(&config, &Default::default()).unwrap();
     let engine = Engine::new(model, tok).unwrap();
@@ -271,13 +277,27 @@ fn sessions_keep_history_count_tokens_and_trim() {
     let msgs = s["messages"].as_array().unwrap();
     assert_eq!(msgs[0]["role"], "user");
     assert_eq!(msgs[0]["content"], "Hi there");
-    // "Hi there" is 8 byte tokens + user_start/user_end.
-    assert_eq!(msgs[0]["token_count"], 10);
+    // "Hi there" is 8 byte tokens: the count is the content's tokenization; the
+    // user_start/user_end pair around each message is counted in tokens_used.
+    assert_eq!(msgs[0]["token_count"], 8);
     assert!(msgs[0]["timestamp"].is_string());
-    assert_eq!(s["state"], "complete");
+    let reply_tokens = msgs[1]["token_count"].as_u64().unwrap();
+    assert_eq!(s["tokens_used"], 8 + 2 + reply_tokens + 2);
     assert_eq!(
         s["tokens_used"].as_u64().unwrap() + s["remaining_context"].as_u64().unwrap(),
         96
+    );
+    assert_eq!(s["state"], "complete");
+    assert_eq!(
+        states(&s["lifecycle"]),
+        [
+            "created",
+            "model_loaded",
+            "ready",
+            "processing",
+            "streaming",
+            "complete"
+        ]
     );
     // Longer messages: the history outgrows the window and the oldest turns are trimmed.
     let mut trimmed = 0;
@@ -320,4 +340,208 @@ fn sessions_keep_history_count_tokens_and_trim() {
     assert_eq!(get(&format!("/v1/sessions/{id}")).0, 404);
     assert_eq!(send("hello?").0, 404);
     assert!(state.sessions.is_empty());
+}
+
+/// The state names of a serialized lifecycle (`{"state", "history": [[state, time], …]}`).
+fn states(lifecycle: &Value) -> Vec<String> {
+    lifecycle["history"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no history in {lifecycle}"))
+        .iter()
+        .map(|e| e[0].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn get_json(url: &str) -> Value {
+    let mut r = agent().get(url).call().unwrap();
+    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+}
+
+/// The record of request `id` in `/stats` once it has finished (waits up to 10 s).
+fn finished_request(url: &str, id: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let stats = get_json(&format!("{url}/stats"));
+        let recent = stats["requests"]["recent"].as_array().unwrap();
+        if let Some(r) = recent.iter().find(|r| r["id"] == id) {
+            return r.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{id} never finished: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn requests_are_recorded_through_their_lifecycle() {
+    let (url, _state) = start();
+    let health = get_json(&format!("{url}/health"));
+    assert_eq!(health["state"], "ready");
+    let stats = get_json(&format!("{url}/stats"));
+    assert_eq!(
+        states(&stats["lifecycle"]),
+        ["created", "model_loaded", "ready"]
+    );
+    // Answered: Complete.
+    let body =
+        json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0});
+    let (status, text) = post(&format!("{url}/v1/chat/completions"), &body.to_string());
+    assert_eq!(status, 200, "{text}");
+    let id = serde_json::from_str::<Value>(&text).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = finished_request(&url, &id);
+    assert_eq!(
+        states(&r["lifecycle"]),
+        [
+            "created",
+            "model_loaded",
+            "ready",
+            "processing",
+            "streaming",
+            "complete"
+        ]
+    );
+    // A streaming client that leaves after the first chunk: Error, with the reason. The
+    // worker notices at its next token, so a reply that ends first would be Complete; each
+    // try asks for the whole context, and a finished reply is retried.
+    let addr = url.trim_start_matches("http://");
+    let mut outcomes = Vec::new();
+    for attempt in 0..5 {
+        let body = json!({"messages": [{"role": "user", "content": format!("Tell me a long story {attempt}")}],
+                          "max_tokens": 4096, "temperature": 0, "stream": true})
+        .to_string();
+        let mut sock = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            sock,
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut reader = BufReader::new(sock.try_clone().unwrap());
+        let mut id = None;
+        let mut line = String::new();
+        while id.is_none() && reader.read_line(&mut line).unwrap() > 0 {
+            if let Some(data) = line.trim().strip_prefix("data:") {
+                id = serde_json::from_str::<Value>(data.trim())
+                    .ok()
+                    .map(|v| v["id"].as_str().unwrap().to_string());
+            }
+            line.clear();
+        }
+        let id = id.expect("a first chunk");
+        sock.shutdown(std::net::Shutdown::Both).unwrap();
+        drop((reader, sock));
+        let r = finished_request(&url, &id);
+        let s = states(&r["lifecycle"]);
+        assert_eq!(
+            s[..5],
+            [
+                "created",
+                "model_loaded",
+                "ready",
+                "processing",
+                "streaming"
+            ]
+        );
+        outcomes.push(r.clone());
+        if s[5] == "error" {
+            assert_eq!(r["error"], "the client disconnected during generation");
+            break;
+        }
+        assert_eq!(s[5], "complete", "{r}");
+    }
+    assert_eq!(
+        states(&outcomes.last().unwrap()["lifecycle"])
+            .last()
+            .unwrap(),
+        "error",
+        "the client left {} times and every reply finished first: {outcomes:?}",
+        outcomes.len()
+    );
+    let stats = get_json(&format!("{url}/stats"));
+    assert!(
+        stats["requests"]["by_state"]["error"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+}
+
+#[test]
+fn sessions_keep_sampling_defaults_and_survive_an_empty_reply() {
+    let (url, _state) = start();
+    let create = |generation: Value| {
+        let (status, body) = post(
+            &format!("{url}/v1/sessions"),
+            &json!({"generation": generation}).to_string(),
+        );
+        assert_eq!(status, 201, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["state"], "ready");
+        (v["id"].as_str().unwrap().to_string(), v)
+    };
+    let send = |id: &str, body: Value| {
+        let (status, text) = post(
+            &format!("{url}/v1/sessions/{id}/messages"),
+            &body.to_string(),
+        );
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str::<Value>(&text).unwrap()
+    };
+    // Greedy replies of at most 6 tokens, from the session's defaults alone.
+    let (a, created) = create(json!({"temperature": 0, "max_tokens": 6}));
+    assert_eq!(created["generation"]["temperature"], 0.0);
+    assert_eq!(created["generation"]["max_tokens"], 6);
+    let first = send(&a, json!({"content": "Hello"}));
+    assert!(
+        first["usage"]["completion_tokens"].as_u64().unwrap() <= 6,
+        "{first}"
+    );
+    let reply = first["message"]["content"].as_str().unwrap().to_string();
+    // A second session whose default stop string is the reply's first character: the same
+    // greedy reply is cut to nothing. The empty reply is returned, the turn is not stored,
+    // and the session keeps answering (no user, user history).
+    let stop = reply.chars().next().map(String::from);
+    let (b, _) =
+        create(json!({"temperature": 0, "max_tokens": 6, "stop": stop.iter().collect::<Vec<_>>()}));
+    let empty = send(&b, json!({"content": "Hello"}));
+    assert_eq!(empty["message"]["content"], "", "{empty}");
+    assert_eq!(empty["kept"], false);
+    let s = get_json(&format!("{url}/v1/sessions/{b}"));
+    assert_eq!(s["messages"].as_array().unwrap().len(), 0, "{s}");
+    assert_eq!(s["state"], "complete");
+    // The message's own stop list overrides the session's: the reply is kept this time,
+    // unless the model's greedy reply is itself empty.
+    let kept = send(&b, json!({"content": "Hello", "stop": []}));
+    assert_eq!(kept["message"]["content"], reply.as_str());
+    let s = get_json(&format!("{url}/v1/sessions/{b}"));
+    let msgs = s["messages"].as_array().unwrap();
+    assert_eq!(
+        msgs.len(),
+        if reply.trim().is_empty() { 0 } else { 2 },
+        "{s}"
+    );
+    if let Some(user) = msgs.first() {
+        assert_eq!(
+            (&user["role"], &user["token_count"]),
+            (&json!("user"), &json!(5))
+        );
+    }
+    // Bad defaults are refused at creation, naming the field under `generation`.
+    for (generation, field) in [
+        (json!({"temperature": 5}), "generation.temperature"),
+        (json!({"top_p": 0}), "generation.top_p"),
+        (json!({"num_samples": 2}), "generation.num_samples"),
+        (json!({"bogus": 1}), "generation"),
+    ] {
+        let (status, text) = post(
+            &format!("{url}/v1/sessions"),
+            &json!({"generation": generation}).to_string(),
+        );
+        assert_eq!(status, 400, "{generation}: {text}");
+        let e: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(e["error"]["param"], field, "{text}");
+    }
 }
