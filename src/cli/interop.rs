@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use nanochat::core::checkpoint_manager::checkpoint_dir;
-use nanochat::core::{CheckpointMetadata, Source};
+use nanochat::core::{CheckpointMetadata, Source, TrainingConfiguration};
 use nanochat::model::backend::CpuBackend as Cpu;
 use nanochat::model::checkpoint::{import_upstream, save_checkpoint};
 use nanochat::model::hf_export::export_hf;
@@ -53,6 +53,34 @@ pub fn import(args: ImportArgs, base: &Path) -> anyhow::Result<()> {
         args.dir.display().to_string().into(),
     );
     m.extra.insert("upstream_meta".into(), meta.raw.clone());
+    // What post-training inherits, in our terms: upstream's flags as a training configuration,
+    // and the batch its run used.
+    match meta.raw.get("user_config").and_then(|v| v.as_object()) {
+        Some(user) => {
+            let (cfg, ignored) = TrainingConfiguration::from_upstream_user_config(user)
+                .with_context(|| {
+                    format!("{}: user_config of step {}", args.dir.display(), meta.step)
+                })?;
+            if !ignored.is_empty() {
+                tracing::info!(
+                    "upstream flags with no counterpart here (kept in upstream_meta): {ignored:?}"
+                );
+            }
+            m.extra
+                .insert("user_config".into(), serde_json::to_value(&cfg)?);
+        }
+        // Chat, evaluation and serving do not need it; post-training will say it is missing.
+        None => tracing::warn!(
+            "{}: no user_config in the meta of step {}: mid-train / chat-sft / chat-rl cannot start from this checkpoint",
+            args.dir.display(),
+            meta.step
+        ),
+    }
+    for key in ["device_batch_size", "max_seq_len", "total_batch_size"] {
+        if let Some(v) = meta.raw.get(key) {
+            m.extra.insert(key.into(), v.clone());
+        }
+    }
     save_checkpoint(&dir, &model, m, &[])?;
     println!(
         "imported step {} of {} into {}",

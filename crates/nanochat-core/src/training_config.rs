@@ -136,6 +136,36 @@ impl TrainingConfiguration {
         )
     }
 
+    /// Reads upstream's `user_config` (the flat dict of `base_train.py`'s argparse flags that
+    /// upstream stores in its checkpoint meta): every flag this configuration knows, at the
+    /// top level or in its `optimizer` / `schedule` groups, is taken (`-` or `_` alike);
+    /// the others are returned by name. Flags that upstream removed or renamed keep their
+    /// default here.
+    pub fn from_upstream_user_config(
+        user_config: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(Self, Vec<String>), serde_json::Error> {
+        let mut ours = serde_json::to_value(Self::default())?;
+        let mut ignored = Vec::new();
+        for (key, value) in user_config {
+            let key = key.replace('-', "_");
+            // The group that has this field: optimizer, schedule, or the top level.
+            let group = ["optimizer", "schedule"]
+                .into_iter()
+                .find(|g| ours[*g].get(&key).is_some());
+            let obj = match group {
+                Some(g) => &mut ours[g],
+                None => &mut ours,
+            };
+            match obj.as_object_mut().and_then(|m| m.get_mut(&key)) {
+                Some(slot) if !matches!(key.as_str(), "optimizer" | "schedule") => {
+                    *slot = value.clone();
+                }
+                _ => ignored.push(key),
+            }
+        }
+        Ok((serde_json::from_value(ours)?, ignored))
+    }
+
     /// Checks the warmup against the resolved horizon (`warmup_steps <= num_iterations`).
     pub fn check_horizon(&self, num_iterations: u64) -> VResult {
         check_positive(ENTITY, "num_iterations", num_iterations)?;
@@ -252,6 +282,33 @@ mod tests {
         assert!(matches!(e.rule, Rule::DivisibleBy { .. }));
         // A batch smaller than one micro-step is not divisible either.
         assert!(grad_accum_steps(1024, 32, 2048, 1).is_err());
+    }
+
+    #[test]
+    fn upstream_user_config_maps_onto_the_groups() {
+        let upstream = serde_json::json!({
+            "run": "speedrun", "depth": 20, "max_seq_len": 2048, "num_iterations": -1,
+            "target_param_data_ratio": 20, "device_batch_size": 32, "total_batch_size": 524288,
+            "embedding_lr": 0.3, "unembedding_lr": 0.004, "matrix_lr": 0.02, "weight_decay": 0.2,
+            "warmdown_ratio": 0.4, "final_lr_frac": 0.0, "eval_every": 250, "model_tag": null,
+            "fp8": false
+        });
+        let (cfg, ignored) =
+            TrainingConfiguration::from_upstream_user_config(upstream.as_object().unwrap())
+                .unwrap();
+        assert_eq!((cfg.depth, cfg.run.as_str()), (20, "speedrun"));
+        assert_eq!(cfg.num_iterations, None, "-1 is upstream's disabled");
+        assert_eq!(cfg.optimizer.matrix_lr, 0.02);
+        assert_eq!(cfg.optimizer.weight_decay, 0.2);
+        assert_eq!(cfg.schedule.warmdown_ratio, 0.4);
+        assert_eq!(cfg.eval_every, Some(250));
+        assert_eq!(ignored, ["fp8"]);
+        cfg.validate().unwrap();
+        // A value of the wrong type is an error, not a silent default.
+        let bad = serde_json::json!({"matrix_lr": "fast"});
+        assert!(
+            TrainingConfiguration::from_upstream_user_config(bad.as_object().unwrap()).is_err()
+        );
     }
 
     #[test]

@@ -315,10 +315,11 @@ pub(crate) struct Inherited {
 
 pub(crate) fn inherit(
     meta: &CheckpointMetadata,
+    dir: &Path,
     args: &ChatTrainArgs,
 ) -> Result<Inherited, TrainError> {
     let source = RunMeta::of(meta);
-    let cfg = inherited_config(meta, &args.lrs);
+    let cfg = inherited_config(meta, dir, &args.lrs)?;
     cfg.optimizer.validate()?;
     let device_batch_size = args
         .device_batch_size

@@ -304,7 +304,7 @@ pub fn chat_rl<B: TrainBackend>(
         .unwrap_or((train.len() / e * args.num_epochs) as u64);
 
     let mut source = RunMeta::of(&src_meta.metadata);
-    source.user_config = inherited_config(&src_meta.metadata, &args.lrs);
+    source.user_config = inherited_config(&src_meta.metadata, &src_dir, &args.lrs)?;
     source.user_config.optimizer.validate()?;
     let total = source.total_batch_size.unwrap_or(B_REF);
     let lrs = GroupLrs::scaled(

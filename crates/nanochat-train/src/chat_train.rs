@@ -165,7 +165,7 @@ pub fn chat_train<B: TrainBackend>(
     let (source, tag) = (args.source(), args.model_tag.as_deref());
     let src = SourceCheckpoint::find(&args.base_dir, source, tag, args.model_step)?;
     let (src_meta, src_dir, tag) = (src.meta.clone(), src.dir.clone(), src.tag.clone());
-    let inh = inherit(&src_meta.metadata, args)?;
+    let inh = inherit(&src_meta.metadata, &src_dir, args)?;
     let (b, t) = (inh.device_batch_size, inh.max_seq_len);
     if t > src_meta.model_config.sequence_len {
         return Err(TrainError::Data(format!(

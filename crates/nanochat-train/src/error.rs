@@ -78,6 +78,17 @@ pub enum TrainError {
     /// A training run moved through its lifecycle in a way the data model forbids.
     #[error(transparent)]
     Lifecycle(#[from] nanochat_core::lifecycle::LifecycleError),
+    /// The configuration a post-training stage inherits from its source checkpoint's meta is
+    /// missing, malformed or breaks a rule.
+    #[error("{}: {field} {reason}", file.display())]
+    Inherited {
+        /// The source's meta file.
+        file: std::path::PathBuf,
+        /// The field, under `user_config`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A checkpoint that cannot be resumed from.
     #[error("cannot resume: {0}")]
     Resume(String),

@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use nanochat_core::checkpoint_manager::meta_file_name;
 use nanochat_core::validation::{VResult, check_positive_f};
 use nanochat_core::{CheckpointMetadata, TrainingConfiguration, Validate};
 use serde::de::DeserializeOwned;
@@ -78,16 +79,40 @@ impl Validate for LrOverrides {
     }
 }
 
-/// The pretraining configuration stored in a checkpoint's meta (`user_config`), with `lrs`
-/// overriding its learning rates and weight decay off, as post-training uses it.
-pub fn inherited_config(meta: &CheckpointMetadata, lrs: &LrOverrides) -> TrainingConfiguration {
-    let mut cfg = RunMeta::of(meta).user_config;
+/// The pretraining configuration stored in the meta of the checkpoint in `dir`
+/// (`user_config`), with `lrs` overriding its learning rates and weight decay off, as
+/// post-training uses it. A missing, malformed or invalid `user_config` is an error naming
+/// the meta file and the field: post-training never trains on defaults it was not given.
+pub fn inherited_config(
+    meta: &CheckpointMetadata,
+    dir: &Path,
+    lrs: &LrOverrides,
+) -> Result<TrainingConfiguration, TrainError> {
+    let file = dir.join(meta_file_name(meta.step));
+    let bad = |field: String, reason: String| TrainError::Inherited {
+        file: file.clone(),
+        field,
+        reason,
+    };
+    let value = meta.extra.get("user_config").ok_or_else(|| {
+        bad(
+            "user_config".into(),
+            "is missing: post-training inherits its source's training configuration \
+             (a checkpoint from upstream's PyTorch goes through `nanochat import`, which \
+             writes it)"
+                .into(),
+        )
+    })?;
+    let mut cfg: TrainingConfiguration = serde_path_to_error::deserialize(value)
+        .map_err(|e| bad(format!("user_config.{}", e.path()), e.inner().to_string()))?;
+    cfg.validate()
+        .map_err(|e| bad(format!("user_config.{}", e.field), e.to_string()))?;
     let o = &mut cfg.optimizer;
     o.embedding_lr = lrs.embedding_lr.unwrap_or(o.embedding_lr);
     o.unembedding_lr = lrs.unembedding_lr.unwrap_or(o.unembedding_lr);
     o.matrix_lr = lrs.matrix_lr.unwrap_or(o.matrix_lr);
     o.weight_decay = 0.0;
-    cfg
+    Ok(cfg)
 }
 
 /// Where a loader state type is kept in the meta: rank 0's under [`ONE`](Self::ONE)

@@ -242,4 +242,49 @@ fn bad_settings_are_refused_before_any_weights_load() {
     // Valid settings get as far as the weights.
     let e = refused(ChatStage::Mid, &|_| {});
     assert!(e.contains("model_"), "{e}");
+    // The inherited configuration is checked too: malformed, breaking a rule, or missing is
+    // an error naming the source's meta file and the field, never a silent default.
+    // (Rewritten through the checkpoint writer's encoder, so the meta's own CRC still holds.)
+    let step = files::find_last_step(&dir).unwrap();
+    let name = files::meta_file_name(step);
+    let good = files::load_meta(&dir, step).unwrap();
+    let with_user_config = |user_config: Option<serde_json::Value>| {
+        let mut meta = good.clone();
+        match user_config {
+            Some(u) => meta.metadata.extra.insert("user_config".into(), u),
+            None => meta.metadata.extra.remove("user_config"),
+        };
+        std::fs::write(dir.join(&name), files::encode_meta(&mut meta)).unwrap();
+    };
+    let mut corrupt = good.metadata.extra["user_config"].clone();
+    corrupt["optimizer"]["matrix_lr"] = "fast".into();
+    for (user_config, field) in [
+        (Some(corrupt), "user_config.optimizer.matrix_lr"),
+        (
+            Some(serde_json::json!({"optimizer": {"embedding_lr": -0.3}})),
+            "user_config.optimizer.embedding_lr",
+        ),
+        (
+            Some(serde_json::json!({"schedule": {"warmdown_ratio": 2.0}})),
+            "user_config.schedule.warmdown_ratio",
+        ),
+        (None, "user_config"),
+    ] {
+        with_user_config(user_config);
+        for e in [
+            refused(ChatStage::Mid, &|_| {}),
+            chat_rl::<B>(
+                &ChatRlArgs {
+                    source: Source::Base,
+                    ..ChatRlArgs::new(base.path().to_path_buf(), data_dir())
+                },
+                tok(),
+                &dev,
+            )
+            .unwrap_err()
+            .to_string(),
+        ] {
+            assert!(e.contains(&name) && e.contains(field), "{field}: {e}");
+        }
+    }
 }
