@@ -1,11 +1,14 @@
 //! The `nanochat` binary as a user runs it: a tokenizer and a one-step model with a context
-//! shorter than the CLI's default answer length, then the `chat-cli` command the speedrun
-//! prints at its end (which must answer: its own default `--max-tokens` may not turn into an
-//! error), and an explicit `--max-tokens` beyond the context, which must be refused clearly;
+//! shorter than the CLI's default answer length, then the `chat-cli` and `serve` commands the
+//! speedrun prints at its end (which must answer: their own default answer length may not turn
+//! into an error), and an explicit `--max-tokens` beyond the context, which must be refused
+//! clearly;
 //! `import` of an upstream checkpoint writes the configuration post-training inherits.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 fn nanochat(base: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_nanochat"))
@@ -23,6 +26,67 @@ fn ok(out: &Output, what: &str) -> String {
     );
     assert!(out.status.success(), "{what} failed:\n{stdout}\n{stderr}");
     stdout.into_owned()
+}
+
+/// Starts `nanochat <args>` (a `serve` command), waits until it is ready, asks it the
+/// speedrun's question through the OpenAI endpoint with the default answer length (longer than
+/// the context: the server clamps it), and stops it.
+fn serve_answers(base: &Path, args: &[&str]) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nanochat"))
+        .args(args)
+        .env("NANOCHAT_BASE_DIR", base)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the nanochat binary runs");
+    // Killed on every path out of here, a failed assertion included.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let _stop = Stop(child);
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first).unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .trim_end_matches('/')
+        .to_string();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let start = Instant::now();
+    while agent
+        .get(&format!("{url}/health"))
+        .call()
+        .map_or(true, |r| r.status() != 200)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "serve never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let body = r#"{"messages":[{"role":"user","content":"What is the capital of France?"}]}"#;
+    let mut r = agent
+        .post(&format!("{url}/v1/chat/completions"))
+        .header("Content-Type", "application/json")
+        .send(body)
+        .unwrap();
+    let text = r.body_mut().read_to_string().unwrap();
+    assert_eq!(r.status(), 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(v["choices"][0]["message"]["content"].is_string(), "{text}");
+    assert!(
+        v["usage"]["completion_tokens"].as_u64().unwrap() > 0,
+        "{text}"
+    );
 }
 
 #[test]
@@ -65,23 +129,32 @@ fn chat_cli_answers_on_a_model_with_a_short_context() {
         ],
     );
     ok(&train, "base-train");
-    // The speedrun's closing command, on this model.
+    // The speedrun ends with an RL model; this one stands in for it (same checkpoint format).
+    let (from, to) = (
+        b.join("base_checkpoints/d1"),
+        b.join("chatrl_checkpoints/d1"),
+    );
+    std::fs::create_dir_all(&to).unwrap();
+    for e in std::fs::read_dir(&from).unwrap().flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+    // The speedrun's closing commands, on this model, exactly as printed (`serve` on a free
+    // port instead of 8000).
     let chat = nanochat(
         b,
         &[
             "chat-cli",
             "-i",
-            "base",
+            "rl",
             "-g",
             "d1",
             "-p",
             "What is the capital of France?",
-            "--device",
-            "cpu",
         ],
     );
     ok(&chat, "chat-cli with the default --max-tokens");
     assert!(String::from_utf8_lossy(&chat.stderr).contains("answers are capped at"));
+    serve_answers(b, &["serve", "-i", "rl", "-g", "d1", "--port", "0"]);
     // What the user asks for explicitly is checked as given.
     let too_long = nanochat(
         b,

@@ -90,6 +90,8 @@ pub fn run(mut args: Args, base: &Path) -> anyhow::Result<()> {
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(&addr))
         .with_context(|| format!("binding {addr}"))?;
+    // The address bound (with `--port 0`, the port the system picked).
+    let addr = listener.local_addr().map_or(addr, |a| a.to_string());
     println!("nanochat serving at http://{addr}/ (OpenAI API at http://{addr}/v1)");
     // Every worker loads the checkpoint resolved above, even if a newer one appears meanwhile.
     args.checkpoint.model_tag = Some(tag);
