@@ -138,6 +138,15 @@ impl Run {
         // A new run starts uninterrupted (a process may run several, as tests do).
         interrupt_flag().store(false, Ordering::SeqCst);
         let lifecycle = training_lifecycle(dir, cadence.resume_from_step)?;
+        pb.set_message(state_name(lifecycle.state()));
+        if master && cadence.resume_from_step.is_some() {
+            let path: Vec<String> = lifecycle
+                .history()
+                .iter()
+                .map(|(s, _)| state_name(*s))
+                .collect();
+            tracing::info!("training state: {}", path.join(" → "));
+        }
         Ok(Run {
             dir: dir.to_path_buf(),
             master,
@@ -167,22 +176,28 @@ impl Run {
         let save = self.cadence.save_due(step, last) || self.interrupted;
         let stop = last || self.cadence.stop_here(step) || self.interrupted;
         // The training lifecycle: Training ⇄ CheckpointSaved, then Completed or Interrupted.
-        let now = chrono::Utc::now();
         if self.lifecycle.state() == TrainingState::CheckpointSaved {
-            self.lifecycle.advance(TrainingState::Training, now)?;
+            self.advance(TrainingState::Training)?;
         }
         if save {
-            self.lifecycle
-                .advance(TrainingState::CheckpointSaved, now)?;
+            self.advance(TrainingState::CheckpointSaved)?;
         }
         if stop {
             let end = match last {
                 true => TrainingState::Completed,
                 false => TrainingState::Interrupted,
             };
-            self.lifecycle.advance(end, now)?;
+            self.advance(end)?;
+            self.log(format!("training state: {}", state_name(end)));
         }
         Ok((save, stop))
+    }
+
+    /// One step of the training lifecycle, shown at the start of the progress bar.
+    fn advance(&mut self, next: TrainingState) -> Result<(), TrainError> {
+        self.lifecycle.advance(next, chrono::Utc::now())?;
+        self.bar.set_message(state_name(next));
+        Ok(())
     }
 
     /// Where the run is in its lifecycle (saved with each checkpoint as `training_state`).
@@ -265,6 +280,14 @@ impl Run {
             false => Ok(()),
         }
     }
+}
+
+/// A state's name as the meta writes it (`checkpoint_saved`).
+fn state_name(s: TrainingState) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{s:?}"))
 }
 
 /// Meta key of the run's training lifecycle (state and timestamped history).
@@ -460,8 +483,10 @@ fn truncate_metrics(dir: &Path, step: u64) -> Result<(), TrainError> {
     Ok(())
 }
 
-const STEPS_TEMPLATE: &str = "{bar:40} {pos}/{len} steps [{elapsed_precise} < {eta_precise}]";
-const EPOCH_TEMPLATE: &str = "{bar:40} {percent}% of the epoch [{elapsed_precise} < {eta_precise}]";
+const STEPS_TEMPLATE: &str =
+    "{msg:16} {bar:40} {pos}/{len} steps [{elapsed_precise} < {eta_precise}]";
+const EPOCH_TEMPLATE: &str =
+    "{msg:16} {bar:40} {percent}% of the epoch [{elapsed_precise} < {eta_precise}]";
 
 #[cfg(test)]
 mod tests {
