@@ -3,7 +3,9 @@
 //! speedrun prints at its end (which must answer: their own default answer length may not turn
 //! into an error), and an explicit `--max-tokens` beyond the context, which must be refused
 //! clearly;
-//! `import` of an upstream checkpoint writes the configuration post-training inherits.
+//! `import` of an upstream checkpoint writes the configuration post-training inherits; Ctrl-C
+//! during `base-train` saves and prints the command that resumes, and a second one aborts at
+//! once leaving the checkpoints intact.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -214,4 +216,135 @@ fn import_writes_the_configuration_post_training_inherits() {
         (&extra["device_batch_size"], &extra["max_seq_len"]),
         (&8.into(), &512.into())
     );
+}
+
+#[test]
+fn ctrl_c_saves_and_says_how_to_resume_and_a_second_one_aborts_at_once() {
+    let base = tempfile::tempdir().unwrap();
+    let b = base.path();
+    let tok = nanochat(
+        b,
+        &[
+            "tok-train",
+            "--vocab-size",
+            "512",
+            "--max-chars",
+            "200000",
+            "--no-progress",
+        ],
+    );
+    ok(&tok, "tok-train");
+    let train_args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "base-train",
+            "--depth",
+            "1",
+            "--max-seq-len",
+            "64",
+            "--device-batch-size",
+            "1",
+            "--total-batch-size",
+            "64",
+            "--num-iterations",
+            "100000",
+            "--eval-every",
+            "-1",
+            "--sample-every",
+            "-1",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    // Starts a long run and sends it `signals` SIGINTs once it is at step 3 or later; returns
+    // how it ended and what it printed.
+    let interrupt = |extra: &[&str], signals: usize| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nanochat"))
+            .args(train_args(extra))
+            .env("NANOCHAT_BASE_DIR", b)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Status lines are logs (stdout); the final error is on stderr.
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut seen = String::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
+            // The status line: `step 00003/100000 (0.00%) | loss: …`.
+            let at = line
+                .split("step ")
+                .nth(1)
+                .and_then(|r| r.split('/').next())
+                .and_then(|n| n.parse::<u64>().ok());
+            if at.is_some_and(|n| n >= 3) {
+                break;
+            }
+        }
+        for i in 0..signals {
+            if i > 0 {
+                // Apart, as a person presses twice (signals sent at once may arrive as one).
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let status = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        for line in lines {
+            seen.push_str(&line.unwrap());
+            seen.push('\n');
+        }
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        seen.push_str(&stderr);
+        (child.wait().unwrap(), seen)
+    };
+    let dir = b.join("base_checkpoints/d1");
+    // One Ctrl-C: the step finishes, a checkpoint is written, the run exits non-zero with the
+    // command that continues it.
+    let (status, said) = interrupt(&[], 1);
+    assert!(
+        !status.success() && status.code() != Some(130),
+        "{status}: {said}"
+    );
+    let step: u64 = said
+        .split("--resume-from-step ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no resume command in:\n{said}"));
+    assert!(step >= 3, "{said}");
+    nanochat::core::checkpoint_manager::verify_checkpoint(&dir, step).unwrap();
+    // The command it printed continues the run (here only to the next step).
+    let next = (step + 1).to_string();
+    let resumed = nanochat(
+        b,
+        &train_args(&[
+            "--resume-from-step",
+            &step.to_string(),
+            "--stop-after",
+            &next,
+        ])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>(),
+    );
+    ok(&resumed, "the resume command");
+    nanochat::core::checkpoint_manager::verify_checkpoint(&dir, step + 1).unwrap();
+    // Two Ctrl-Cs: the second aborts at once (status 130); the checkpoints already written
+    // stay intact.
+    let (status, said) = interrupt(&["--resume-from-step", &next], 2);
+    assert_eq!(status.code(), Some(130), "{said}");
+    nanochat::core::checkpoint_manager::verify_checkpoint(&dir, step + 1).unwrap();
+    nanochat::core::checkpoint_manager::verify_checkpoint(&dir, step).unwrap();
 }
