@@ -265,6 +265,16 @@ impl<S: LifecycleState> Lifecycle<S> {
         }
     }
 
+    /// Starts in the initial state now.
+    pub fn start() -> Self {
+        Self::new(Utc::now())
+    }
+
+    /// [`advance`](Self::advance) now.
+    pub fn advance_now(&mut self, next: S) -> Result<(), LifecycleError> {
+        self.advance(next, Utc::now())
+    }
+
     /// The current state.
     pub fn state(&self) -> S {
         self.state
