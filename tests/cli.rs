@@ -2,6 +2,7 @@
 //! shorter than the CLI's default answer length, then the `chat-cli` command the speedrun
 //! prints at its end (which must answer: its own default `--max-tokens` may not turn into an
 //! error), and an explicit `--max-tokens` beyond the context, which must be refused clearly.
+//! Along the way, `doctor` shows the lifecycles the tokenizer and the checkpoint went through.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -39,7 +40,8 @@ fn chat_cli_answers_on_a_model_with_a_short_context() {
             "--no-progress",
         ],
     );
-    ok(&tok, "tok-train");
+    let out = ok(&tok, "tok-train");
+    assert!(out.contains("untrained → training → trained"), "{out}");
     let train = nanochat(
         b,
         &[
@@ -64,6 +66,19 @@ fn chat_cli_answers_on_a_model_with_a_short_context() {
         ],
     );
     ok(&train, "base-train");
+    let doctor = ok(&nanochat(b, &["doctor"]), "doctor");
+    let line = |what: &str| {
+        doctor
+            .lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what} line in\n{doctor}"))
+            .to_string()
+    };
+    assert!(line("tokenizer").contains("— loaded (trained "), "{doctor}");
+    assert!(
+        line("base checkpoints").contains("d1 (step 1, created → saved → loaded, saved "),
+        "{doctor}"
+    );
     // The speedrun's closing command, on this model.
     let chat = nanochat(
         b,
