@@ -2,10 +2,10 @@
 //! shorter than the CLI's default answer length, then the `chat-cli` and `serve` commands the
 //! speedrun prints at its end (which must answer: their own default answer length may not turn
 //! into an error), and an explicit `--max-tokens` beyond the context, which must be refused
-//! clearly;
-//! `import` of an upstream checkpoint writes the configuration post-training inherits; Ctrl-C
-//! during `base-train` saves and prints the command that resumes, and a second one aborts at
-//! once leaving the checkpoints intact.
+//! clearly; along the way, `doctor` shows the lifecycles the tokenizer and the checkpoint went
+//! through. `import` of an upstream checkpoint writes the configuration post-training
+//! inherits; Ctrl-C during `base-train` saves and prints the command that resumes, and a
+//! second one aborts at once leaving the checkpoints intact.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -106,7 +106,8 @@ fn chat_cli_answers_on_a_model_with_a_short_context() {
             "--no-progress",
         ],
     );
-    ok(&tok, "tok-train");
+    let out = ok(&tok, "tok-train");
+    assert!(out.contains("untrained → training → trained"), "{out}");
     let train = nanochat(
         b,
         &[
@@ -131,6 +132,19 @@ fn chat_cli_answers_on_a_model_with_a_short_context() {
         ],
     );
     ok(&train, "base-train");
+    let doctor = ok(&nanochat(b, &["doctor"]), "doctor");
+    let line = |what: &str| {
+        doctor
+            .lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what} line in\n{doctor}"))
+            .to_string()
+    };
+    assert!(line("tokenizer").contains("— loaded (trained "), "{doctor}");
+    assert!(
+        line("base checkpoints").contains("d1 (step 1, created → saved → loaded, saved "),
+        "{doctor}"
+    );
     // The speedrun ends with an RL model; this one stands in for it (same checkpoint format).
     let (from, to) = (
         b.join("base_checkpoints/d1"),

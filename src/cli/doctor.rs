@@ -1,12 +1,13 @@
 //! `nanochat doctor`: what this build and machine can do and what is missing — backends
 //! compiled in and working, cores and memory, the GPU kernel caches, the tokenizer, pretraining
 //! shards, the CORE eval bundle, and checkpoints — each missing piece with the command that
-//! provides it.
+//! provides it. The tokenizer and each checkpoint show where they are in their lifecycles
+//! ([`lifecycle_lines`]).
 
 use std::path::Path;
 
 use nanochat::core::Source;
-use nanochat::core::checkpoint_manager::{list_steps, load_meta};
+use nanochat::core::checkpoint_manager::list_steps;
 use nanochat::core::paths::{eval_bundle_dir, pretrain_data_dir, tokenizer_dir};
 use nanochat::data::dataset::list_parquet_files;
 use nanochat::tokenizer::Tokenizer;
@@ -102,7 +103,12 @@ pub fn run(base: &Path) -> anyhow::Result<()> {
         Ok(t) => line(
             true,
             "tokenizer",
-            format!("vocab {} in {}", t.vocab_size(), tok_dir.display()),
+            format!(
+                "vocab {} in {} — {}",
+                t.vocab_size(),
+                tok_dir.display(),
+                lifecycle_lines::tokenizer(&t)
+            ),
         ),
         Err(e) => line(
             false,
@@ -198,11 +204,10 @@ pub fn run(base: &Path) -> anyhow::Result<()> {
                 if let Ok(steps) = list_steps(&dir)
                     && let Some(&last) = steps.last()
                 {
-                    let ok = load_meta(&dir, last).is_ok();
                     found.push(format!(
-                        "{} (step {last}{})",
+                        "{} (step {last}, {})",
                         e.file_name().to_string_lossy(),
-                        if ok { "" } else { ", meta unreadable" }
+                        lifecycle_lines::checkpoint(&dir, last)
                     ));
                 }
             }
@@ -222,4 +227,48 @@ pub fn run(base: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The lifecycle states doctor shows: the tokenizer's and each last checkpoint's.
+mod lifecycle_lines {
+    use std::path::Path;
+
+    use nanochat::core::checkpoint_handle::Checkpoint;
+    use nanochat::tokenizer::Tokenizer;
+
+    /// `loaded (trained <date>)`, or why the tokenizer has no recorded lifecycle.
+    pub fn tokenizer(t: &Tokenizer) -> String {
+        let Some(l) = t.lifecycle() else {
+            return "loaded (its training was not recorded: imported, or trained before \
+                    tokenizer_state.json existed)"
+                .to_string();
+        };
+        let trained = l
+            .history()
+            .iter()
+            .find(|(s, _)| *s == nanochat::core::TokenizerState::Trained)
+            .map(|(_, at)| format!(" (trained {})", at.format("%Y-%m-%d %H:%M UTC")))
+            .unwrap_or_default();
+        let state = format!("{:?}", l.state()).to_lowercase();
+        format!("{state}{trained}")
+    }
+
+    /// The checkpoint's lifecycle once doctor has loaded its meta (`created → saved → loaded,
+    /// saved <date>`; the weights are validated when a stage loads them), or the error that
+    /// stopped it before Loaded.
+    pub fn checkpoint(dir: &Path, step: u64) -> String {
+        match Checkpoint::load(dir, step) {
+            Ok(c) => {
+                let saved = c
+                    .lifecycle()
+                    .history()
+                    .iter()
+                    .find(|(s, _)| *s == nanochat::core::CheckpointState::Saved)
+                    .map(|(_, at)| format!(" {}", at.format("%Y-%m-%d %H:%M UTC")))
+                    .unwrap_or_default();
+                format!("{}, saved{saved}", c.describe())
+            }
+            Err(e) => format!("its meta does not load: {e}"),
+        }
+    }
 }

@@ -1,4 +1,6 @@
-//! `nanochat tok-train`: train the tokenizer (upstream `scripts/tok_train.py`).
+//! `nanochat tok-train`: train the tokenizer (upstream `scripts/tok_train.py`). Training drives
+//! the tokenizer's lifecycle Untrained → Training → Trained, which is saved with it in
+//! `tokenizer_state.json`.
 
 use std::path::{Path, PathBuf};
 
@@ -79,8 +81,16 @@ pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
     let tb = tokenizer.token_bytes();
     let nonzero: Vec<u32> = tb.iter().copied().filter(|&b| b > 0).collect();
     let mean = nonzero.iter().map(|&b| b as f64).sum::<f64>() / nonzero.len().max(1) as f64;
+    let lifecycle = tokenizer.lifecycle().map_or_else(String::new, |l| {
+        let states: Vec<String> = l
+            .history()
+            .iter()
+            .map(|(s, _)| format!("{s:?}").to_lowercase())
+            .collect();
+        states.join(" → ")
+    });
     println!(
-        "Saved tokenizer.tiktoken, tokenizer.json, token_bytes.json (vocab {}, token bytes min {} max {} mean {:.2}) to {}",
+        "Saved tokenizer.tiktoken, tokenizer.json, token_bytes.json, tokenizer_state.json ({lifecycle}; vocab {}, token bytes min {} max {} mean {:.2}) to {}",
         tokenizer.vocab_size(),
         nonzero.iter().min().unwrap_or(&0),
         nonzero.iter().max().unwrap_or(&0),

@@ -41,13 +41,15 @@ pub struct CheckpointMetadata {
     /// Smoothed training loss (nats/token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_loss: Option<f64>,
-    /// Validation loss (nats/token).
+    /// Validation loss (nats/token: the mean over the counted targets; special tokens, which
+    /// have no bytes, are not counted, as in `val_bpb`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_loss: Option<f64>,
     /// Validation bits per byte (upstream `val_bpb`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_bpb: Option<f64>,
-    /// Learning-rate multiplier at this step.
+    /// Learning-rate multiplier at this step (the one the step this checkpoint resumes at
+    /// uses).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learning_rate: Option<f64>,
     /// Timings.

@@ -14,6 +14,10 @@
 //!
 //! Reading verifies the format version, the meta's own CRC and, for every file read, its size
 //! and CRC, with an error naming the file.
+//!
+//! Each checkpoint has a lifecycle ([`CheckpointState`]): a writer starts it at Created and
+//! the meta it commits records Saved, with the history, under [`CHECKPOINT_STATE_KEY`]; a
+//! [`Checkpoint`](crate::checkpoint_handle::Checkpoint) handle takes it on from there.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,7 +27,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::checkpoint::{CheckpointMeta, FORMAT_VERSION, FileRecord};
+pub use crate::checkpoint_find::{find_checkpoint, find_largest_model, find_last_step, list_steps};
+pub use crate::checkpoint_handle::CHECKPOINT_STATE_KEY;
 use crate::fs::{IoError, publish, sync_dir, write_atomic, write_partial};
+use crate::lifecycle::{CheckpointState, Lifecycle, LifecycleError};
 use crate::validation::{Rule, Validate, ValidationError};
 
 /// An error reading or writing a checkpoint; every variant names the file.
@@ -96,6 +103,15 @@ pub enum CheckpointError {
         /// Newest version this build reads.
         supported: u32,
     },
+    /// A step of the checkpoint's lifecycle out of order, or a recorded lifecycle that does
+    /// not replay.
+    #[error("{path}: {reason}")]
+    Lifecycle {
+        /// The meta file.
+        path: PathBuf,
+        /// The refused transition or the broken record.
+        reason: String,
+    },
     /// The meta's content breaks a rule.
     #[error("{path}: {source}")]
     Invalid {
@@ -108,6 +124,13 @@ pub enum CheckpointError {
 }
 
 impl CheckpointError {
+    pub(crate) fn lifecycle(path: impl Into<PathBuf>, source: LifecycleError) -> Self {
+        CheckpointError::Lifecycle {
+            path: path.into(),
+            reason: source.to_string(),
+        }
+    }
+
     fn invalid(path: impl Into<PathBuf>, source: ValidationError) -> Self {
         CheckpointError::Invalid {
             path: path.into(),
@@ -224,6 +247,7 @@ pub struct CheckpointWriter {
     step: u64,
     staged: Vec<(PathBuf, PathBuf)>,
     records: BTreeMap<String, FileRecord>,
+    lifecycle: Lifecycle<CheckpointState>,
 }
 
 impl CheckpointWriter {
@@ -235,6 +259,7 @@ impl CheckpointWriter {
             step,
             staged: Vec::new(),
             records: BTreeMap::new(),
+            lifecycle: Lifecycle::new(chrono::Utc::now()),
         })
     }
 
@@ -330,7 +355,8 @@ impl CheckpointWriter {
     }
 
     /// Publishes the files, then writes the meta listing them (atomically, last). `meta`'s
-    /// step must be this writer's; its file list and version are filled in here.
+    /// step must be this writer's; its file list, version and lifecycle (Created → Saved, under
+    /// [`CHECKPOINT_STATE_KEY`]) are filled in here.
     pub fn commit(mut self, mut meta: CheckpointMeta) -> Result<CheckpointMeta, CheckpointError> {
         let path = self.dir.join(meta_file_name(self.step));
         if meta.step() != self.step {
@@ -349,6 +375,17 @@ impl CheckpointWriter {
         }
         meta.format_version = FORMAT_VERSION;
         meta.files = self.records.clone();
+        self.lifecycle
+            .advance(CheckpointState::Saved, chrono::Utc::now())
+            .map_err(|e| CheckpointError::lifecycle(&path, e))?;
+        let recorded =
+            serde_json::to_value(&self.lifecycle).map_err(|e| CheckpointError::BadMeta {
+                path: path.clone(),
+                reason: format!("{CHECKPOINT_STATE_KEY}: {e}"),
+            })?;
+        meta.metadata
+            .extra
+            .insert(CHECKPOINT_STATE_KEY.to_string(), recorded);
         meta.validate()
             .map_err(|e| CheckpointError::invalid(path.clone(), e))?;
         self.publish_files()?;
@@ -537,99 +574,4 @@ pub fn verify_checkpoint(dir: &Path, step: u64) -> Result<CheckpointMeta, Checkp
         verify_file(dir, &meta, name)?;
     }
     Ok(meta)
-}
-
-/// Steps that have a meta file in `dir`, ascending (a step without its meta never completed).
-pub fn list_steps(dir: &Path) -> Result<Vec<u64>, CheckpointError> {
-    let entries = fs::read_dir(dir).map_err(|e| IoError::new("list", dir, e))?;
-    let mut steps = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| IoError::new("list", dir, e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(digits) = name
-            .strip_prefix("meta_")
-            .and_then(|s| s.strip_suffix(".json"))
-            && !digits.is_empty()
-            && digits.bytes().all(|b| b.is_ascii_digit())
-            && let Ok(step) = digits.parse()
-        {
-            steps.push(step);
-        }
-    }
-    steps.sort_unstable();
-    Ok(steps)
-}
-
-/// Where upstream's `load_model(source, …)` looks: `<base>/<source>_checkpoints/<model_tag>/`,
-/// the largest `dN` tag unless `model_tag` is given, the last step unless `step` is. Returns the
-/// folder, the tag and the step.
-pub fn find_checkpoint(
-    base_dir: &Path,
-    source: Source,
-    model_tag: Option<&str>,
-    step: Option<u64>,
-) -> Result<(PathBuf, String, u64), CheckpointError> {
-    let root = base_dir.join(source.dir_name());
-    let tag = match model_tag {
-        Some(t) => t.to_string(),
-        None => find_largest_model(&root)?,
-    };
-    let dir = root.join(&tag);
-    let step = match step {
-        Some(s) => s,
-        None => find_last_step(&dir)?,
-    };
-    Ok((dir, tag, step))
-}
-
-/// The highest completed step in `dir` (upstream `find_last_step`).
-pub fn find_last_step(dir: &Path) -> Result<u64, CheckpointError> {
-    list_steps(dir)?
-        .pop()
-        .ok_or_else(|| CheckpointError::NotFound {
-            dir: dir.to_path_buf(),
-            reason: "no meta_*.json files".into(),
-        })
-}
-
-/// The model tag to load when none is given (upstream `find_largest_model`): among tags that
-/// hold a completed checkpoint, the largest `d<N>`; otherwise the most recently modified.
-pub fn find_largest_model(checkpoints_dir: &Path) -> Result<String, CheckpointError> {
-    let entries =
-        fs::read_dir(checkpoints_dir).map_err(|e| IoError::new("list", checkpoints_dir, e))?;
-    let mut tags: Vec<(Option<u64>, std::time::SystemTime, String)> = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| IoError::new("list", checkpoints_dir, e))?;
-        let path = entry.path();
-        let Some(tag) = entry.file_name().to_str().map(str::to_string) else {
-            continue;
-        };
-        if !path.is_dir() || list_steps(&path).map(|s| s.is_empty()).unwrap_or(true) {
-            continue;
-        }
-        let depth = tag.strip_prefix('d').and_then(|rest| {
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse().ok()
-        });
-        let mtime = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .unwrap_or(std::time::UNIX_EPOCH);
-        tags.push((depth, mtime, tag));
-    }
-    // Depth-tagged first (largest depth, newest on ties), then the newest other tag.
-    tags.sort_by(|a, b| {
-        b.0.is_some()
-            .cmp(&a.0.is_some())
-            .then(b.0.cmp(&a.0))
-            .then(b.1.cmp(&a.1))
-    });
-    tags.into_iter()
-        .next()
-        .map(|t| t.2)
-        .ok_or_else(|| CheckpointError::NotFound {
-            dir: checkpoints_dir.to_path_buf(),
-            reason: "no model tag folder holds a completed checkpoint".into(),
-        })
 }

@@ -1,7 +1,7 @@
 //! # nanochat-core
 //!
 //! The data model of nanochat-rs, with no tensors: configurations, the entities that flow
-//! between the stages, every validation rule as a typed error, the three lifecycles, and the
+//! between the stages, every validation rule as a typed error, the four lifecycles, and the
 //! byte-level checkpoint file format. Every other nanochat crate builds on these types.
 //!
 //! | module | what | upstream |
@@ -16,8 +16,9 @@
 //! | [`evaluation`] | [`EvaluationResult`] | `base_eval` CSV |
 //! | [`dataset`] | [`TrainingDataset`], [`DataSource`], [`DataFormat`], [`PreprocessingStep`], [`DatasetMetadata`] | `dataset.py` |
 //! | [`distributed`] | [`DistributedConfig`]: devices, nodes, ranks | `common.get_dist_info` |
-//! | [`lifecycle`] | checkpoint / training / inference state machines | — |
-//! | [`checkpoint`], [`checkpoint_manager`] | meta files, CRC32, atomic writes, `find_last_step` | `checkpoint_manager.py` |
+//! | [`lifecycle`] | checkpoint / training / inference / tokenizer state machines | — |
+//! | [`checkpoint`], [`checkpoint_manager`], [`checkpoint_find`] | meta files, CRC32, atomic writes, `find_last_step` | `checkpoint_manager.py` |
+//! | [`checkpoint_handle`] | [`Checkpoint`](checkpoint_handle::Checkpoint): one checkpoint through its lifecycle | `load_checkpoint` |
 //! | [`validation`] | [`ValidationError`], [`Rule`], [`Validate`] | — |
 //!
 //! ```
@@ -35,6 +36,8 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod checkpoint_find;
+pub mod checkpoint_handle;
 pub mod checkpoint_manager;
 pub mod config_file;
 pub mod conversation;
@@ -68,7 +71,8 @@ pub use distributed::DistributedConfig;
 pub use evaluation::EvaluationResult;
 pub use generation::GenerationParams;
 pub use lifecycle::{
-    CheckpointState, InferenceState, Lifecycle, LifecycleError, LifecycleState, TrainingState,
+    CheckpointState, InferenceState, Lifecycle, LifecycleError, LifecycleState, TokenizerState,
+    TrainingState,
 };
 pub use model_config::{DepthDial, InitScheme, ModelConfig, WindowSize};
 pub use model_counts::ParamCounts;

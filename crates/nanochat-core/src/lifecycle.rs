@@ -1,13 +1,46 @@
-//! The three lifecycles of the data model as state machines whose illegal transitions return
-//! an error:
+//! The four lifecycles of the data model as state machines whose illegal transitions return
+//! an error (upstream has none; the data model of nanochat-rs names them):
 //!
 //! - checkpoint: Created → Saved → Loaded → Validated → InUse → Saved (→ Loaded …);
 //! - training: Initialized → Training → CheckpointSaved → Training … → CheckpointSaved →
 //!   Completed, with Interrupted → Resumed → Training from any running state;
 //! - inference: Created → ModelLoaded → Ready → Processing → Streaming → Complete | Error, and
-//!   back to Ready for the next request.
+//!   back to Ready for the next request;
+//! - tokenizer: Untrained → Training → Trained → Loaded.
 //!
-//! [`Lifecycle`] holds the current state and the timestamped history of transitions.
+//! [`Lifecycle`] holds the current state and the timestamped history of transitions. Its
+//! fields are private: the only way to change the state is [`Lifecycle::advance`], which
+//! refuses what the table forbids, and a lifecycle read back from a file is replayed through
+//! the same table (a recorded history with an illegal step does not deserialise). The code that
+//! does the work owns the lifecycle and advances it: the training `Run` (nanochat-train), the
+//! checkpoint writer and [`crate::checkpoint_handle::Checkpoint`], the tokenizer trainer and
+//! loader, the inference engine.
+//!
+//! The state cannot be assigned directly:
+//!
+//! ```compile_fail,E0616
+//! use nanochat_core::lifecycle::{CheckpointState, Lifecycle};
+//! fn skip_validation(l: &mut Lifecycle<CheckpointState>) {
+//!     l.state = CheckpointState::InUse; // error[E0616]: field `state` is private
+//! }
+//! ```
+//!
+//! while the same jump asked of [`Lifecycle::advance`] compiles and is refused at run time:
+//!
+//! ```
+//! use nanochat_core::lifecycle::{CheckpointState, Lifecycle};
+//! fn skip_validation(l: &mut Lifecycle<CheckpointState>) -> bool {
+//!     l.advance(CheckpointState::InUse, l.history()[0].1).is_err()
+//! }
+//! let json = r#"{"state":"created","history":[["created","2026-01-01T00:00:00Z"]]}"#;
+//! let mut l: Lifecycle<CheckpointState> = serde_json::from_str(json)?;
+//! assert!(skip_validation(&mut l), "Created → InUse is illegal");
+//! assert_eq!(l.state(), CheckpointState::Created);
+//! // A recorded history is replayed through the table too.
+//! let forged = r#"{"state":"in_use","history":[["created","2026-01-01T00:00:00Z"],["in_use","2026-01-01T00:00:00Z"]]}"#;
+//! assert!(serde_json::from_str::<Lifecycle<CheckpointState>>(forged).is_err());
+//! # Ok::<(), serde_json::Error>(())
+//! ```
 
 use std::fmt;
 
@@ -144,11 +177,83 @@ impl LifecycleState for InferenceState {
     }
 }
 
-/// A state machine with its history.
+/// Tokenizer lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenizerState {
+    /// Nothing learned yet (training options checked).
+    Untrained,
+    /// Counting chunks and learning merges.
+    Training,
+    /// Merges learned: a complete tokenizer (saved with this history).
+    Trained,
+    /// Read back from its files and checked.
+    Loaded,
+}
+
+impl LifecycleState for TokenizerState {
+    const NAME: &'static str = "tokenizer";
+    const INITIAL: Self = TokenizerState::Untrained;
+    fn next_states(self) -> &'static [Self] {
+        use TokenizerState::*;
+        match self {
+            Untrained => &[Training],
+            Training => &[Trained],
+            Trained => &[Loaded],
+            Loaded => &[],
+        }
+    }
+}
+
+/// A state machine with its history. Serialised as `{"state": …, "history": [[state, time] …]}`;
+/// deserialising replays the history through [`Lifecycle::advance`], so a record that starts
+/// anywhere but the initial state, makes an illegal step, or whose `state` is not its last
+/// entry is refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    try_from = "RecordedLifecycle<S>",
+    bound(deserialize = "S: LifecycleState + Deserialize<'de>")
+)]
 pub struct Lifecycle<S> {
     state: S,
     history: Vec<(S, DateTime<Utc>)>,
+}
+
+/// A lifecycle as written in a file, before it is replayed.
+#[derive(Deserialize)]
+struct RecordedLifecycle<S> {
+    state: S,
+    history: Vec<(S, DateTime<Utc>)>,
+}
+
+impl<S: LifecycleState> TryFrom<RecordedLifecycle<S>> for Lifecycle<S> {
+    type Error = String;
+    fn try_from(rec: RecordedLifecycle<S>) -> Result<Self, String> {
+        let mut entries = rec.history.into_iter();
+        let (first, at) = entries
+            .next()
+            .ok_or_else(|| format!("{} lifecycle: empty history", S::NAME))?;
+        if first != S::INITIAL {
+            return Err(format!(
+                "{} lifecycle: history starts at {first:?}, must start at {:?}",
+                S::NAME,
+                S::INITIAL
+            ));
+        }
+        let mut lifecycle = Lifecycle::new(at);
+        for (next, at) in entries {
+            lifecycle.advance(next, at).map_err(|e| e.to_string())?;
+        }
+        if lifecycle.state != rec.state {
+            return Err(format!(
+                "{} lifecycle: state {:?} is not the last entry of its history ({:?})",
+                S::NAME,
+                rec.state,
+                lifecycle.state
+            ));
+        }
+        Ok(lifecycle)
+    }
 }
 
 impl<S: LifecycleState> Lifecycle<S> {
@@ -158,6 +263,16 @@ impl<S: LifecycleState> Lifecycle<S> {
             state: S::INITIAL,
             history: vec![(S::INITIAL, now)],
         }
+    }
+
+    /// Starts in the initial state now.
+    pub fn start() -> Self {
+        Self::new(Utc::now())
+    }
+
+    /// [`advance`](Self::advance) now.
+    pub fn advance_now(&mut self, next: S) -> Result<(), LifecycleError> {
+        self.advance(next, Utc::now())
     }
 
     /// The current state.
@@ -234,6 +349,37 @@ mod tests {
         let mut l = Lifecycle::<TrainingState>::new(t());
         l.advance(Training, t()).unwrap();
         assert!(l.advance(Completed, t()).is_err());
+    }
+
+    #[test]
+    fn tokenizer_cycle() {
+        use TokenizerState::*;
+        let mut l = Lifecycle::<TokenizerState>::new(t());
+        assert!(
+            l.advance(Trained, t()).is_err(),
+            "no merges without training"
+        );
+        for s in [Training, Trained, Loaded] {
+            l.advance(s, t()).unwrap();
+        }
+        assert!(l.advance(Training, t()).is_err(), "nothing follows Loaded");
+        let back: Lifecycle<TokenizerState> =
+            serde_json::from_value(serde_json::to_value(&l).unwrap()).unwrap();
+        assert_eq!(back, l);
+    }
+
+    #[test]
+    fn recorded_history_is_replayed() {
+        let ok = r#"{"state":"trained","history":[["untrained","1970-01-01T00:00:00Z"],["training","1970-01-01T00:00:00Z"],["trained","1970-01-01T00:00:00Z"]]}"#;
+        let l: Lifecycle<TokenizerState> = serde_json::from_str(ok).unwrap();
+        assert_eq!(l.state(), TokenizerState::Trained);
+        let skipped = ok.replace(r#"["training","1970-01-01T00:00:00Z"],"#, "");
+        let err = serde_json::from_str::<Lifecycle<TokenizerState>>(&skipped).unwrap_err();
+        assert!(err.to_string().contains("Untrained → Trained"), "{err}");
+        let lying = ok.replace(r#""state":"trained""#, r#""state":"loaded""#);
+        assert!(serde_json::from_str::<Lifecycle<TokenizerState>>(&lying).is_err());
+        let late = ok.replace(r#"[["untrained","1970-01-01T00:00:00Z"],"#, "[");
+        assert!(serde_json::from_str::<Lifecycle<TokenizerState>>(&late).is_err());
     }
 
     #[test]

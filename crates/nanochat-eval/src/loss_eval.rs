@@ -1,6 +1,7 @@
 //! Bits per byte (upstream `nanochat/loss_eval.py`, `evaluate_bpb`): summed cross-entropy in
 //! nats over the summed byte length of the target tokens, so that models with different
 //! vocabularies compare. Special tokens (0 bytes) and ignored targets (−1) count for nothing.
+//! The same sums give the validation loss in nats per counted token.
 
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use nanochat_model::FusedOps;
@@ -22,6 +23,8 @@ pub struct BpbSums {
     pub nats: f64,
     /// Σ bytes of counted targets.
     pub bytes: u64,
+    /// Number of counted targets.
+    pub tokens: u64,
 }
 
 impl BpbSums {
@@ -32,6 +35,11 @@ impl BpbSums {
         } else {
             self.nats / (std::f64::consts::LN_2 * self.bytes as f64)
         }
+    }
+
+    /// Mean loss in nats per counted target token; `None` when none was counted.
+    pub fn loss(&self) -> Option<f64> {
+        (self.tokens > 0).then(|| self.nats / self.tokens as f64)
     }
 }
 
@@ -52,10 +60,12 @@ pub fn accumulate_bpb<B: FusedOps>(
         .select(0, y.clamp_min(0))
         .mask_fill(valid.bool_not(), 0);
     let counted = bytes.clone().greater_elem(0).float();
+    let n_counted: f32 = counted.clone().sum().into_scalar().elem();
     let nats: f32 = (losses * counted).sum().into_scalar().elem();
     let total: i64 = bytes.sum().into_scalar().elem();
     sums.nats += nats as f64;
     sums.bytes += total as u64;
+    sums.tokens += n_counted.round() as u64;
 }
 
 /// The sums of bits per byte (upstream `evaluate_bpb`; [`BpbSums::bpb`] divides them) of `model`
@@ -78,15 +88,17 @@ where
     Ok(sums)
 }
 
-/// Adds every rank's sums (upstream's `all_reduce(SUM)` of `total_nats` and `total_bytes`).
+/// Adds every rank's sums (upstream's `all_reduce(SUM)` of `total_nats` and `total_bytes`, and
+/// the counted tokens).
 pub fn reduce_bpb<B: FusedOps>(
     rank: &nanochat_model::distributed::Rank<B>,
     sums: BpbSums,
 ) -> Result<BpbSums, nanochat_model::distributed::DistError> {
-    let v = rank.sum_f64(&[sums.nats, sums.bytes as f64])?;
+    let v = rank.sum_f64(&[sums.nats, sums.bytes as f64, sums.tokens as f64])?;
     Ok(BpbSums {
         nats: v[0],
         bytes: v[1].round() as u64,
+        tokens: v[2].round() as u64,
     })
 }
 

@@ -3,6 +3,12 @@
 //! tensor names in PyTorch layout, `meta_{step:06}.json` with the config and the CRC32 of every
 //! file, optional `optim_{step:06}_rank{r}.safetensors`.
 //!
+//! Loading drives the checkpoint's lifecycle ([`Checkpoint`], nanochat-core
+//! `checkpoint_handle`): the meta read back → Loaded; [`build_model`] checks the model file's
+//! CRC, builds the model from the config and checks every tensor against it → Validated;
+//! [`open_checkpoint`] hands the model over for training or serving → InUse, and
+//! [`load_checkpoint`] logs that history.
+//!
 //! Also imports an upstream checkpoint directory (`model_XXXXXX.pt` + `meta_XXXXXX.json`,
 //! written by PyTorch) without Python, with upstream's own patches for older checkpoints
 //! (missing `window_pattern` → `L`, missing `resid_lambdas` → 1, `x0_lambdas` → 0), bf16 weights
@@ -13,6 +19,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::TensorData;
 use burn::tensor::backend::Backend;
 use burn_store::{ModuleStore, PytorchStore};
+use nanochat_core::checkpoint_handle::Checkpoint;
 use nanochat_core::checkpoint_manager::{
     self as files, CheckpointError, CheckpointWriter, Source, model_file_name,
 };
@@ -68,21 +75,52 @@ pub fn save_checkpoint<B: Backend>(
     Ok(writer.commit(CheckpointMeta::new(model.config().clone(), metadata))?)
 }
 
-/// Loads step `step` of `dir` (checks the meta, the model file's CRC and every tensor).
+/// Builds the model of a loaded checkpoint (upstream `build_model`): reads the model file
+/// (size and CRC32 checked), builds a model from the config and checks every tensor against
+/// it; only then is the checkpoint Validated. On error it stays Loaded.
+pub fn build_model<B: Backend>(
+    checkpoint: &mut Checkpoint,
+    device: &B::Device,
+) -> Result<Gpt<B>, ModelError> {
+    let name = model_file_name(checkpoint.step());
+    checkpoint.validate(&[&name], |c, files| {
+        let bytes = files.first().map(Vec::as_slice).unwrap_or_default();
+        let mut model =
+            Gpt::<B>::init(&c.meta().model_config, device).map_err(|e| ModelError::Config {
+                path: c.meta_path(),
+                source: Box::new(e),
+            })?;
+        load_safetensors(&mut model, bytes, &c.dir().join(&name))?;
+        Ok(model)
+    })
+}
+
+/// Loads step `step` of `dir` into a model for training or serving: the checkpoint goes
+/// Loaded → Validated ([`build_model`]) → InUse, and the handle keeps its history.
+pub fn open_checkpoint<B: Backend>(
+    dir: &Path,
+    step: u64,
+    device: &B::Device,
+) -> Result<(Gpt<B>, Checkpoint), ModelError> {
+    let mut checkpoint = Checkpoint::load(dir, step)?;
+    let model = build_model(&mut checkpoint, device)?;
+    checkpoint.put_in_use()?;
+    Ok((model, checkpoint))
+}
+
+/// [`open_checkpoint`], logging the checkpoint's lifecycle, for callers that need the meta.
 pub fn load_checkpoint<B: Backend>(
     dir: &Path,
     step: u64,
     device: &B::Device,
 ) -> Result<(Gpt<B>, CheckpointMeta), ModelError> {
-    let meta = files::load_meta(dir, step)?;
-    let name = model_file_name(step);
-    let bytes = files::read_file(dir, &meta, &name)?;
-    let mut model = Gpt::<B>::init(&meta.model_config, device).map_err(|e| ModelError::Config {
-        path: dir.join(files::meta_file_name(step)),
-        source: Box::new(e),
-    })?;
-    load_safetensors(&mut model, &bytes, &dir.join(&name))?;
-    Ok((model, meta))
+    let (model, checkpoint) = open_checkpoint(dir, step, device)?;
+    tracing::info!(
+        "checkpoint {}: {}",
+        checkpoint.meta_path().display(),
+        checkpoint.describe()
+    );
+    Ok((model, checkpoint.into_meta()))
 }
 
 /// Loads a model the way upstream's `load_model(source, …)` does: from

@@ -1,16 +1,21 @@
-//! Model checkpoints: exact round trip, corruption and mismatch errors that name the file or
-//! tensor, and import of upstream's own checkpoint directory.
+//! Model checkpoints: exact round trip, the checkpoint lifecycle through save and load,
+//! corruption and mismatch errors that name the file or tensor (a corrupted checkpoint stops at
+//! Loaded), and import of upstream's own checkpoint directory.
 
 use std::fs;
 
 use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
 use chrono::DateTime;
+use nanochat_core::CheckpointState;
+use nanochat_core::checkpoint_handle::{CHECKPOINT_STATE_KEY, Checkpoint};
 use nanochat_core::checkpoint_manager::model_file_name;
 use nanochat_core::paths::fixture_dir;
 use nanochat_core::{CheckpointMetadata, ModelConfig};
 use nanochat_model::Gpt;
-use nanochat_model::checkpoint::{ModelError, import_upstream, load_checkpoint, save_checkpoint};
+use nanochat_model::checkpoint::{
+    ModelError, build_model, import_upstream, load_checkpoint, open_checkpoint, save_checkpoint,
+};
 use nanochat_model::weights::{
     WeightsError, load_safetensors, model_to_safetensors, named_tensors, read_safetensors,
 };
@@ -71,6 +76,40 @@ fn save_load_round_trips_exactly() {
 }
 
 #[test]
+fn checkpoint_lifecycle_saved_loaded_validated_in_use() {
+    use CheckpointState::*;
+    let dir = tempfile::tempdir().unwrap();
+    let model = Gpt::<B>::init(&small(2), &Default::default()).unwrap();
+    let md = CheckpointMetadata::new(5, DateTime::from_timestamp(0, 0).unwrap());
+    let saved = save_checkpoint(dir.path(), &model, md, &[]).unwrap();
+    assert_eq!(saved.metadata.extra[CHECKPOINT_STATE_KEY]["state"], "saved");
+
+    let mut checkpoint = Checkpoint::load(dir.path(), 5).unwrap();
+    assert_eq!(checkpoint.state(), Loaded);
+    let back = build_model::<B>(&mut checkpoint, &Default::default()).unwrap();
+    assert_eq!(checkpoint.state(), Validated);
+    assert_eq!(back.config(), model.config());
+    checkpoint.put_in_use().unwrap();
+    let history: Vec<_> = checkpoint
+        .lifecycle()
+        .history()
+        .iter()
+        .map(|h| h.0)
+        .collect();
+    assert_eq!(history, [Created, Saved, Loaded, Validated, InUse]);
+    // Building again from a checkpoint already in use is refused.
+    let err = build_model::<B>(&mut checkpoint, &Default::default()).unwrap_err();
+    assert!(err.to_string().contains("InUse → Validated"), "{err}");
+
+    let (_, opened) = open_checkpoint::<B>(dir.path(), 5, &Default::default()).unwrap();
+    assert_eq!(opened.state(), InUse);
+    assert_eq!(
+        opened.describe(),
+        "created → saved → loaded → validated → in_use"
+    );
+}
+
+#[test]
 fn corrupted_model_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let model = Gpt::<B>::init(&small(2), &Default::default()).unwrap();
@@ -92,6 +131,12 @@ fn corrupted_model_file_is_named() {
         err.to_string().contains("model_000001.safetensors"),
         "{err}"
     );
+    // The meta loads; the corrupted weights never validate.
+    let mut checkpoint = Checkpoint::load(dir.path(), 1).unwrap();
+    let err = build_model::<B>(&mut checkpoint, &Default::default()).unwrap_err();
+    assert!(err.to_string().contains("is corrupted: CRC32"), "{err}");
+    assert_eq!(checkpoint.state(), CheckpointState::Loaded);
+    assert!(checkpoint.put_in_use().is_err());
 }
 
 #[test]

@@ -63,6 +63,9 @@ pub enum TokenizerError {
     /// Training parameters are out of range.
     #[error("cannot train: {0}")]
     Train(String),
+    /// A lifecycle step out of order.
+    #[error(transparent)]
+    Lifecycle(#[from] nanochat_core::LifecycleError),
     /// Reading the training data failed.
     #[error("reading training data: {0}")]
     Data(String),

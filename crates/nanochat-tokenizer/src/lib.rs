@@ -7,7 +7,8 @@
 //!   (see [`bpe_train`]), streamed from documents, with the nine special tokens last;
 //! - [`Tokenizer`]: encoding and decoding through `tiktoken_rs::CoreBPE`, batch encoding on
 //!   rayon, `token_bytes` for bits per byte, and its files (`tokenizer.tiktoken`,
-//!   `tokenizer.json`, `token_bytes.json`); [`pickle`] imports upstream's `tokenizer.pkl`;
+//!   `tokenizer.json`, `token_bytes.json`, and `tokenizer_state.json`: its lifecycle, see
+//!   [`state_file`]); [`pickle`] imports upstream's `tokenizer.pkl`;
 //! - [`chat`]: rendering conversations into ids and training masks;
 //! - [`stream`]: UTF-8-safe incremental decoding for streaming output;
 //! - [`tok_eval`]: compression against GPT-2 and GPT-4;
@@ -32,6 +33,7 @@ pub mod chat;
 pub mod error;
 pub mod pickle;
 pub mod pretokenize;
+pub mod state_file;
 pub mod stream;
 pub mod tok_eval;
 pub mod tok_train;

@@ -6,11 +6,16 @@
 //!
 //! Documents are consumed in batches, so the corpus is never held in memory: only the counts of
 //! its unique chunks are.
+//!
+//! Training drives the tokenizer's lifecycle: Untrained once the options pass, Training while
+//! chunks are counted and merges learned, Trained when the vocabulary is built; the returned
+//! tokenizer carries that history and [`Tokenizer::save`] records it.
 
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use nanochat_core::Vocabulary;
+use nanochat_core::lifecycle::{Lifecycle, TokenizerState};
 use nanochat_core::tokenizer_config::{SPECIAL_TOKENS, SPLIT_PATTERN};
 use serde::{Deserialize, Serialize};
 
@@ -111,6 +116,8 @@ pub fn train_tokenizer<E: std::fmt::Display>(
         ));
     }
     let splitter = Splitter::new(&opts.pattern)?;
+    let mut lifecycle = Lifecycle::<TokenizerState>::start();
+    lifecycle.advance_now(TokenizerState::Training)?;
     let t0 = Instant::now();
     let pb = bar(opts.progress, opts.max_chars, "chars");
     let mut counts = ChunkCounts::new();
@@ -176,6 +183,8 @@ pub fn train_tokenizer<E: std::fmt::Display>(
     let vocab =
         Vocabulary::from_merges(&merges).map_err(|e| TokenizerError::invalid("<trained>", e))?;
     let tokenizer = Tokenizer::from_vocab(vocab, &opts.pattern)?;
+    lifecycle.advance_now(TokenizerState::Trained)?;
+    let tokenizer = tokenizer.with_training(lifecycle);
     let report = TokTrainReport {
         documents: ndocs,
         chars: nchars,

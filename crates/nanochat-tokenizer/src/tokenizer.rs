@@ -6,7 +6,11 @@
 //!   format);
 //! - `tokenizer.json`: pattern, vocabulary size and special tokens ([`TokenizerConfig`]);
 //! - `token_bytes.json`: the byte length of every token id, 0 for specials (upstream's
-//!   `token_bytes.pt`, used for bits per byte).
+//!   `token_bytes.pt`, used for bits per byte);
+//! - `tokenizer_state.json`: how it was trained, its lifecycle ([`crate::state_file`]).
+//!
+//! Loading checks every rule of the Tokenizer entity, the merges included: every token past
+//! the 256 bytes must be the merge of two lower-ranked tokens.
 //!
 //! Upstream's `tokenizer.pkl` is read by [`crate::pickle`].
 
@@ -16,6 +20,7 @@ use std::path::Path;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use nanochat_core::fs::{read, write_atomic};
+use nanochat_core::lifecycle::{Lifecycle, TokenizerState};
 use nanochat_core::tokenizer_config::SPECIAL_TOKENS;
 use nanochat_core::{SpecialTokens, TokenizerConfig, Validate, Vocabulary};
 use rayon::prelude::*;
@@ -41,6 +46,10 @@ pub struct Tokenizer {
     encoder: FxHashMap<Vec<u8>, u32>,
     splitter: Splitter,
     bos: u32,
+    /// The training history (at Trained), when known: what `save` records.
+    training: Option<Lifecycle<TokenizerState>>,
+    /// Where this tokenizer is in its lifecycle (Trained, or Loaded), when known.
+    lifecycle: Option<Lifecycle<TokenizerState>>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -100,7 +109,23 @@ impl Tokenizer {
             encoder,
             splitter,
             bos,
+            training: None,
+            lifecycle: None,
         })
+    }
+
+    /// Attaches the training history of a tokenizer just trained (at Trained).
+    pub(crate) fn with_training(mut self, training: Lifecycle<TokenizerState>) -> Self {
+        self.lifecycle = Some(training.clone());
+        self.training = Some(training);
+        self
+    }
+
+    /// Where this tokenizer is in its lifecycle: Trained just after [`crate::tok_train`],
+    /// Loaded after [`load`](Self::load); `None` when its training was not recorded (built
+    /// from ranks in memory, imported from upstream, or saved before lifecycles were).
+    pub fn lifecycle(&self) -> Option<&Lifecycle<TokenizerState>> {
+        self.lifecycle.as_ref()
     }
 
     /// The descriptor (pattern, vocabulary size, special tokens).
@@ -244,8 +269,9 @@ impl Tokenizer {
             .collect()
     }
 
-    /// Writes `tokenizer.tiktoken`, `tokenizer.json` and `token_bytes.json` into `dir`
-    /// (atomically, each).
+    /// Writes `tokenizer.tiktoken`, `tokenizer.json`, `token_bytes.json` and the training
+    /// history (`tokenizer_state.json`, removed when there is none) into `dir` (atomically,
+    /// each).
     pub fn save(&self, dir: &Path) -> Result<(), TokenizerError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| nanochat_core::fs::IoError::new("create directory", dir, e))?;
@@ -259,11 +285,13 @@ impl Tokenizer {
         let token_bytes =
             serde_json::to_string(&self.token_bytes()).expect("numbers serialise") + "\n";
         write_atomic(&dir.join(TOKEN_BYTES_FILE), token_bytes.as_bytes())?;
+        crate::state_file::write(dir, self.training.as_ref())?;
         Ok(())
     }
 
     /// Loads a tokenizer saved by [`save`](Self::save), checking every rule of the Tokenizer
-    /// entity and that `token_bytes.json` (if present) agrees with the ranks.
+    /// entity (the merges included) and that `token_bytes.json` (if present) agrees with the
+    /// ranks. A recorded training history moves Trained → Loaded.
     pub fn load(dir: &Path) -> Result<Self, TokenizerError> {
         let config_path = dir.join(CONFIG_FILE);
         let config_text =
@@ -283,7 +311,7 @@ impl Tokenizer {
             .map_err(|e| TokenizerError::invalid(&config_path, e))?;
         let ranks_path = dir.join(RANKS_FILE);
         let vocab = read_tiktoken(&ranks_path)?;
-        let tok = Self::from_parts(config, vocab, dir)?;
+        let mut tok = Self::from_parts(config, vocab, dir)?;
         let tb_path = dir.join(TOKEN_BYTES_FILE);
         if tb_path.exists() {
             let stored: Vec<u32> =
@@ -300,11 +328,24 @@ impl Tokenizer {
                 });
             }
         }
+        if let Some(training) = crate::state_file::read_trained(dir)? {
+            let mut lifecycle = training.clone();
+            lifecycle
+                .advance_now(TokenizerState::Loaded)
+                .map_err(|e| TokenizerError::BadFile {
+                    path: dir.join(crate::state_file::STATE_FILE),
+                    line: 0,
+                    reason: e.to_string(),
+                })?;
+            tok.training = Some(training);
+            tok.lifecycle = Some(lifecycle);
+        }
         Ok(tok)
     }
 }
 
-/// Reads a tiktoken ranks file (`base64(bytes) rank` per line) into a checked vocabulary.
+/// Reads a tiktoken ranks file (`base64(bytes) rank` per line) into a checked vocabulary: ranks
+/// consistent, the 256 bytes first, every later token the merge of two lower-ranked ones.
 pub fn read_tiktoken(path: &Path) -> Result<Vocabulary, TokenizerError> {
     let bytes = read(path)?;
     let text = String::from_utf8(bytes).map_err(|e| TokenizerError::BadFile {
@@ -336,5 +377,9 @@ pub fn read_tiktoken(path: &Path) -> Result<Vocabulary, TokenizerError> {
             return Err(bad(format!("token {b64} listed twice")));
         }
     }
-    Vocabulary::from_ranks(ranks).map_err(|e| TokenizerError::invalid(path, e))
+    let vocab = Vocabulary::from_ranks(ranks).map_err(|e| TokenizerError::invalid(path, e))?;
+    vocab
+        .recover_merges()
+        .map_err(|e| TokenizerError::invalid(path, e))?;
+    Ok(vocab)
 }

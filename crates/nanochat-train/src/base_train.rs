@@ -23,7 +23,7 @@ use nanochat_core::{
 };
 use nanochat_data::dataloader::{BestFitLoader, LoaderOptions, LoaderState};
 use nanochat_data::dataset::{Split, list_parquet_files, split_files};
-use nanochat_eval::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
+use nanochat_eval::loss_eval::{BpbSums, evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 use nanochat_model::checkpoint::load_checkpoint;
 use nanochat_model::distributed::{Rank, run_replicated};
 use nanochat_model::{ComputeDtype, Gpt};
@@ -288,13 +288,17 @@ fn train_rank<B: TrainBackend>(
     let bf16 = args.compute_dtype == ComputeDtype::BF16;
     let mut model = model.with_compute_dtype(args.compute_dtype);
     let mut opt = MuonAdamW::new(&model, &cfg.optimizer, &lrs)?.with_bf16_orthogonalization(bf16);
-    let (loader_state, mut loop_state, mut val_bpb, start) = match resume {
-        None => (None, LoopState::default(), None, 0),
+    let (loader_state, mut loop_state, mut val, start) = match resume {
+        None => (None, LoopState::default(), Val::default(), 0),
         Some((meta, typed)) => {
             let step = meta.metadata.step;
             load_optimizer_state(&mut opt, &dir, meta, step, device)?;
             let st = typed.loaders.for_rank(rank.rank, rank.world_size, &dir)?;
-            (Some(st), typed.loop_state, meta.metadata.val_bpb, step)
+            let val = Val {
+                bpb: meta.metadata.val_bpb,
+                loss: meta.metadata.val_loss,
+            };
+            (Some(st), typed.loop_state, val, step)
         }
     };
     let mut opts = LoaderOptions::new(cfg.device_batch_size, cfg.max_seq_len);
@@ -302,7 +306,7 @@ fn train_rank<B: TrainBackend>(
     let (tok, st) = (tokenizer.clone(), loader_state.as_ref());
     let mut loader = BestFitLoader::new(train_files, tok, opts.clone(), st)?;
     let mut loader_state = loader.state();
-    let val = Validation::<B::InnerBackend>::new(val_files, &tokenizer, opts, cfg, &rank);
+    let validation = Validation::<B::InnerBackend>::new(val_files, &tokenizer, opts, cfg, &rank);
 
     let n = plan.num_iterations;
     let cadence = Cadence::new(cfg.save_every, cfg.resume_from_step, args.stop_after);
@@ -313,9 +317,13 @@ fn train_rank<B: TrainBackend>(
     loop {
         let last = step == n;
         if Cadence::due(cfg.eval_every, step, last) {
-            let bpb = val.bpb(&model.valid(), &rank)?;
+            let sums = validation.sums(&model.valid(), &rank)?;
+            let bpb = sums.bpb();
             loop_state.min_val_bpb = loop_state.min_val_bpb.min(bpb);
-            val_bpb = Some(bpb);
+            val = Val {
+                bpb: Some(bpb),
+                loss: sums.loss(),
+            };
             run.validated(step, bpb);
         }
         if master && Cadence::due(cfg.sample_every, step, last) && (last || step > 0) {
@@ -327,7 +335,7 @@ fn train_rank<B: TrainBackend>(
         let (save, stop) = run.at_step(step, last, &rank)?;
         if save {
             let loaders = RankStates(gather_states(&rank, &loader_state)?);
-            let meta = base_meta(cfg, plan, step, val_bpb, loop_state, loaders)?;
+            let meta = base_meta(cfg, plan, step, val, loop_state, loaders)?;
             run.save(&model, &opt, meta)?;
         }
         if stop {
@@ -385,7 +393,7 @@ fn train_rank<B: TrainBackend>(
     Ok(TrainSummary {
         step,
         metrics,
-        val_bpb,
+        val_bpb: val.bpb,
         loop_state,
         checkpoint_dir: dir,
         plan: plan.clone(),
@@ -422,13 +430,21 @@ impl<'a, B: FusedOps> Validation<'a, B> {
         }
     }
 
-    fn bpb(&self, model: &Gpt<B>, rank: &Rank<B>) -> Result<f64, TrainError> {
+    /// The validation sums, added up over the ranks (bits per byte and loss per token).
+    fn sums(&self, model: &Gpt<B>, rank: &Rank<B>) -> Result<BpbSums, TrainError> {
         let (files, tok) = (self.files.clone(), self.tokenizer.clone());
         let val = BestFitLoader::new(files, tok, self.opts.clone(), None)?;
         let batches = val.map(|b| b.map(|b| b.to_tensors::<B>(&rank.device)));
         let sums = evaluate_bpb_sums(model, batches, self.steps, &self.token_bytes)?;
-        Ok(reduce_bpb(rank, sums)?.bpb())
+        Ok(reduce_bpb(rank, sums)?)
     }
+}
+
+/// The last validation: bits per byte and loss (nats per token), saved with each checkpoint.
+#[derive(Debug, Clone, Copy, Default)]
+struct Val {
+    bpb: Option<f64>,
+    loss: Option<f64>,
 }
 
 /// The checkpoint meta of `step`.
@@ -436,12 +452,15 @@ fn base_meta(
     cfg: &TrainingConfiguration,
     plan: &RunPlan,
     step: u64,
-    val_bpb: Option<f64>,
+    val: Val,
     loop_state: LoopState,
     loaders: RankStates<LoaderState>,
 ) -> Result<CheckpointMetadata, TrainError> {
     let mut md = CheckpointMetadata::new(step, chrono::Utc::now());
-    md.val_bpb = val_bpb;
+    md.val_bpb = val.bpb;
+    md.val_loss = val.loss;
+    // The multiplier the schedule gives the step this checkpoint resumes at.
+    md.learning_rate = Some(cfg.schedule.multiplier(step, plan.num_iterations));
     md.train_loss = Some(debiased(
         loop_state.smooth_train_loss,
         step.saturating_sub(1),

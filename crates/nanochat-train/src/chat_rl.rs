@@ -405,6 +405,7 @@ fn rl_rank<B: TrainBackend>(
                 gsm8k: eval,
             };
             let mut md = CheckpointMetadata::new(step, chrono::Utc::now());
+            md.learning_rate = Some(lr_multiplier(args.init_lr_frac, step, num_steps));
             stage_meta::write(&mut md, &typed)?;
             out.save(&model, &opt, md)?;
         }
@@ -436,7 +437,7 @@ fn rl_rank<B: TrainBackend>(
         }
 
         // Policy gradient over the rollouts, device_batch_size rows at a time.
-        let lrm = args.init_lr_frac * (1.0 - step as f64 / num_steps.max(1) as f64);
+        let lrm = lr_multiplier(args.init_lr_frac, step, num_steps);
         let mut loss_sum = 0.0;
         if updates > 0 {
             let (loss, grads) =
@@ -471,6 +472,12 @@ fn rl_rank<B: TrainBackend>(
         rewards: rewards_log,
         seconds: t_run.elapsed().as_secs_f64(),
     })
+}
+
+/// The learning-rate multiplier of `step` (upstream: `init_lr_frac` decaying linearly to 0 at
+/// `num_steps`), also saved as the checkpoint's `learning_rate`.
+fn lr_multiplier(init_lr_frac: f64, step: u64, num_steps: u64) -> f64 {
+    init_lr_frac * (1.0 - step as f64 / num_steps.max(1) as f64).max(0.0)
 }
 
 /// One rank's rollouts of a step, with its summed rewards and sampled lengths.

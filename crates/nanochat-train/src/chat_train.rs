@@ -31,7 +31,7 @@ use nanochat_core::checkpoint_manager::checkpoint_dir;
 use nanochat_data::chat_loader::{ChatBatch, ChatLoader, ChatLoaderState, PackMode};
 use nanochat_data::tasks::{TaskSplit, build_mixture};
 use nanochat_eval::chat_eval::{ChatEvalOptions, load_tasks, run_chat_eval};
-use nanochat_eval::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
+use nanochat_eval::loss_eval::{BpbSums, evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 use nanochat_infer::Engine;
 use nanochat_model::distributed::{Rank, run_replicated};
 use nanochat_model::{ComputeDtype, Gpt, Reduction};
@@ -58,6 +58,9 @@ pub struct ChatLoopState {
     pub total_training_time: f64,
     /// Last validation bpb.
     pub val_bpb: Option<f64>,
+    /// Last validation loss (nats per token).
+    #[serde(default)]
+    pub val_loss: Option<f64>,
 }
 
 /// `metrics.jsonl`'s lines (the stages share one type).
@@ -288,10 +291,9 @@ fn chat_rank<B: TrainBackend>(
         let last = synced[1] > 0.0 || args.num_iterations == Some(step);
         if let Some(val) = &val
             && (last || Cadence::due(args.eval_every, step, last))
+            && let Some(sums) = val.sums(&model.valid(), &rank, &mut out, step)?
         {
-            ls.val_bpb = val
-                .bpb(&model.valid(), &rank, &mut out, step)?
-                .or(ls.val_bpb);
+            (ls.val_bpb, ls.val_loss) = (Some(sums.bpb()), sums.loss());
         }
         if let Some(cc) = &chatcore
             && Cadence::due(args.chatcore_every, step, last)
@@ -303,7 +305,11 @@ fn chat_rank<B: TrainBackend>(
         let (save, stop) = out.at_step(step, last, &rank)?;
         if save {
             let loaders = RankStates(gather_states(&rank, &loader.state())?);
-            out.save(&model, &opt, chat_meta(run, loaders, &ls, step)?)?;
+            let (init_lr_frac, warmdown_ratio) = args.lr_schedule();
+            let lrm = lr_multiplier(progress, init_lr_frac, warmdown_ratio);
+            let mut meta = chat_meta(run, loaders, &ls, step)?;
+            meta.learning_rate = Some(lrm);
+            out.save(&model, &opt, meta)?;
         }
         if stop {
             break;
@@ -430,13 +436,15 @@ impl<'a, B: FusedOps> Validation<'a, B> {
 
     /// The bits per byte of `model`, logged for `step`; `None` when no row has an assistant
     /// token within the length.
-    fn bpb(
+    /// The validation sums (bits per byte, loss per token), logged; `None` when no byte was
+    /// counted.
+    fn sums(
         &self,
         model: &Gpt<B>,
         rank: &Rank<B>,
         out: &mut Run,
         step: u64,
-    ) -> Result<Option<f64>, TrainError> {
+    ) -> Result<Option<BpbSums>, TrainError> {
         let (b, t, world) = (
             self.run.inh.device_batch_size,
             self.run.inh.max_seq_len,
@@ -449,13 +457,14 @@ impl<'a, B: FusedOps> Validation<'a, B> {
         let batches =
             (0..steps).map(|_| vl.next_batch().map(|bt| bt.to_tensors::<B>(&rank.device)));
         let sums = evaluate_bpb_sums(model, batches, steps, &self.token_bytes)?;
-        let bpb = reduce_bpb(rank, sums)?.bpb();
+        let sums = reduce_bpb(rank, sums)?;
+        let bpb = sums.bpb();
         if !bpb.is_finite() {
             out.log(format!("Step {step:05} | Validation bpb undefined: no assistant tokens within {t} tokens of the validation rows"));
             return Ok(None);
         }
         out.validated(step, bpb);
-        Ok(Some(bpb))
+        Ok(Some(sums))
     }
 }
 
@@ -469,6 +478,7 @@ fn chat_meta(
     let inh = &run.inh;
     let mut md = CheckpointMetadata::new(step, chrono::Utc::now());
     md.val_bpb = ls.val_bpb;
+    md.val_loss = ls.val_loss;
     md.timings.total_training_time = ls.total_training_time;
     // `user_config` stays the pretraining configuration (what SFT inherits from mid).
     let mut cfg = inh.cfg.clone();

@@ -124,6 +124,21 @@ fn resume_is_bit_identical() {
     let (m2, o2) = final_files(split_dir.path(), 2 * k);
     assert!(m1 == m2, "model weights differ after resume");
     assert!(o1 == o2, "optimizer state differs after resume");
+    // The checkpoints record the LR multiplier and the last validation loss (nats/token).
+    let md = |base: &Path, step| {
+        let dir = checkpoint_dir(base, Source::Base, "d2");
+        files::load_meta(&dir, step).unwrap().metadata
+    };
+    let (at_k, end) = (md(split_dir.path(), k), md(straight_dir.path(), 2 * k));
+    assert!(at_k.learning_rate.is_some_and(|lr| lr > 0.0), "{at_k:?}");
+    assert!(at_k.val_loss.is_some_and(|l| l > 0.0), "{at_k:?}");
+    let resumed_end = md(split_dir.path(), 2 * k);
+    assert_eq!(end.learning_rate, resumed_end.learning_rate);
+    assert_eq!(
+        end.val_loss.map(f64::to_bits),
+        resumed_end.val_loss.map(f64::to_bits)
+    );
+    assert!(end.val_loss.is_some());
     // metrics.jsonl of the resumed run has each step once.
     let text = std::fs::read_to_string(
         checkpoint_dir(split_dir.path(), Source::Base, "d2").join("metrics.jsonl"),

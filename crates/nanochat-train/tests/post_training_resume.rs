@@ -147,6 +147,14 @@ fn run_stages(dist: Option<DistributedConfig>) {
         let s = chat_train::<B>(&a, tok(), &dev).unwrap();
         assert_eq!(s.step, 4);
         assert!(s.val_bpb.is_some_and(f64::is_finite));
+        // The checkpoint records the LR multiplier and the last validation loss (nats/token).
+        let ckpt = checkpoint_dir(straight.path(), stage.source(), "d2");
+        let md = files::load_meta(&ckpt, 4).unwrap().metadata;
+        assert!(md.learning_rate.is_some_and(|lr| lr >= 0.0), "{md:?}");
+        assert!(
+            md.val_loss.is_some_and(|l| l.is_finite() && l > 0.0),
+            "{md:?}"
+        );
         let mut a = chat_args(stage, split.path(), &jsonl);
         a.distributed = dist.clone();
         a.stop_after = Some(2);
@@ -196,6 +204,16 @@ fn run_stages(dist: Option<DistributedConfig>) {
     };
     let s = chat_rl::<B>(&rl(straight.path()), tok(), &dev).unwrap();
     assert_eq!(s.step, 2);
+    // RL's multiplier decays linearly to 0 at its last step.
+    let lr = |step| {
+        let ckpt = checkpoint_dir(straight.path(), Source::Rl, "d2");
+        files::load_meta(&ckpt, step)
+            .unwrap()
+            .metadata
+            .learning_rate
+    };
+    let init = rl(straight.path()).init_lr_frac;
+    assert_eq!((lr(1), lr(2)), (Some(init * 0.5), Some(0.0)));
     let mut a = rl(split.path());
     a.stop_after = Some(1);
     chat_rl::<B>(&a, tok(), &dev).unwrap();
