@@ -207,6 +207,12 @@ impl ModelConfig {
         self
     }
 
+    /// The data model's `block_size`: the longest sequence the model attends over
+    /// (`sequence_len`).
+    pub fn block_size(&self) -> usize {
+        self.sequence_len
+    }
+
     /// `n_embd / n_head`.
     pub fn head_dim(&self) -> usize {
         self.n_embd / self.n_head.max(1)

@@ -121,9 +121,16 @@ impl TrainingConfiguration {
             .unwrap_or_else(|| format!("d{}", self.depth))
     }
 
-    /// Gradient-accumulation steps for `total_batch_size` tokens over `world_size` devices:
-    /// `total / (device_batch_size · max_seq_len · world_size)`, which must divide exactly.
-    pub fn grad_accum_steps(
+    /// The data model's `block_size`: tokens per training row (`max_seq_len`).
+    pub fn block_size(&self) -> usize {
+        self.max_seq_len
+    }
+
+    /// The data model's `gradient_accumulation_steps` for `total_batch_size` tokens over
+    /// `world_size` devices: `total / (device_batch_size · max_seq_len · world_size)`, which
+    /// must divide exactly (`total_batch_size` is resolved by the caller: `-1` in the
+    /// configuration means "from the scaling law", which needs the model).
+    pub fn gradient_accumulation_steps(
         &self,
         total_batch_size: u64,
         world_size: usize,

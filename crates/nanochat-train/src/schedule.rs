@@ -76,7 +76,7 @@ impl RunPlan {
             target_tokens / total_batch_size
         };
         cfg.check_horizon(num_iterations)?;
-        let grad_accum_steps = cfg.grad_accum_steps(total_batch_size, world_size)?;
+        let grad_accum_steps = cfg.gradient_accumulation_steps(total_batch_size, world_size)?;
         Ok(Self {
             warmdown_steps: cfg.schedule.warmdown_steps(num_iterations),
             model,
