@@ -12,7 +12,7 @@
 //! | [`tokenizer_config`] | [`TokenizerConfig`], [`SpecialTokens`], [`Vocabulary`] | `tokenizer.py` |
 //! | [`conversation`] | [`Message`], [`MessageRole`], [`ConversationSession`], [`SessionStore`] | `render_conversation` input |
 //! | [`generation`] | [`GenerationParams`] | `Engine.generate` knobs |
-//! | [`evaluation`] | [`EvaluationResult`] | `base_eval` CSV |
+//! | [`evaluation`], [`evaluation_config`] | [`EvaluationResult`], [`Measure`], [`EvaluationConfig`] | `base_eval` CSV, `base_eval.py` / `chat_eval.py` flags |
 //! | [`dataset`] | [`TrainingDataset`], [`DataSource`], [`DataFormat`], [`PreprocessingStep`], [`DatasetMetadata`] | `dataset.py` |
 //! | [`distributed`] | [`DistributedConfig`]: devices, nodes, ranks | `common.get_dist_info` |
 //! | [`lifecycle`] | checkpoint / training / inference state machines | — |
@@ -41,6 +41,7 @@ pub mod dataset;
 pub mod device;
 pub mod distributed;
 pub mod evaluation;
+pub mod evaluation_config;
 pub mod fs;
 pub mod generation;
 pub mod lifecycle;
@@ -66,7 +67,8 @@ pub use dataset::{
 };
 pub use device::DeviceSpec;
 pub use distributed::DistributedConfig;
-pub use evaluation::EvaluationResult;
+pub use evaluation::{EvaluationResult, Measure};
+pub use evaluation_config::EvaluationConfig;
 pub use generation::GenerationParams;
 pub use lifecycle::{
     CheckpointState, InferenceState, Lifecycle, LifecycleError, LifecycleState, TrainingState,
