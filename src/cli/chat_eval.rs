@@ -84,7 +84,7 @@ impl BackendTask for Task {
         let label = format!("{source}/{tag}@{step}");
         // With --devices every rank scores its stride of each task's problems.
         let dist = a.run.distributed()?;
-        let (outcomes, result) = run_replicated::<B::InnerBackend, _, _, _, _, _>(
+        let (outcomes, mut result) = run_replicated::<B::InnerBackend, _, _, _, _, _>(
             dist.as_ref(),
             &device,
             model,
@@ -105,6 +105,8 @@ impl BackendTask for Task {
             );
         }
         println!("{}: {:.4}", result.metric, result.aggregate.unwrap_or(0.0));
+        (result.checkpoint, result.step) = (Some(dir.clone()), Some(step));
+        result.check_checkpoint()?;
         let stem = self
             .base
             .join("chat_eval")
