@@ -38,7 +38,7 @@ pub enum DatasetError {
         name: String,
         /// The rule broken.
         #[source]
-        source: ValidationError,
+        source: Box<ValidationError>,
     },
     /// A shard passed the cheap checks but its footer cannot be read.
     #[error("pretraining dataset {name:?} refused: {source}")]
@@ -196,7 +196,7 @@ impl PretrainingData {
         let name = dataset.name.clone();
         let invalid = |source| DatasetError::Invalid {
             name: name.clone(),
-            source,
+            source: Box::new(source),
         };
         dataset.validate().map_err(invalid)?;
         let unsupported = |what: String| DatasetError::Unsupported {
