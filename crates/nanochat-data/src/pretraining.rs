@@ -51,7 +51,7 @@ pub enum DatasetError {
     },
     /// Fewer than two shards: pretraining needs train shards and the last one for validation.
     #[error(
-        "pretraining dataset {name:?} refused: need at least 2 shards (train + the last one for validation), found {found} in {location}"
+        "pretraining dataset {name:?} refused: need at least 2 shards (train + the last one for validation), found {found} in {location} (`nanochat download -n 8` fetches 8 train shards and the validation shard)"
     )]
     TooFewShards {
         /// The dataset.
