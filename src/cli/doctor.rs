@@ -109,7 +109,7 @@ pub fn run(base: &Path) -> anyhow::Result<()> {
             format!("{e} — run `nanochat tok-train`"),
         ),
     }
-    super::doctor_dataset::report(base, |ok, what, detail| line(ok, what, detail));
+    super::doctor_dataset::report(base, line);
     let bundle = eval_bundle_dir();
     match nanochat::eval::Bundle::open(&bundle) {
         Ok(b) => {
