@@ -127,9 +127,7 @@ fn dataset_and_evaluation_results_reach_doctor_and_the_report() {
     );
     let card = std::fs::read_to_string(&out).unwrap();
     assert!(
-        card.contains(&format!(
-            "- result: base_eval/d1_000001_bpb.json\n- train_bpb: "
-        )),
+        card.contains("- result: base_eval/d1_000001_bpb.json\n- train_bpb: "),
         "{card}"
     );
     assert!(card.contains(&format!("- val_bpb: {val:.4}")), "{card}");
