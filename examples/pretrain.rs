@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
     let args = BaseTrainArgs {
         config,
         base_dir: base,
-        data_dir: data,
+        dataset: nanochat::data::pretraining::local_dataset(&data)?,
         compute_dtype: ComputeDtype::F32,
         peak_flops: None,
         stop_after: None,

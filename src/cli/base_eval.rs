@@ -1,8 +1,10 @@
 //! `nanochat base-eval`: evaluate a base model (upstream `scripts/base_eval.py`): the CORE
 //! metric over the tasks of the eval bundle that are present (`CORE-N` beside GPT-2 on the same
-//! tasks), and bits per byte on the train and validation shards. Results go to
-//! `<base>/base_eval/<tag>_<step>.json`. The evaluation is `nanochat_eval::evaluate_base`; this
-//! command loads the checkpoint, runs it on the ranks and prints and logs its report.
+//! tasks), and bits per byte on the train and validation shards. Results are
+//! `EvaluationResult`s in `<base>/base_eval/<tag>_<step>_{core,bpb}.json` (and CORE's CSV),
+//! named in the report card's `base-model-evaluation` section. The evaluation is
+//! `nanochat_eval::evaluate_base`; this command loads the checkpoint, runs it on the ranks and
+//! saves and logs its results.
 
 use nanochat::model::TrainBackend;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,7 @@ use std::sync::Arc;
 
 use nanochat::core::Source;
 use nanochat::core::paths::eval_bundle_dir;
-use nanochat::eval::{BaseEvalOptions, BaseEvalReport, evaluate_base};
+use nanochat::eval::{BaseEvalOptions, BaseEvalReport, Evaluated, evaluate_base};
 use nanochat::model::checkpoint::load_model;
 use nanochat::model::distributed::run_replicated;
 use nanochat::model::{BackendTask, dispatch};
@@ -70,6 +72,10 @@ impl BackendTask for Task {
         let model = model.with_compute_dtype(a.run.compute_dtype(a.run.device()));
         let step = meta.step();
         println!("{} step {step}", dir.display());
+        let of = Evaluated {
+            checkpoint: dir,
+            step,
+        };
         let wants = |k: &str| a.eval.split(',').any(|e| e.trim() == k);
         let opts = BaseEvalOptions {
             core: wants("core"),
@@ -88,7 +94,7 @@ impl BackendTask for Task {
             model,
             |model, rank| {
                 let say = |line: &str| println!("{line}");
-                let r = evaluate_base(&model, &self.tokenizer, &opts, &rank, &dir, step, say);
+                let r = evaluate_base(&model, &self.tokenizer, &opts, &rank, &of, say);
                 anyhow::Ok(r?)
             },
         )
@@ -103,7 +109,10 @@ pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
         tokenizer: Arc::new(super::load_tokenizer(base)?),
     };
     let report = dispatch(args.run.device(), task)??;
-    println!("wrote {}", report.save(base)?.display());
-    nanochat::eval::Report::new(base).log_base_eval(&report)?;
+    let files = report.save(base)?;
+    for f in &files {
+        println!("wrote {}", f.display());
+    }
+    nanochat::eval::Report::new(base).log_results("base-model-evaluation", &[], &files)?;
     Ok(())
 }

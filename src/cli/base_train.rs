@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nanochat::core::{DeviceSpec, TrainingConfiguration};
+use nanochat::data::pretraining::local_dataset;
 use nanochat::model::{BackendTask, dispatch};
 use nanochat::tokenizer::Tokenizer;
 
@@ -226,7 +227,7 @@ pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
     let train_args = BaseTrainArgs {
         config,
         base_dir: base.to_path_buf(),
-        data_dir: args.run_on.pretrain_data_dir(),
+        dataset: local_dataset(&args.run_on.pretrain_data_dir())?,
         compute_dtype,
         peak_flops: peak,
         stop_after: args.stop_after,

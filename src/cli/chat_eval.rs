@@ -1,6 +1,7 @@
 //! `nanochat chat-eval` (upstream `scripts/chat_eval.py`): ARC, MMLU, GSM8K, HumanEval and
 //! SpellingBee on a chat model, ChatCORE, results as JSON + CSV in
-//! `<base>/chat_eval/<source>_<tag>_<step>.{json,csv}` and a report section.
+//! `<base>/chat_eval/<source>_<tag>_<step>.{json,csv}` (an `EvaluationResult` naming the
+//! checkpoint, step and settings) and a report section naming that file.
 
 use nanochat::model::TrainBackend;
 use std::path::{Path, PathBuf};
@@ -84,7 +85,7 @@ impl BackendTask for Task {
         let label = format!("{source}/{tag}@{step}");
         // With --devices every rank scores its stride of each task's problems.
         let dist = a.run.distributed()?;
-        let (outcomes, result) = run_replicated::<B::InnerBackend, _, _, _, _, _>(
+        let (outcomes, mut result) = run_replicated::<B::InnerBackend, _, _, _, _, _>(
             dist.as_ref(),
             &device,
             model,
@@ -105,6 +106,8 @@ impl BackendTask for Task {
             );
         }
         println!("{}: {:.4}", result.metric, result.aggregate.unwrap_or(0.0));
+        (result.checkpoint, result.step) = (Some(dir.clone()), Some(step));
+        result.check_checkpoint()?;
         let stem = self
             .base
             .join("chat_eval")
@@ -112,21 +115,18 @@ impl BackendTask for Task {
         std::fs::create_dir_all(stem.parent().expect("has parent"))?;
         save_result(&result, &stem)?;
         println!("wrote {}.{{json,csv}}", stem.display());
-        let mut entries: Vec<(&str, serde_json::Value)> = vec![
-            ("source", json!(format!("{source}/{tag}@{step}"))),
-            ("max problems per task", json!(a.max_problems)),
+        let entries = [
+            (
+                "source".to_string(),
+                json!(format!("{source}/{tag}@{step}")),
+            ),
+            ("max problems per task".to_string(), json!(a.max_problems)),
         ];
-        for o in &outcomes {
-            entries.push((o.name.as_str(), json!(o.accuracy())));
-        }
-        let chatcore_key = if result.metric == "ChatCORE" {
-            "ChatCORE"
-        } else {
-            result.metric.as_str()
-        };
-        entries.push((chatcore_key, json!(result.aggregate)));
-        nanochat::eval::Report::new(&self.base)
-            .log(&format!("chat-evaluation-{source}"), &entries)?;
+        nanochat::eval::Report::new(&self.base).log_results(
+            &format!("chat-evaluation-{source}"),
+            &entries,
+            &[stem.with_extension("json")],
+        )?;
         Ok(())
     }
 }

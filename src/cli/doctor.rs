@@ -8,8 +8,7 @@ use std::path::Path;
 
 use nanochat::core::Source;
 use nanochat::core::checkpoint_manager::list_steps;
-use nanochat::core::paths::{eval_bundle_dir, pretrain_data_dir, tokenizer_dir};
-use nanochat::data::dataset::list_parquet_files;
+use nanochat::core::paths::{eval_bundle_dir, tokenizer_dir};
 use nanochat::tokenizer::Tokenizer;
 
 fn line(ok: bool, what: &str, detail: impl std::fmt::Display) {
@@ -116,29 +115,7 @@ pub fn run(base: &Path) -> anyhow::Result<()> {
             format!("{e} — run `nanochat tok-train`"),
         ),
     }
-    let data = pretrain_data_dir();
-    match list_parquet_files(&data) {
-        Ok(f) if f.len() >= 2 => line(
-            true,
-            "pretrain shards",
-            format!(
-                "{} ({} train + 1 val) in {}",
-                f.len(),
-                f.len() - 1,
-                data.display()
-            ),
-        ),
-        Ok(f) => line(
-            false,
-            "pretrain shards",
-            format!(
-                "{} in {}: need ≥ 2 (train + val) — `nanochat download -n 8` or set NANOCHAT_DATA_DIR",
-                f.len(),
-                data.display()
-            ),
-        ),
-        Err(e) => line(false, "pretrain shards", format!("{e}")),
-    }
+    super::doctor_dataset::report(base, line);
     let bundle = eval_bundle_dir();
     match nanochat::eval::Bundle::open(&bundle) {
         Ok(b) => {

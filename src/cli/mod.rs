@@ -10,6 +10,7 @@ mod chat_eval;
 mod chat_train;
 mod distributed;
 mod doctor;
+mod doctor_dataset;
 mod download;
 mod interop;
 mod report;

@@ -3,8 +3,14 @@
 //! tokenized dataset holds ([`DatasetMetadata`]). Upstream's pretraining data is a folder of
 //! parquet shards `shard_00000.parquet …` whose last shard is the validation split
 //! (`nanochat/dataset.py`).
+//!
+//! Pretraining builds its loader from a [`TrainingDataset`] (`nanochat_data::pretraining`):
+//! [`Validate`] checks the description alone (at least one source, weights > 0, supported
+//! formats, totals = sums of shards), [`TrainingDataset::check_files`] the disk (every listed
+//! shard exists and *is* of its format, by its magic bytes: cheap, no full read).
 
 use std::fmt;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -127,6 +133,58 @@ impl DataFormat {
     }
 }
 
+/// Parquet files start and end with these four bytes.
+pub const PARQUET_MAGIC: &[u8; 4] = b"PAR1";
+
+impl DataFormat {
+    /// Checks that the file at `path` looks like this format from a few bytes (no full read):
+    /// parquet starts and ends with [`PARQUET_MAGIC`] (and holds at least a footer length
+    /// besides), gzip starts with `1f 8b`; the text formats are not checked. `field` names the
+    /// file in the error.
+    pub fn check_magic(self, path: &Path, field: &str) -> VResult {
+        let bad = |expected| {
+            ValidationError::new(
+                "DataSource",
+                field,
+                path.display(),
+                Rule::Pattern { expected },
+            )
+        };
+        match self {
+            DataFormat::Parquet => {
+                let expected = "a parquet file (PAR1 magic bytes at its start and end)";
+                let (head, tail) = head_and_tail(path).ok_or_else(|| bad(expected))?;
+                if head != *PARQUET_MAGIC || tail != *PARQUET_MAGIC {
+                    return Err(bad(expected));
+                }
+            }
+            DataFormat::JsonlGz => {
+                let expected = "a gzip file (1f 8b magic bytes at its start)";
+                let (head, _) = head_and_tail(path).ok_or_else(|| bad(expected))?;
+                if head[..2] != [0x1f, 0x8b] {
+                    return Err(bad(expected));
+                }
+            }
+            DataFormat::Jsonl | DataFormat::Json | DataFormat::Csv | DataFormat::Text => {}
+        }
+        Ok(())
+    }
+}
+
+/// The first and last four bytes of a file of at least 12 bytes (`None`: shorter, or
+/// unreadable).
+fn head_and_tail(path: &Path) -> Option<([u8; 4], [u8; 4])> {
+    let mut f = std::fs::File::open(path).ok()?;
+    if f.metadata().ok()?.len() < 12 {
+        return None;
+    }
+    let (mut head, mut tail) = ([0u8; 4], [0u8; 4]);
+    f.read_exact(&mut head).ok()?;
+    f.seek(SeekFrom::End(-4)).ok()?;
+    f.read_exact(&mut tail).ok()?;
+    Some((head, tail))
+}
+
 impl fmt::Display for DataFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -180,8 +238,9 @@ impl DataSource {
             .collect()
     }
 
-    /// Checks that a local source's folder and every listed shard exist, and that each shard's
-    /// extension matches the declared format.
+    /// Checks that a local source's folder exists and lists at least one shard, that every
+    /// listed shard exists, and that each shard's extension and magic bytes match the declared
+    /// format ([`DataFormat::check_magic`]).
     pub fn check_files(&self) -> VResult {
         if self.source_type != SourceType::Local {
             return Ok(());
@@ -192,6 +251,14 @@ impl DataSource {
                 "location",
                 &self.location,
                 Rule::PathExists,
+            ));
+        }
+        if self.shards.is_empty() {
+            return Err(ValidationError::new(
+                "DataSource",
+                "shards",
+                format!("[] (in {})", self.location),
+                Rule::NotEmpty,
             ));
         }
         for (i, path) in self.shard_paths().iter().enumerate() {
@@ -215,6 +282,7 @@ impl DataSource {
                     },
                 ));
             }
+            self.format.check_magic(path, &format!("shards[{i}]"))?;
         }
         Ok(())
     }
@@ -282,40 +350,81 @@ impl Validate for PreprocessingStep {
     }
 }
 
-/// One shard of a tokenized dataset.
+/// One shard of a dataset: its documents (rows: cheap, from a parquet footer) and, once
+/// tokenized, its tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShardInfo {
     /// The shard file.
     pub path: PathBuf,
-    /// Documents in it.
+    /// Documents (rows) in it.
     pub documents: u64,
-    /// Tokens it tokenizes to (BOS included).
-    pub tokens: u64,
+    /// Tokens it tokenizes to (BOS included), once counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
 }
 
-/// Statistics of a tokenized dataset.
+/// Statistics of a dataset: documents per shard, and tokens once tokenized.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetMetadata {
-    /// The tokenizer used (a path or a name).
-    pub tokenizer: String,
+    /// The tokenizer the token counts are of (a path or a name), once tokenized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
     /// Per-shard counts.
     pub shards: Vec<ShardInfo>,
-    /// Total tokens over all shards.
-    pub total_tokens: u64,
+    /// Total documents over all shards.
+    pub total_documents: u64,
+    /// Total tokens over all shards, once every shard is tokenized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_tokens: Option<u64>,
     /// When computed.
     pub created_at: DateTime<Utc>,
 }
 
 impl Validate for DatasetMetadata {
     fn validate(&self) -> VResult {
-        let sum: u64 = self.shards.iter().map(|s| s.tokens).sum();
-        if sum != self.total_tokens {
+        let docs: u64 = self.shards.iter().map(|s| s.documents).sum();
+        if docs != self.total_documents {
+            return Err(ValidationError::new(
+                "DatasetMetadata",
+                "total_documents",
+                self.total_documents,
+                Rule::Equals {
+                    what: "the sum of shard documents".into(),
+                    expected: docs.to_string(),
+                },
+            ));
+        }
+        let Some(total) = self.total_tokens else {
+            return Ok(());
+        };
+        if let Some(i) = self.shards.iter().position(|s| s.tokens.is_none()) {
+            return Err(ValidationError::new(
+                "DatasetMetadata",
+                format!("shards[{i}].tokens"),
+                "null",
+                Rule::Pattern {
+                    expected: "a token count on every shard when total_tokens is set",
+                },
+            ));
+        }
+        if self.tokenizer.is_none() {
+            return Err(ValidationError::new(
+                "DatasetMetadata",
+                "tokenizer",
+                "null",
+                Rule::Pattern {
+                    expected: "the tokenizer the token counts are of, when total_tokens is set",
+                },
+            ));
+        }
+        let sum: u64 = self.shards.iter().filter_map(|s| s.tokens).sum();
+        if sum != total {
             return Err(ValidationError::new(
                 "DatasetMetadata",
                 "total_tokens",
-                self.total_tokens,
+                total,
                 Rule::Equals {
                     what: "the sum of shard tokens".into(),
                     expected: sum.to_string(),
@@ -345,6 +454,15 @@ pub struct TrainingDataset {
 }
 
 impl TrainingDataset {
+    /// Every local source's shard paths, in source order.
+    pub fn shard_paths(&self) -> Vec<PathBuf> {
+        self.sources
+            .iter()
+            .filter(|s| s.source_type == SourceType::Local)
+            .flat_map(DataSource::shard_paths)
+            .collect()
+    }
+
     /// Checks every local source's files on disk (see [`DataSource::check_files`]).
     pub fn check_files(&self) -> VResult {
         for (i, s) in self.sources.iter().enumerate() {

@@ -1,28 +1,62 @@
 //! The result of an evaluation (CORE, ChatCORE, bits per byte …): per-task accuracies in
 //! [0, 1], centered scores, and the aggregate, saved as JSON or CSV (upstream writes
 //! `base_eval/base_model_{step:06d}.csv` with `Task, Accuracy, Centered` rows and a CORE row).
+//!
+//! Every evaluation (base-eval's CORE and bits per byte, chat-eval) produces one, naming the
+//! evaluated checkpoint by its folder and step ([`EvaluationResult::check_checkpoint`] checks
+//! that it exists) and keeping its [`EvaluationConfig`]; the report card reads these files.
+//! What the scores are is the [`Measure`]: accuracies in [0, 1], or bits per byte (>= 0,
+//! lower is better, never centered).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint_manager::meta_file_name;
+use crate::evaluation_config::EvaluationConfig;
 use crate::validation::{
-    Interval, Rule, VResult, Validate, ValidationError, check_finite, check_not_blank, check_range,
+    Interval, Rule, VResult, Validate, ValidationError, check_finite, check_non_negative,
+    check_not_blank, check_range,
 };
 
 const ENTITY: &str = "EvaluationResult";
 
+/// What an [`EvaluationResult`]'s scores measure.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Measure {
+    /// Fraction correct, in [0, 1] (CORE, ChatCORE tasks).
+    #[default]
+    Accuracy,
+    /// Bits per byte of text, >= 0, lower is better (`bpb` per split).
+    BitsPerByte,
+}
+
 /// Scores of one model on one benchmark suite.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluationResult {
-    /// What was evaluated, e.g. `base/d20@21400`.
+    /// What was evaluated, as a label, e.g. `base/d20@21400`.
     pub model: String,
-    /// The suite's name, e.g. `CORE-18` or `ChatCORE`.
+    /// The evaluated checkpoint's folder, e.g. `~/.cache/nanochat/base_checkpoints/d20`
+    /// (absent in results written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<PathBuf>,
+    /// The evaluated checkpoint's step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u64>,
+    /// How the evaluation was run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<EvaluationConfig>,
+    /// The suite's name, e.g. `CORE-18`, `ChatCORE` or `bpb`.
     pub metric: String,
-    /// Per-task accuracy, each in [0, 1].
+    /// What the scores are.
+    #[serde(default)]
+    pub measure: Measure,
+    /// Per-task score: an accuracy in [0, 1], or bits per byte (per split) >= 0.
     pub scores: BTreeMap<String, f64>,
     /// Per-task centered score `(acc − baseline) / (1 − baseline)`: at most 1, negative below
     /// chance.
@@ -39,6 +73,34 @@ pub struct EvaluationResult {
 }
 
 impl EvaluationResult {
+    /// Checks on disk that the evaluated checkpoint exists: its folder and, when the step is
+    /// known, that step's meta file (rule "the evaluated checkpoint exists").
+    pub fn check_checkpoint(&self) -> VResult {
+        let Some(dir) = &self.checkpoint else {
+            return Ok(());
+        };
+        if !dir.is_dir() {
+            return Err(ValidationError::new(
+                ENTITY,
+                "checkpoint",
+                dir.display(),
+                Rule::PathExists,
+            ));
+        }
+        if let Some(step) = self.step {
+            let meta = dir.join(meta_file_name(step));
+            if !meta.is_file() {
+                return Err(ValidationError::new(
+                    ENTITY,
+                    "step",
+                    meta.display(),
+                    Rule::PathExists,
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// CSV like upstream's: `Task,Accuracy,Centered`, one row per task, then the aggregate row
     /// named after the metric.
     pub fn to_csv(&self) -> String {
@@ -70,13 +132,39 @@ impl Validate for EvaluationResult {
     fn validate(&self) -> VResult {
         check_not_blank(ENTITY, "model", &self.model)?;
         check_not_blank(ENTITY, "metric", &self.metric)?;
-        for (task, &acc) in &self.scores {
-            check_range(
+        if self.checkpoint.is_some() && self.step.is_none() {
+            return Err(ValidationError::new(
                 ENTITY,
-                &format!("scores[{task}]"),
-                acc,
-                Interval::closed(0.0, 1.0),
-            )?;
+                "step",
+                "null",
+                Rule::Pattern {
+                    expected: "the checkpoint's step when the checkpoint is named",
+                },
+            ));
+        }
+        if let Some(c) = &self.config {
+            c.validate().map_err(|e| e.within("config"))?;
+        }
+        for (task, &score) in &self.scores {
+            let field = format!("scores[{task}]");
+            match self.measure {
+                Measure::Accuracy => {
+                    check_range(ENTITY, &field, score, Interval::closed(0.0, 1.0))?
+                }
+                Measure::BitsPerByte => check_non_negative(ENTITY, &field, score)?,
+            }
+        }
+        if self.measure == Measure::BitsPerByte
+            && let Some(task) = self.centered.keys().next()
+        {
+            return Err(ValidationError::new(
+                ENTITY,
+                format!("centered[{task}]"),
+                task,
+                Rule::Pattern {
+                    expected: "absent: bits per byte are not centered",
+                },
+            ));
         }
         for (task, &c) in &self.centered {
             let field = format!("centered[{task}]");
@@ -123,7 +211,7 @@ mod tests {
             centered: [("arc_easy".into(), 1.0 / 3.0), ("copa".into(), 0.2)].into(),
             aggregate: Some(0.266667),
             created_at: DateTime::from_timestamp(0, 0).unwrap(),
-            extra: BTreeMap::new(),
+            ..EvaluationResult::default()
         };
         r.validate().unwrap();
         assert_eq!(

@@ -13,7 +13,7 @@
 //! | [`conversation`] | [`Message`], [`MessageRole`], [`Conversation`] | `render_conversation` input |
 //! | [`session`] | [`ConversationSession`] (history, budget, sampling defaults, inference lifecycle), [`SessionStore`] | — (upstream's web server is stateless) |
 //! | [`generation`] | [`GenerationParams`] | `Engine.generate` knobs |
-//! | [`evaluation`] | [`EvaluationResult`] | `base_eval` CSV |
+//! | [`evaluation`], [`evaluation_config`] | [`EvaluationResult`], [`Measure`], [`EvaluationConfig`] | `base_eval` CSV, `base_eval.py` / `chat_eval.py` flags |
 //! | [`dataset`] | [`TrainingDataset`], [`DataSource`], [`DataFormat`], [`PreprocessingStep`], [`DatasetMetadata`] | `dataset.py` |
 //! | [`distributed`] | [`DistributedConfig`]: devices, nodes, ranks | `common.get_dist_info` |
 //! | [`lifecycle`] | checkpoint / training / inference / tokenizer state machines | — |
@@ -45,6 +45,7 @@ pub mod dataset;
 pub mod device;
 pub mod distributed;
 pub mod evaluation;
+pub mod evaluation_config;
 pub mod fs;
 pub mod generation;
 pub mod lifecycle;
@@ -68,7 +69,8 @@ pub use dataset::{
 };
 pub use device::DeviceSpec;
 pub use distributed::DistributedConfig;
-pub use evaluation::EvaluationResult;
+pub use evaluation::{EvaluationResult, Measure};
+pub use evaluation_config::EvaluationConfig;
 pub use generation::GenerationParams;
 pub use lifecycle::{
     CheckpointState, InferenceState, Lifecycle, LifecycleError, LifecycleState, TokenizerState,

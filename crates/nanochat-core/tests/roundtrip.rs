@@ -337,6 +337,14 @@ fn evaluation() -> impl Strategy<Value = EvaluationResult> {
     )
         .prop_map(|(tasks, created_at, extra)| EvaluationResult {
             model: "base/d4@100".into(),
+            checkpoint: Some("/base/base_checkpoints/d4".into()),
+            step: Some(100),
+            config: Some(EvaluationConfig::Core {
+                bundle_dir: "/data/eval_bundle".into(),
+                max_per_task: (tasks.len() > 2).then_some(tasks.len()),
+                world_size: 1,
+            }),
+            measure: Measure::Accuracy,
             metric: format!("CORE-{}", tasks.len()),
             aggregate: Some(tasks.values().map(|v| v.1).sum::<f64>() / tasks.len() as f64),
             scores: tasks.iter().map(|(k, v)| (k.clone(), v.0)).collect(),
@@ -385,18 +393,20 @@ fn dataset() -> impl Strategy<Value = TrainingDataset> {
     ];
     let meta = (
         prop::collection::vec((0u64..1000, 0u64..1 << 40), 0..4),
+        any::<bool>(),
         time(),
     )
-        .prop_map(|(shards, created_at)| DatasetMetadata {
-            tokenizer: "tokenizer.tiktoken".into(),
-            total_tokens: shards.iter().map(|s| s.1).sum(),
+        .prop_map(|(shards, tokenized, created_at)| DatasetMetadata {
+            tokenizer: tokenized.then(|| "tokenizer.tiktoken".into()),
+            total_documents: shards.iter().map(|s| s.0).sum(),
+            total_tokens: tokenized.then(|| shards.iter().map(|s| s.1).sum()),
             shards: shards
                 .into_iter()
                 .enumerate()
                 .map(|(i, (documents, tokens))| ShardInfo {
                     path: format!("shard_{i:05}.parquet").into(),
                     documents,
-                    tokens,
+                    tokens: tokenized.then_some(tokens),
                 })
                 .collect(),
             created_at,

@@ -100,19 +100,27 @@ fn shard_err(path: &Path, e: impl std::fmt::Display) -> DataError {
 pub struct Shard {
     path: PathBuf,
     num_row_groups: usize,
+    num_rows: u64,
 }
 
 impl Shard {
-    /// Opens a shard and reads its footer.
+    /// Opens a shard and reads its footer (only the footer: cheap).
     pub fn open(path: &Path) -> Result<Self, DataError> {
         let file = File::open(path).map_err(|e| shard_err(path, e))?;
         let builder =
             ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| shard_err(path, e))?;
         let num_row_groups = builder.metadata().num_row_groups();
+        let num_rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
         Ok(Self {
             path: path.to_path_buf(),
             num_row_groups,
+            num_rows,
         })
+    }
+
+    /// Number of rows (documents), from the footer.
+    pub fn num_rows(&self) -> u64 {
+        self.num_rows
     }
 
     /// The shard's path.

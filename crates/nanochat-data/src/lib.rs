@@ -5,6 +5,7 @@
 //!
 //! - [`dataset`]: the pretraining parquet shards (listing, train/val split, reading a row group
 //!   at a time) and their [`download`](dataset::download);
+//! - [`pretraining`]: the shards as a validated `TrainingDataset`, checked before training;
 //! - [`dataloader`]: the BOS-aligned best-fit pretraining loader with exact resume;
 //! - [`chat_loader`]: conversations of a [`TaskMixture`] packed into training rows;
 //! - [`tasks`]: ARC, MMLU, GSM8K, HumanEval, spelling, conversation files, and mixtures of
@@ -18,6 +19,7 @@ pub mod chat_loader;
 pub mod dataloader;
 pub mod dataset;
 pub mod execution;
+pub mod pretraining;
 pub mod py_random;
 pub mod tasks;
 

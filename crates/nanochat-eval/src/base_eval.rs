@@ -9,8 +9,9 @@
 //! the bundle's `openai-community-gpt2*.csv` reference files.
 //!
 //! [`evaluate_base`] is the whole of `scripts/base_eval.py`: bits per byte on the train and
-//! validation shards, then CORE, into a [`BaseEvalReport`] saved as
-//! `<base>/base_eval/<tag>_<step>.json` and logged to the report card.
+//! validation shards, then CORE, into a [`BaseEvalReport`] of two `EvaluationResult`s
+//! ([`crate::base_results`]) saved as `<base>/base_eval/<tag>_<step>_{bpb,core}.json` and read
+//! by the report card.
 
 use nanochat_model::FusedOps;
 use std::collections::BTreeMap;
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use nanochat_core::fs::{IoError, write_atomic};
+use nanochat_core::{EvaluationConfig, ValidationError};
 use nanochat_data::dataloader::{BestFitLoader, LoaderError, LoaderOptions};
 use nanochat_data::dataset::{DataError, Split, list_parquet_files, split_files};
 use nanochat_data::py_random::PyRandom;
@@ -27,6 +28,8 @@ use nanochat_model::distributed::{DistError, Rank};
 use nanochat_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 
+pub use crate::base_results::{BaseEvalReport, Evaluated};
+use crate::base_results::{bpb_result, core_result};
 use crate::core_eval::{CoreError, TaskMeta, TaskType, centered, evaluate_example};
 use crate::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 
@@ -50,6 +53,9 @@ pub enum BaseEvalError {
     /// The shards cannot be loaded.
     #[error(transparent)]
     Loader(#[from] LoaderError),
+    /// A result or its checkpoint breaks a rule (e.g. the evaluated checkpoint does not exist).
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
     /// An example is malformed.
     #[error("task {task}: {source}")]
     Example {
@@ -337,54 +343,17 @@ pub struct BaseEvalOptions {
     pub data_dir: PathBuf,
 }
 
-/// What a base model scored, as saved in `<base>/base_eval/<tag>_<step>.json` (fields in the
-/// file's key order).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct BaseEvalReport {
-    /// The checkpoint folder.
-    pub checkpoint: PathBuf,
-    /// CORE, when it ran.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub core: Option<CoreResult>,
-    /// The checkpoint's step.
-    pub step: u64,
-    /// Bits per byte on the train shards, when measured.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub train_bpb: Option<f64>,
-    /// Bits per byte on the validation shard, when measured.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub val_bpb: Option<f64>,
-}
-
-impl BaseEvalReport {
-    /// Writes `<base_dir>/base_eval/<tag>_<step:06>.json` (tag: the checkpoint folder's name)
-    /// and returns its path.
-    pub fn save(&self, base_dir: &Path) -> Result<PathBuf, IoError> {
-        let tag = self
-            .checkpoint
-            .file_name()
-            .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
-        let dir = base_dir.join("base_eval");
-        let path = dir.join(format!("{tag}_{:06}.json", self.step));
-        std::fs::create_dir_all(&dir).map_err(|e| IoError::new("create", &dir, e))?;
-        let json = serde_json::to_string_pretty(self)
-            .map_err(|e| IoError::new("serialise", &path, e.into()))?;
-        write_atomic(&path, json.as_bytes())?;
-        Ok(path)
-    }
-}
-
 /// Upstream `scripts/base_eval.py` on one data-parallel rank (every rank returns the same
-/// report): bits per byte on the train and validation splits (each rank reads its stride of
-/// the row groups), then CORE ([`evaluate_core`]). `say` receives the progress lines on
-/// the master rank.
+/// report) for the checkpoint `of` (checked to exist first): bits per byte on the train and
+/// validation splits (each rank reads its stride of the row groups), then CORE
+/// ([`evaluate_core`]), each as an `EvaluationResult` with its settings. `say` receives the
+/// progress lines on the master rank.
 pub fn evaluate_base<B: FusedOps>(
     model: &Gpt<B>,
     tokenizer: &Arc<Tokenizer>,
     opts: &BaseEvalOptions,
     rank: &Rank<B>,
-    checkpoint: &Path,
-    step: u64,
+    of: &Evaluated,
     say: impl Fn(&str),
 ) -> Result<BaseEvalReport, BaseEvalError> {
     let say = |line: String| {
@@ -392,11 +361,26 @@ pub fn evaluate_base<B: FusedOps>(
             say(&line);
         }
     };
-    let mut report = BaseEvalReport {
-        checkpoint: checkpoint.to_path_buf(),
-        step,
-        ..Default::default()
+    let core_config = EvaluationConfig::Core {
+        bundle_dir: opts.bundle_dir.clone(),
+        max_per_task: opts.max_per_task,
+        world_size: rank.world_size,
     };
+    let bpb_config = EvaluationConfig::Bpb {
+        data_dir: opts.data_dir.clone(),
+        split_tokens: opts.split_tokens,
+        device_batch_size: opts.device_batch_size,
+        seq_len: model.config().sequence_len,
+        world_size: rank.world_size,
+    };
+    // The rules that need no evaluation first: the checkpoint exists, the settings are valid.
+    let wanted = [(opts.core, &core_config), (opts.bpb, &bpb_config)];
+    for (_, config) in wanted.into_iter().filter(|(on, _)| *on) {
+        let r = of.result("check", config.clone());
+        r.check_checkpoint()?;
+        nanochat_core::Validate::validate(&r)?;
+    }
+    let mut report = BaseEvalReport::default();
     if opts.bpb {
         let shards = list_parquet_files(&opts.data_dir)?;
         let (device, t) = (rank.device.clone(), model.config().sequence_len);
@@ -405,17 +389,19 @@ pub fn evaluate_base<B: FusedOps>(
         let tb = token_bytes_tensor::<B>(&tokenizer.token_bytes(), &device);
         let mut lo = LoaderOptions::new(opts.device_batch_size, t);
         (lo.rank, lo.world_size) = (rank.rank, rank.world_size);
-        for (name, split) in [("train", Split::Train), ("val", Split::Val)] {
+        let mut bpbs = [None, None];
+        for (i, (name, split)) in [("train", Split::Train), ("val", Split::Val)]
+            .into_iter()
+            .enumerate()
+        {
             let files = split_files(&shards, split).to_vec();
             let loader = BestFitLoader::new(files, tokenizer.clone(), lo.clone(), None)?;
             let batches = loader.map(|b| b.map(|b| b.to_tensors::<B>(&device)));
             let bpb = reduce_bpb(rank, evaluate_bpb_sums(model, batches, steps, &tb)?)?.bpb();
             say(format!("{name} bpb: {bpb:.6}"));
-            match split {
-                Split::Train => report.train_bpb = Some(bpb),
-                Split::Val => report.val_bpb = Some(bpb),
-            }
+            bpbs[i] = Some(bpb);
         }
+        report.bpb = Some(bpb_result(bpbs[0], bpbs[1], of, bpb_config)?);
     }
     if opts.core {
         let bundle = Bundle::open(&opts.bundle_dir)?;
@@ -432,7 +418,7 @@ pub fn evaluate_base<B: FusedOps>(
             format!(" (GPT-2 124M on the same tasks: {g:.4})")
         });
         say(format!("{}: {:.4}{gpt2}", r.label, r.core_metric));
-        report.core = Some(r);
+        report.core = Some(core_result(&r, of, core_config)?);
     }
     Ok(report)
 }

@@ -19,7 +19,9 @@ use std::time::Instant;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
-use nanochat_core::{EvaluationResult, GenerationParams, Validate, ValidationError};
+use nanochat_core::{
+    EvaluationConfig, EvaluationResult, GenerationParams, Validate, ValidationError,
+};
 use nanochat_data::tasks::{EvalKind, Task, TaskError, TaskSpec, TaskSplit};
 use nanochat_infer::{Engine, EngineError};
 use nanochat_model::distributed::Rank;
@@ -337,7 +339,8 @@ pub fn load_tasks(
 }
 
 /// Runs every task and assembles the validated [`EvaluationResult`] (`model` names what was
-/// evaluated, e.g. `sft/d4@120`).
+/// evaluated, e.g. `sft/d4@120`; the caller sets the checkpoint folder and step), with the
+/// settings as its [`EvaluationConfig::Chat`].
 pub fn run_chat_eval<B: FusedOps>(
     engine: &Engine<B>,
     tasks: &[Arc<dyn Task>],
@@ -393,16 +396,18 @@ pub fn run_chat_eval_ranked<B: FusedOps>(
             serde_json::json!([o.passed, o.total]),
         );
     }
-    extra.insert(
-        "settings".into(),
-        serde_json::json!({
-            "num_samples": opts.num_samples, "max_new_tokens": opts.max_new_tokens,
-            "temperature": opts.temperature, "top_k": opts.top_k, "seed": opts.seed,
-            "max_problems": opts.max_problems,
-        }),
-    );
+    let config = EvaluationConfig::Chat {
+        max_problems: opts.max_problems,
+        batch_size: opts.batch_size,
+        num_samples: opts.num_samples,
+        max_new_tokens: opts.max_new_tokens,
+        temperature: opts.temperature,
+        top_k: opts.top_k,
+        seed: opts.seed,
+    };
     let result = EvaluationResult {
         model: model.to_string(),
+        config: Some(config),
         metric,
         scores: outcomes
             .iter()
@@ -415,6 +420,7 @@ pub fn run_chat_eval_ranked<B: FusedOps>(
         aggregate: (!outcomes.is_empty()).then(|| chatcore(&outcomes)),
         created_at: chrono::Utc::now(),
         extra,
+        ..EvaluationResult::default()
     };
     result.validate()?;
     Ok((outcomes, result))

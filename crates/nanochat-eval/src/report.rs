@@ -4,7 +4,9 @@
 //! table (Metric × BASE/MID/SFT/RL) into `report/report.md`, and copies it to a destination.
 //!
 //! Section values: floats are written with 4 decimals; a string ending in `.png` is embedded
-//! as an image (relative to the report folder).
+//! as an image (relative to the report folder). Evaluations log their result files
+//! (`- result: <path>`), which are read when the report is generated
+//! ([`crate::report_results`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,7 +17,7 @@ use chrono::{DateTime, Utc};
 use nanochat_core::fs::{IoError, write_atomic};
 use serde_json::Value;
 
-use crate::base_eval::BaseEvalReport;
+use crate::report_results::{RESULT_KEY, expand, reference};
 
 /// Sections in pipeline order (upstream's names).
 pub const SECTIONS: [&str; 11] = [
@@ -72,7 +74,8 @@ fn title(slug: &str) -> String {
     }
 }
 
-fn fmt_value(v: &Value) -> String {
+/// A section value as written: floats with 4 decimals, strings as they are.
+pub(crate) fn fmt_value(v: &Value) -> String {
     match v {
         Value::Number(n) if n.is_f64() => format!("{:.4}", n.as_f64().unwrap_or(f64::NAN)),
         Value::String(s) => s.clone(),
@@ -244,31 +247,36 @@ impl Report {
         Ok(path)
     }
 
-    /// Writes the `base-model-evaluation` section of a [`BaseEvalReport`]: bits per byte, CORE
-    /// (under its label), GPT-2 on the same tasks, and each task's centered accuracy.
-    pub fn log_base_eval(&self, r: &BaseEvalReport) -> Result<PathBuf, IoError> {
-        let mut entries: Vec<(String, Value)> =
-            [("train_bpb", r.train_bpb), ("val_bpb", r.val_bpb)]
-                .into_iter()
-                .filter_map(|(k, v)| Some((k.to_string(), v?.into())))
-                .collect();
-        if let Some(core) = &r.core {
-            entries.push((core.label.clone(), core.core_metric.into()));
-            if let Some(g) = core.gpt2_same_tasks {
-                entries.push(("GPT-2 124M on the same tasks".into(), g.into()));
-            }
-            for t in &core.tasks {
-                entries.push((format!("centered {}", t.label), t.centered.into()));
-            }
+    /// Writes section `slug` with `entries` followed by the result files of an evaluation
+    /// (`- result: <path>`, relative to the base dir), which [`Report::generate`] reads.
+    pub fn log_results(
+        &self,
+        slug: &str,
+        entries: &[(String, Value)],
+        files: &[PathBuf],
+    ) -> Result<PathBuf, IoError> {
+        let base = self.base_dir();
+        let mut all = entries.to_vec();
+        for f in files {
+            all.push((RESULT_KEY.to_string(), Value::String(reference(f, base))));
         }
-        self.log("base-model-evaluation", &entries)
+        self.log(slug, &all)
+    }
+
+    /// The base dir this report belongs to.
+    fn base_dir(&self) -> &Path {
+        self.dir.parent().unwrap_or(Path::new("."))
+    }
+
+    /// A section's text with its result files read in ([`expand`]).
+    fn section_text(&self, slug: &str) -> Option<String> {
+        let text = std::fs::read_to_string(self.section_path(slug)).ok()?;
+        Some(expand(&text, self.base_dir()))
     }
 
     /// The key-values of a logged section, if it exists.
     pub fn section(&self, slug: &str) -> Option<BTreeMap<String, String>> {
-        std::fs::read_to_string(self.section_path(slug))
-            .ok()
-            .map(|t| parse_section(&t))
+        self.section_text(slug).map(|t| parse_section(&t))
     }
 
     /// Joins header, sections and summary into `report/report.md` and returns its text.
@@ -277,7 +285,7 @@ impl Report {
         let mut out = header.clone();
         let mut last_time: Option<DateTime<Utc>> = None;
         for slug in SECTIONS {
-            if let Ok(t) = std::fs::read_to_string(self.section_path(slug)) {
+            if let Some(t) = self.section_text(slug) {
                 if let Some(ts) = t
                     .lines()
                     .find_map(|l| l.strip_prefix("timestamp: "))
@@ -388,9 +396,15 @@ mod tests {
     }
 
     #[test]
-    fn base_eval_report_saves_and_logs_its_fields() {
-        use crate::base_eval::{CoreResult, TaskScore};
+    fn generate_reads_the_result_files_and_old_sections() {
+        use crate::base_eval::{CoreResult, Evaluated, TaskScore};
+        use crate::base_results::{bpb_result, core_result};
+        use nanochat_core::EvaluationConfig;
         let dir = tempfile::tempdir().unwrap();
+        let of = Evaluated {
+            checkpoint: dir.path().join("base_checkpoints/d4"),
+            step: 7,
+        };
         let task = TaskScore {
             label: "hellaswag".into(),
             examples: 10,
@@ -405,28 +419,66 @@ mod tests {
             skipped: vec!["jeopardy".into()],
             gpt2_same_tasks: Some(0.12),
         };
-        let r = BaseEvalReport {
-            checkpoint: dir.path().join("d4"),
-            core: Some(core),
-            step: 7,
-            train_bpb: Some(1.5),
-            val_bpb: None,
+        let core_cfg = EvaluationConfig::Core {
+            bundle_dir: "b".into(),
+            max_per_task: None,
+            world_size: 1,
         };
-        let path = r.save(dir.path()).unwrap();
-        assert!(
-            path.ends_with("base_eval/d4_000007.json"),
-            "{}",
-            path.display()
-        );
-        let back: BaseEvalReport = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        assert_eq!(back, r);
+        let bpb_cfg = EvaluationConfig::Bpb {
+            data_dir: "d".into(),
+            split_tokens: 1024,
+            device_batch_size: 2,
+            seq_len: 32,
+            world_size: 1,
+        };
+        let r = crate::BaseEvalReport {
+            core: Some(core_result(&core, &of, core_cfg).unwrap()),
+            bpb: Some(bpb_result(Some(1.5), None, &of, bpb_cfg).unwrap()),
+        };
+        let files = r.save(dir.path()).unwrap();
         let report = Report::new(dir.path());
-        report.log_base_eval(&r).unwrap();
+        report.reset(Path::new("."), "cpu").unwrap();
+        report
+            .log_results("base-model-evaluation", &[], &files)
+            .unwrap();
+        // A section from before result files: plain key-values, read as they are.
+        report
+            .log("chat-evaluation-sft", &[("ARC-Easy", json!(0.26))])
+            .unwrap();
         let s = report.section("base-model-evaluation").unwrap();
         assert_eq!(s["train_bpb"], "1.5000");
         assert_eq!(s["CORE-18"], "0.0123");
         assert_eq!(s["GPT-2 124M on the same tasks"], "0.1200");
         assert_eq!(s["centered hellaswag"], "0.1000");
         assert!(!s.contains_key("val_bpb"));
+        let text = report.generate().unwrap();
+        assert!(
+            text.contains("- result: base_eval/d4_000007_core.json\n- CORE-18: 0.0123"),
+            "{text}"
+        );
+        assert!(text.contains("| CORE | 0.0123 (CORE-18) | - |"), "{text}");
+        assert!(text.contains("| ARC-Easy | - | 0.2600 |"), "{text}");
+        // The report shows what the files hold: change a file, and the report follows.
+        let mut changed = r.core.clone().unwrap();
+        changed.aggregate = Some(0.5);
+        std::fs::write(&files[0], serde_json::to_vec(&changed).unwrap()).unwrap();
+        assert!(
+            report
+                .generate()
+                .unwrap()
+                .contains("| CORE | 0.5000 (CORE-18)")
+        );
+        // A file that is gone or breaks a rule is named, not silently skipped.
+        std::fs::write(&files[1], b"{\"model\": \"\"}").unwrap();
+        std::fs::remove_file(&files[0]).unwrap();
+        let text = report.generate().unwrap();
+        assert!(
+            text.contains("- result: base_eval/d4_000007_core.json (unreadable: "),
+            "{text}"
+        );
+        assert!(
+            text.contains("- result: base_eval/d4_000007_bpb.json (unreadable: "),
+            "{text}"
+        );
     }
 }

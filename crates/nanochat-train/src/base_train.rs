@@ -5,13 +5,17 @@
 //! `save_every` and at the end, and `resume_from_step` that continues **bit-identically** (model,
 //! optimizer state, loader position and buffer, loop state).
 //!
+//! The data is a [`TrainingDataset`] checked by [`PretrainingData::prepare`] before the model is
+//! built (rules, files, parquet magic bytes and footers); its description, with each shard's
+//! rows, is stored in every checkpoint's meta (`dataset`).
+//!
 //! Each step prints `step | loss (debiased EMA) | lrm | dt | tok/s | MFU | epoch | total time |
 //! ETA` under a progress bar and appends a JSON line to `metrics.jsonl` in the checkpoint
 //! folder.
 
 use nanochat_model::FusedOps;
 use nanochat_model::TrainBackend;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,10 +23,11 @@ use burn::module::AutodiffModule;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use nanochat_core::checkpoint_manager::checkpoint_dir;
 use nanochat_core::{
-    CheckpointMeta, CheckpointMetadata, DistributedConfig, Source, TrainingConfiguration, Validate,
+    CheckpointMeta, CheckpointMetadata, DistributedConfig, Source, TrainingConfiguration,
+    TrainingDataset, Validate,
 };
 use nanochat_data::dataloader::{BestFitLoader, LoaderOptions, LoaderState};
-use nanochat_data::dataset::{Split, list_parquet_files, split_files};
+use nanochat_data::pretraining::{PretrainingData, loader_steps};
 use nanochat_eval::loss_eval::{BpbSums, evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
 use nanochat_model::checkpoint::load_checkpoint;
 use nanochat_model::distributed::{Rank, run_replicated};
@@ -56,8 +61,11 @@ pub struct BaseTrainArgs {
     pub config: TrainingConfiguration,
     /// `$NANOCHAT_BASE_DIR`: checkpoints go to `<base>/base_checkpoints/<model_tag>/`.
     pub base_dir: PathBuf,
-    /// Folder of parquet shards (the last one is validation).
-    pub data_dir: PathBuf,
+    /// The pretraining data: a folder of parquet shards, the last one validation
+    /// ([`nanochat_data::pretraining::local_dataset`]), or the download source read from its
+    /// download folder ([`nanochat_data::pretraining::localize`]). Checked before the model is
+    /// built.
+    pub dataset: TrainingDataset,
     /// Activations/matmul dtype (F32 on CPU, BF16 on GPUs that support it).
     pub compute_dtype: ComputeDtype,
     /// Peak FLOP/s of one device for MFU (`None`: MFU not shown).
@@ -197,6 +205,10 @@ pub struct BaseMeta {
     pub loaders: RankStates<LoaderState>,
     /// The loop state.
     pub loop_state: LoopState,
+    /// The pretraining data, as checked before step 0 (absent in checkpoints written before
+    /// it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<TrainingDataset>,
 }
 
 /// Runs (or resumes) pretraining: on `device` alone, or on `args.distributed`'s devices with
@@ -212,14 +224,11 @@ pub fn base_train<B: TrainBackend>(
     let world = args.distributed.as_ref().map_or(1, |d| d.world_size());
     let plan = RunPlan::new(cfg, tokenizer.vocab_size(), world)?;
     let dir = checkpoint_dir(&args.base_dir, Source::Base, &cfg.model_tag());
-    let shards = list_parquet_files(&args.data_dir)?;
-    if shards.len() < 2 {
-        return Err(TrainError::Data(format!(
-            "{}: need at least 2 shards (train + the last one for validation), found {}",
-            args.data_dir.display(),
-            shards.len()
-        )));
-    }
+    let mut data = PretrainingData::prepare(args.dataset.clone())?;
+    let opts = LoaderOptions::new(cfg.device_batch_size, cfg.max_seq_len);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    data.dataset.preprocessing = loader_steps(&opts, threads);
+    tracing::info!("data {}", data.summary());
     tracing::info!(
         "d{} ({} params, {:.3e} FLOPs/token) | {} steps × {} tokens ({} ranks × {} micro-steps of {}×{}) | lr scale {:.4} | wd {:.6} | {}",
         cfg.depth,
@@ -251,25 +260,35 @@ pub fn base_train<B: TrainBackend>(
                 )));
             }
             let typed: BaseMeta = stage_meta::read(&meta.metadata, &dir)?;
+            warn_if_data_changed(typed.dataset.as_ref(), &data.dataset, &dir);
             (model, Some((meta, typed)))
         }
     };
-    let (train_files, val_files) = (
-        split_files(&shards, Split::Train).to_vec(),
-        split_files(&shards, Split::Val).to_vec(),
-    );
     run_replicated::<B, _, _, _, _, _>(args.distributed.as_ref(), device, model, |model, rank| {
-        let files = (train_files.clone(), val_files.clone());
         train_rank(
             args,
             tokenizer.clone(),
             &plan,
             model,
             resume.as_ref(),
-            files,
+            &data,
             rank,
         )
     })
+}
+
+/// The loader's position counts shards by index: resuming on other shards continues, but not
+/// where the run left off.
+fn warn_if_data_changed(saved: Option<&TrainingDataset>, now: &TrainingDataset, dir: &Path) {
+    let Some(saved) = saved else { return };
+    if saved.shard_paths() != now.shard_paths() {
+        tracing::warn!(
+            "{}: the checkpoint was trained on other shards ({}) than this run's ({}); the loader resumes by shard index",
+            dir.display(),
+            saved.shard_paths().len(),
+            now.shard_paths().len()
+        );
+    }
 }
 
 /// The loop of one rank (upstream `base_train.py` from `while True:`).
@@ -279,7 +298,7 @@ fn train_rank<B: TrainBackend>(
     plan: &RunPlan,
     model: Gpt<B>,
     resume: Option<&(CheckpointMeta, BaseMeta)>,
-    (train_files, val_files): (Vec<PathBuf>, Vec<PathBuf>),
+    data: &PretrainingData,
     rank: Rank<B::InnerBackend>,
 ) -> Result<TrainSummary, TrainError> {
     let (cfg, device) = (&args.config, &rank.device);
@@ -304,9 +323,10 @@ fn train_rank<B: TrainBackend>(
     let mut opts = LoaderOptions::new(cfg.device_batch_size, cfg.max_seq_len);
     (opts.rank, opts.world_size) = (rank.rank, rank.world_size);
     let (tok, st) = (tokenizer.clone(), loader_state.as_ref());
-    let mut loader = BestFitLoader::new(train_files, tok, opts.clone(), st)?;
+    let mut loader = BestFitLoader::new(data.train.clone(), tok, opts.clone(), st)?;
     let mut loader_state = loader.state();
-    let validation = Validation::<B::InnerBackend>::new(val_files, &tokenizer, opts, cfg, &rank);
+    let validation =
+        Validation::<B::InnerBackend>::new(data.val.clone(), &tokenizer, opts, cfg, &rank);
 
     let n = plan.num_iterations;
     let cadence = Cadence::new(cfg.save_every, cfg.resume_from_step, args.stop_after);
@@ -335,7 +355,7 @@ fn train_rank<B: TrainBackend>(
         let (save, stop) = run.at_step(step, last, &rank)?;
         if save {
             let loaders = RankStates(gather_states(&rank, &loader_state)?);
-            let meta = base_meta(cfg, plan, step, val, loop_state, loaders)?;
+            let meta = base_meta(cfg, plan, step, val, loop_state, loaders, data)?;
             run.save(&model, &opt, meta)?;
         }
         if stop {
@@ -455,6 +475,7 @@ fn base_meta(
     val: Val,
     loop_state: LoopState,
     loaders: RankStates<LoaderState>,
+    data: &PretrainingData,
 ) -> Result<CheckpointMetadata, TrainError> {
     let mut md = CheckpointMetadata::new(step, chrono::Utc::now());
     md.val_bpb = val.bpb;
@@ -476,6 +497,7 @@ fn base_meta(
         num_iterations: plan.num_iterations,
         loaders,
         loop_state,
+        dataset: Some(data.dataset.clone()),
     };
     stage_meta::write(&mut md, &typed)?;
     Ok(md)

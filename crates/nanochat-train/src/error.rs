@@ -22,6 +22,9 @@ pub enum TrainError {
     /// A shard could not be read.
     #[error(transparent)]
     Shard(#[from] DataError),
+    /// The pretraining dataset was refused before training.
+    #[error(transparent)]
+    Dataset(#[from] nanochat_data::pretraining::DatasetError),
     /// A task or mixture could not be loaded.
     #[error(transparent)]
     Task(#[from] TaskError),

@@ -12,6 +12,7 @@ use std::path::Path;
 use burn::backend::{Autodiff, Flex};
 use nanochat_core::checkpoint_manager::{self as files, checkpoint_dir};
 use nanochat_core::{LRSchedule, Source, TrainingConfiguration};
+use nanochat_data::pretraining::local_dataset;
 use nanochat_model::ComputeDtype;
 use nanochat_train::{BaseTrainArgs, base_train};
 
@@ -50,7 +51,7 @@ fn args(base: &Path, data: &Path, cfg: TrainingConfiguration, stop: Option<u64>)
     BaseTrainArgs {
         config: cfg,
         base_dir: base.to_path_buf(),
-        data_dir: data.to_path_buf(),
+        dataset: local_dataset(data).unwrap(),
         compute_dtype: ComputeDtype::F32,
         peak_flops: None,
         stop_after: stop,

@@ -26,6 +26,7 @@ use nanochat_core::checkpoint_manager::{self as files, checkpoint_dir};
 use nanochat_core::{
     DistributedConfig, LRSchedule, ModelConfig, OptimizerConfig, Source, TrainingConfiguration,
 };
+use nanochat_data::pretraining::local_dataset;
 use nanochat_model::checkpoint::load_checkpoint;
 use nanochat_model::distributed::{Rank, run_ranks};
 use nanochat_model::weights::named_tensors;
@@ -209,7 +210,7 @@ fn args(
     BaseTrainArgs {
         config: config(resume),
         base_dir: base.to_path_buf(),
-        data_dir: data.to_path_buf(),
+        dataset: local_dataset(data).unwrap(),
         compute_dtype: ComputeDtype::F32,
         peak_flops: None,
         stop_after: None,

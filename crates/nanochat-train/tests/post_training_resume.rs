@@ -10,6 +10,7 @@ use nanochat_core::checkpoint_manager::{self as files, checkpoint_dir};
 use nanochat_core::paths::data_dir;
 use nanochat_core::tokenizer_config::Vocabulary;
 use nanochat_core::{DistributedConfig, LRSchedule, Source, TrainingConfiguration};
+use nanochat_data::pretraining::local_dataset;
 use nanochat_model::ComputeDtype;
 use nanochat_tokenizer::{SPLIT_PATTERN, Tokenizer};
 use nanochat_train::{
@@ -64,7 +65,7 @@ fn base_model(base: &Path) {
     let args = BaseTrainArgs {
         config: cfg,
         base_dir: base.to_path_buf(),
-        data_dir: data.path().to_path_buf(),
+        dataset: local_dataset(data.path()).unwrap(),
         compute_dtype: ComputeDtype::F32,
         peak_flops: None,
         stop_after: None,
