@@ -405,7 +405,7 @@ fn requests_are_recorded_through_their_lifecycle() {
             "complete"
         ]
     );
-    // A streaming client that leaves after the first chunk: Error, with the reason. The
+    // A streaming client that leaves after the first text: Error, with the reason. The
     // worker notices at its next token, so a reply that ends first would be Complete; each
     // try asks for the whole context, and a finished reply is retried.
     let addr = url.trim_start_matches("http://");
@@ -422,17 +422,21 @@ fn requests_are_recorded_through_their_lifecycle() {
         )
         .unwrap();
         let mut reader = BufReader::new(sock.try_clone().unwrap());
+        // Read up to the first generated text (the role chunk before it comes from the
+        // handler, before any worker has the job): the request is then streaming.
         let mut id = None;
         let mut line = String::new();
         while id.is_none() && reader.read_line(&mut line).unwrap() > 0 {
             if let Some(data) = line.trim().strip_prefix("data:") {
                 id = serde_json::from_str::<Value>(data.trim())
                     .ok()
+                    .filter(|v| v["choices"][0]["delta"]["content"].is_string())
+                    .filter(|v| v["choices"][0]["delta"]["role"].is_null())
                     .map(|v| v["id"].as_str().unwrap().to_string());
             }
             line.clear();
         }
-        let id = id.expect("a first chunk");
+        let id = id.expect("a chunk of generated text");
         sock.shutdown(std::net::Shutdown::Both).unwrap();
         drop((reader, sock));
         let r = finished_request(&url, &id);
