@@ -8,7 +8,7 @@
 //!   Processing (a worker took it) → Streaming (first token) → Complete | Error.
 //!
 //! Design: every move goes through [`Lifecycle::advance`] inside this file; handlers and
-//! workers hold a [`RequestHandle`] whose methods name the step (`queued`, `processing`,
+//! workers hold a `RequestHandle` whose methods name the step (`queued`, `processing`,
 //! `streaming`, `finish`). Finished requests are kept in a bounded list (the last
 //! [`RECENT_REQUESTS`]) with their whole history and error, so a user can see what happened
 //! to a request by its id.

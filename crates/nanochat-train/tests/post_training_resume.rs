@@ -287,6 +287,10 @@ fn bad_settings_are_refused_before_any_weights_load() {
             Some(serde_json::json!({"schedule": {"warmdown_ratio": 2.0}})),
             "user_config.schedule.warmdown_ratio",
         ),
+        (
+            Some(serde_json::json!({"num_iterations": 10, "schedule": {"warmup_steps": 50}})),
+            "user_config.schedule.warmup_steps",
+        ),
         (None, "user_config"),
     ] {
         with_user_config(user_config);
