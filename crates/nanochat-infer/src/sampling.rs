@@ -24,69 +24,95 @@ impl Sampler {
     }
 
     /// Picks a token from `logits` (one row) given the row's recent tokens.
+    ///
+    /// Cost: O(vocab) plus O(k log k) with top-k (the k best are selected, not the whole
+    /// vocabulary sorted); the whole vocabulary is sorted only for top-p without top-k.
     pub fn sample(&mut self, logits: &[f32], recent: &[u32], p: &GenerationParams) -> u32 {
-        let mut logits: Vec<f32> = logits.to_vec();
-        if p.repetition_penalty != 1.0 {
-            let start = recent.len().saturating_sub(p.repetition_window);
-            let mut seen = std::collections::HashSet::new();
-            for &t in &recent[start..] {
-                if seen.insert(t)
-                    && let Some(l) = logits.get_mut(t as usize)
-                {
-                    // CTRL-style: shrink positive logits, push negative ones further down.
-                    let r = p.repetition_penalty as f32;
-                    *l = if *l > 0.0 { *l / r } else { *l * r };
-                }
-            }
-        }
+        let penalised;
+        let logits = if p.repetition_penalty != 1.0 {
+            penalised = penalise(logits, recent, p);
+            &penalised[..]
+        } else {
+            logits
+        };
         if p.temperature == 0.0 {
-            return argmax(&logits);
+            return argmax(logits);
         }
-        // Candidates sorted by logit (descending), ties by id.
+        // Candidates by logit (descending), ties by id: the k best when top-k is set, in that
+        // order; every token otherwise, sorted only when top-p needs the order.
+        let by_logit = |a: &u32, b: &u32| {
+            logits[*b as usize]
+                .total_cmp(&logits[*a as usize])
+                .then(a.cmp(b))
+        };
         let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-        idx.sort_by(|&a, &b| {
-            logits[b as usize]
-                .total_cmp(&logits[a as usize])
-                .then(a.cmp(&b))
-        });
-        if let Some(k) = p.top_k {
-            idx.truncate(k.max(1));
+        match p.top_k {
+            Some(k) => {
+                let k = k.clamp(1, idx.len().max(1));
+                if k < idx.len() {
+                    idx.select_nth_unstable_by(k - 1, by_logit);
+                    idx.truncate(k);
+                }
+                idx.sort_unstable_by(by_logit);
+            }
+            None if p.top_p < 1.0 => idx.sort_unstable_by(by_logit),
+            None => {}
         }
         let t = p.temperature as f32;
-        let max = logits[idx[0] as usize];
-        let mut probs: Vec<f64> = idx
+        let max = idx
             .iter()
-            .map(|&i| (((logits[i as usize] - max) / t) as f64).exp())
+            .map(|&i| logits[i as usize])
+            .fold(f32::NEG_INFINITY, f32::max);
+        let mut probs: Vec<(u32, f64)> = idx
+            .iter()
+            .map(|&i| (i, (((logits[i as usize] - max) / t) as f64).exp()))
             .collect();
-        let total: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|q| *q /= total);
+        let total: f64 = probs.iter().map(|c| c.1).sum();
+        probs.iter_mut().for_each(|c| c.1 /= total);
         if p.min_p > 0.0 {
-            let floor = probs[0] * p.min_p;
-            let keep = probs.iter().take_while(|&&q| q >= floor).count().max(1);
-            probs.truncate(keep);
+            // The top token has probability exp(0) / total.
+            let floor = p.min_p / total;
+            probs.retain(|c| c.1 >= floor);
         }
         if p.top_p < 1.0 {
             let mut acc = 0.0;
             let mut keep = 0;
-            for q in &probs {
+            for c in &probs {
                 keep += 1;
-                acc += q;
+                acc += c.1;
                 if acc >= p.top_p {
                     break;
                 }
             }
             probs.truncate(keep.max(1));
         }
-        let total: f64 = probs.iter().sum();
+        let total: f64 = probs.iter().map(|c| c.1).sum();
         let mut u = self.uniform() * total;
-        for (j, q) in probs.iter().enumerate() {
-            if u < *q {
-                return idx[j];
+        for &(i, q) in &probs {
+            if u < q {
+                return i;
             }
             u -= q;
         }
-        idx[probs.len() - 1]
+        probs.last().map_or_else(|| argmax(logits), |c| c.0)
     }
+}
+
+/// The logits with recent tokens penalised (CTRL-style: positive logits shrink, negative
+/// ones are pushed further down), each distinct token of the window once.
+fn penalise(logits: &[f32], recent: &[u32], p: &GenerationParams) -> Vec<f32> {
+    let mut out = logits.to_vec();
+    let start = recent.len().saturating_sub(p.repetition_window);
+    let mut seen = std::collections::HashSet::new();
+    let r = p.repetition_penalty as f32;
+    for &t in &recent[start..] {
+        if seen.insert(t)
+            && let Some(l) = out.get_mut(t as usize)
+        {
+            *l = if *l > 0.0 { *l / r } else { *l * r };
+        }
+    }
+    out
 }
 
 /// Index of the largest logit (the first on ties, like torch).
@@ -144,6 +170,106 @@ mod tests {
         };
         let mut s = Sampler::new(1);
         assert!((0..20).all(|_| s.sample(&logits, &[], &p) == order[0]));
+    }
+
+    /// The sampler as it was (the whole vocabulary sorted for every draw): the fast path must
+    /// draw the same tokens with top-k, and the same tokens with top-p.
+    fn sample_by_full_sort(s: &mut Sampler, logits: &[f32], p: &GenerationParams) -> u32 {
+        let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+        idx.sort_by(|&a, &b| {
+            logits[b as usize]
+                .total_cmp(&logits[a as usize])
+                .then(a.cmp(&b))
+        });
+        if let Some(k) = p.top_k {
+            idx.truncate(k.max(1));
+        }
+        let t = p.temperature as f32;
+        let max = logits[idx[0] as usize];
+        let mut probs: Vec<f64> = idx
+            .iter()
+            .map(|&i| (((logits[i as usize] - max) / t) as f64).exp())
+            .collect();
+        let total: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|q| *q /= total);
+        if p.min_p > 0.0 {
+            let floor = probs[0] * p.min_p;
+            let keep = probs.iter().take_while(|&&q| q >= floor).count().max(1);
+            probs.truncate(keep);
+        }
+        if p.top_p < 1.0 {
+            let (mut acc, mut keep) = (0.0, 0);
+            for q in &probs {
+                keep += 1;
+                acc += q;
+                if acc >= p.top_p {
+                    break;
+                }
+            }
+            probs.truncate(keep.max(1));
+        }
+        let total: f64 = probs.iter().sum();
+        let mut u = s.uniform() * total;
+        for (j, q) in probs.iter().enumerate() {
+            if u < *q {
+                return idx[j];
+            }
+            u -= q;
+        }
+        idx[probs.len() - 1]
+    }
+
+    #[test]
+    fn selecting_the_top_k_draws_what_sorting_everything_drew() {
+        // Repeated values check the tie order (by id) too.
+        let logits: Vec<f32> = (0..1500)
+            .map(|i| ((i as f32 * 0.61).sin() * 8.0).round() / 2.0)
+            .collect();
+        for (top_k, top_p, min_p) in [
+            (Some(50), 1.0, 0.0),
+            (Some(1), 1.0, 0.0),
+            (Some(7), 0.5, 0.0),
+            (Some(200), 0.9, 0.05),
+            (Some(5_000), 1.0, 0.0),
+            (None, 0.8, 0.0),
+            (None, 0.95, 0.1),
+        ] {
+            let p = GenerationParams {
+                top_p,
+                min_p,
+                ..params(0.9, top_k)
+            };
+            let (mut fast, mut slow) = (Sampler::new(5), Sampler::new(5));
+            for _ in 0..100 {
+                assert_eq!(
+                    fast.sample(&logits, &[], &p),
+                    sample_by_full_sort(&mut slow, &logits, &p),
+                    "{top_k:?} {top_p} {min_p}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn without_filters_every_token_keeps_its_probability() {
+        // No top-k, top-p or min-p: no order is needed; the draws follow the softmax.
+        let logits = [0.0f32, 1.0, 2.0];
+        let p = params(1.0, None);
+        let mut s = Sampler::new(11);
+        let mut counts = [0usize; 3];
+        let n = 20_000;
+        for _ in 0..n {
+            counts[s.sample(&logits, &[], &p) as usize] += 1;
+        }
+        let z: f64 = [0.0f64, 1.0, 2.0].iter().map(|x| x.exp()).sum();
+        for (i, &c) in counts.iter().enumerate() {
+            let expected = (i as f64).exp() / z;
+            let got = c as f64 / n as f64;
+            assert!(
+                (got - expected).abs() < 0.01,
+                "token {i}: {got} vs {expected}"
+            );
+        }
     }
 
     #[test]
