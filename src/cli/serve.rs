@@ -30,6 +30,9 @@ pub struct Args {
     /// Device: auto, cpu, wgpu[:N], cuda[:N].
     #[arg(long, default_value = "auto")]
     device: DeviceSpec,
+    /// Require `Authorization: Bearer <KEY>` on every route but /health and the page.
+    #[arg(long, env = "NANOCHAT_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 struct Load {
@@ -83,6 +86,11 @@ pub fn run(mut args: Args, base: &Path) -> anyhow::Result<()> {
         tokenizer.clone(),
         meta.model_config.sequence_len,
     );
+    if let Some(key) = args.api_key.clone() {
+        state
+            .require_api_key(key)
+            .map_err(|e| anyhow::anyhow!("--api-key / NANOCHAT_API_KEY: {e}"))?;
+    }
     let device = super::resolve_device(args.device);
     let dtype = super::default_dtype(device);
     let addr = format!("{}:{}", args.host, args.port);

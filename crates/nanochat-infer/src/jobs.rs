@@ -42,6 +42,7 @@ pub struct AppState {
     pub server: ServerState,
     /// Every request's lifecycle: those in flight and the last finished ones.
     pub requests: Arc<Requests>,
+    api_key: OnceLock<String>,
     ids: AtomicU64,
 }
 
@@ -58,8 +59,25 @@ impl AppState {
             sessions: Sessions::default(),
             server: ServerState::default(),
             requests: Arc::new(Requests::default()),
+            api_key: OnceLock::new(),
             ids: AtomicU64::new(0),
         })
+    }
+
+    /// From now on every route but `/health` and the page wants `Authorization: Bearer
+    /// <key>` (the `auth` middleware). The first key set stays; an empty key is refused.
+    pub fn require_api_key(&self, key: String) -> Result<(), String> {
+        if key.trim().is_empty() {
+            return Err("the API key may not be empty".into());
+        }
+        self.api_key
+            .set(key)
+            .map_err(|_| "an API key is already set".to_string())
+    }
+
+    /// The key requests must carry, if any.
+    pub(crate) fn api_key(&self) -> Option<&str> {
+        self.api_key.get().map(String::as_str)
     }
 
     pub(crate) fn next_id(&self) -> u64 {

@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+mod auth;
 pub mod calculator;
 pub mod chat;
 pub mod engine;

@@ -10,6 +10,9 @@
 //!   frames and `data: [DONE]`, false → one JSON with `usage`); `GET /v1/models`;
 //! - `/v1/sessions`: server-side conversations ([`crate::sessions`]).
 //!
+//! With an API key ([`AppState::require_api_key`], `serve --api-key`), every route but
+//! `/health` and the page wants `Authorization: Bearer <key>` (401 otherwise; see `auth.rs`).
+//!
 //! Requests are checked against upstream's limits (≤ 500 messages, ≤ 8000 characters per
 //! message, ≤ 32000 in all, temperature 0–2, top_k 0–200, max_tokens 1–4096); a violation is a
 //! 400 whose JSON names the field. Bodies over 1 MiB get 413. The worker stops generating when
@@ -216,6 +219,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/chat/completions", post(upstream_chat))
         .route("/v1/chat/completions", post(openai_chat))
         .merge(crate::sessions::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::require_key,
+        ))
         .layer(DefaultBodyLimit::max(limits::MAX_BODY))
         .with_state(state)
 }

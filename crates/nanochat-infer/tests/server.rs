@@ -549,3 +549,52 @@ fn sessions_keep_sampling_defaults_and_survive_an_empty_reply() {
         assert_eq!(e["error"]["param"], field, "{text}");
     }
 }
+
+#[test]
+fn an_api_key_guards_every_route_but_health_and_the_page() {
+    let (url, state) = start();
+    assert!(state.require_api_key("  ".into()).is_err(), "an empty key");
+    state.require_api_key("sk-test".into()).unwrap();
+    let call = |method: &str, path: &str, key: Option<&str>| {
+        let a = agent();
+        let url = format!("{url}{path}");
+        let mut req = match method {
+            "GET" => a.get(&url).force_send_body(),
+            _ => a.post(&url),
+        };
+        req = req.header("Content-Type", "application/json");
+        if let Some(k) = key {
+            req = req.header("Authorization", &format!("Bearer {k}"));
+        }
+        let body = match path {
+            "/v1/sessions" => json!({}),
+            _ => json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
+        };
+        let mut r = req
+            .send(if method == "GET" {
+                String::new()
+            } else {
+                body.to_string()
+            })
+            .unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    };
+    assert_eq!(call("GET", "/health", None).0, 200);
+    assert_eq!(call("GET", "/", None).0, 200);
+    for (method, path) in [
+        ("GET", "/v1/models"),
+        ("GET", "/stats"),
+        ("GET", "/metrics"),
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/chat/completions"),
+        ("POST", "/v1/sessions"),
+    ] {
+        let (status, body) = call(method, path, None);
+        assert_eq!(status, 401, "{path}: {body}");
+        let e: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(e["error"]["type"], "invalid_request_error", "{body}");
+        assert_eq!(call(method, path, Some("sk-wrong")).0, 401, "{path}");
+        let (status, body) = call(method, path, Some("sk-test"));
+        assert!(status == 200 || status == 201, "{path}: {status} {body}");
+    }
+}
