@@ -65,6 +65,32 @@ pub mod zero_is_none {
     }
 }
 
+/// A map from token id to a number, written with the ids as strings (OpenAI's `logit_bias`
+/// `{"1234": -100}`; TOML keys are strings too).
+pub mod token_keys {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    /// Writes the ids as strings.
+    pub fn serialize<S: Serializer>(m: &BTreeMap<u32, f64>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(m.iter().map(|(k, v)| (k.to_string(), v)))
+    }
+
+    /// Reads string keys as token ids; a key that is not one is an error naming it.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u32, f64>, D::Error> {
+        BTreeMap::<String, f64>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| {
+                k.trim()
+                    .parse::<u32>()
+                    .map(|id| (id, v))
+                    .map_err(|_| D::Error::custom(format!("{k:?} is not a token id")))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde::{Deserialize, Serialize};

@@ -196,9 +196,19 @@ fn generation() -> impl Strategy<Value = GenerationParams> {
             prop::option::of(0u64..1 << 62),
         ),
         (prop::collection::vec("[a-z\n]{1,4}", 0..3), 1usize..8),
+        (
+            -2.0f64..=2.0,
+            -2.0f64..=2.0,
+            prop::collection::btree_map(0u32..100_000, -100.0f64..=100.0, 0..4),
+        ),
     )
         .prop_map(
-            |((temperature, top_k, top_p, min_p), (rp, rw, max_tokens, seed), (stop, n))| {
+            |(
+                (temperature, top_k, top_p, min_p),
+                (rp, rw, max_tokens, seed),
+                (stop, n),
+                (presence_penalty, frequency_penalty, logit_bias),
+            )| {
                 GenerationParams {
                     temperature,
                     top_k,
@@ -206,6 +216,9 @@ fn generation() -> impl Strategy<Value = GenerationParams> {
                     min_p,
                     repetition_penalty: rp,
                     repetition_window: rw,
+                    presence_penalty,
+                    frequency_penalty,
+                    logit_bias,
                     max_tokens,
                     seed,
                     stop,

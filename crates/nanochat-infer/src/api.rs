@@ -153,6 +153,10 @@ pub(crate) struct ChatRequest {
     top_p: Option<f64>,
     min_p: Option<f64>,
     repetition_penalty: Option<f64>,
+    presence_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
+    #[serde(default, with = "nanochat_core::serde_util::token_keys")]
+    logit_bias: std::collections::BTreeMap<u32, f64>,
     max_tokens: Option<usize>,
     max_completion_tokens: Option<usize>,
     seed: Option<u64>,
@@ -273,19 +277,27 @@ impl ChatRequest {
             top_p: self.top_p.unwrap_or(1.0),
             min_p: self.min_p.unwrap_or(0.0),
             repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            logit_bias: self.logit_bias.clone(),
             max_tokens: max_tokens.min(room),
             seed: self.seed,
             stop,
             num_samples: 1,
             ..GenerationParams::default()
         };
-        nanochat_core::Validate::validate(&params).map_err(|e| {
-            let field = match e.field.as_str() {
-                f @ ("top_p" | "min_p" | "repetition_penalty") => f,
-                _ => "body",
-            };
-            ApiError::bad(field, e.to_string())
-        })?;
+        params
+            .validate_for(tokenizer.vocab_size(), room)
+            .map_err(|e| {
+                // `logit_bias[7]` → `logit_bias`: the request's field.
+                let field = e.field.split('[').next().unwrap_or("body");
+                let field = match field {
+                    f @ ("top_p" | "min_p" | "repetition_penalty" | "presence_penalty"
+                    | "frequency_penalty" | "logit_bias") => f,
+                    _ => "body",
+                };
+                ApiError::bad(field, e.to_string())
+            })?;
         Ok((prompt, params))
     }
 }

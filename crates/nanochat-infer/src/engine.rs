@@ -211,7 +211,10 @@ impl<B: FusedOps> Engine<B> {
             for (i, row) in rows.iter_mut().enumerate() {
                 let (token, mask) = match row.forced.pop_front() {
                     Some(t) => (t, 0),
-                    None => (samplers[i].sample(&logits[i], &row.recent, params), 1),
+                    None => (
+                        samplers[i].sample(&logits[i], &row.recent, &row.out, params),
+                        1,
+                    ),
                 };
                 step.tokens.push(token);
                 step.masks.push(mask);

@@ -1,6 +1,7 @@
 //! Next-token sampling (upstream `engine.py`, `sample_next_token`, plus the knobs users expect
 //! from OpenAI-style servers): temperature (0 = greedy argmax), top-k, top-p (nucleus), min-p,
-//! and a repetition penalty over a window of recent tokens. Runs on the host over one row of
+//! a repetition penalty over a window of recent tokens, OpenAI's presence and frequency
+//! penalties over the completion so far, and a logit bias. Runs on the host over one row of
 //! logits with a seeded generator, so the same seed gives the same text on every backend.
 
 use nanochat_core::GenerationParams;
@@ -23,15 +24,23 @@ impl Sampler {
         (self.rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
-    /// Picks a token from `logits` (one row) given the row's recent tokens.
+    /// Picks a token from `logits` (one row) given the row's recent tokens (prompt and
+    /// completion: the repetition penalty's window) and its completion so far (presence and
+    /// frequency penalties).
     ///
     /// Cost: O(vocab) plus O(k log k) with top-k (the k best are selected, not the whole
     /// vocabulary sorted); the whole vocabulary is sorted only for top-p without top-k.
-    pub fn sample(&mut self, logits: &[f32], recent: &[u32], p: &GenerationParams) -> u32 {
-        let penalised;
-        let logits = if p.repetition_penalty != 1.0 {
-            penalised = penalise(logits, recent, p);
-            &penalised[..]
+    pub fn sample(
+        &mut self,
+        logits: &[f32],
+        recent: &[u32],
+        completion: &[u32],
+        p: &GenerationParams,
+    ) -> u32 {
+        let adjusted;
+        let logits = if adjusts(p) {
+            adjusted = adjust(logits, recent, completion, p);
+            &adjusted[..]
         } else {
             logits
         };
@@ -98,18 +107,46 @@ impl Sampler {
     }
 }
 
-/// The logits with recent tokens penalised (CTRL-style: positive logits shrink, negative
-/// ones are pushed further down), each distinct token of the window once.
-fn penalise(logits: &[f32], recent: &[u32], p: &GenerationParams) -> Vec<f32> {
+/// Whether `p` changes the logits before sampling.
+fn adjusts(p: &GenerationParams) -> bool {
+    p.repetition_penalty != 1.0
+        || p.presence_penalty != 0.0
+        || p.frequency_penalty != 0.0
+        || !p.logit_bias.is_empty()
+}
+
+/// The logits with the logit bias added, recent tokens penalised (CTRL-style: positive logits
+/// shrink, negative ones are pushed further down; each distinct token of the window once), and
+/// OpenAI's penalties subtracted: `count · frequency + (count > 0) · presence` for every token
+/// of the completion so far.
+fn adjust(logits: &[f32], recent: &[u32], completion: &[u32], p: &GenerationParams) -> Vec<f32> {
     let mut out = logits.to_vec();
-    let start = recent.len().saturating_sub(p.repetition_window);
-    let mut seen = std::collections::HashSet::new();
-    let r = p.repetition_penalty as f32;
-    for &t in &recent[start..] {
-        if seen.insert(t)
-            && let Some(l) = out.get_mut(t as usize)
-        {
-            *l = if *l > 0.0 { *l / r } else { *l * r };
+    for (&id, &bias) in &p.logit_bias {
+        if let Some(l) = out.get_mut(id as usize) {
+            *l += bias as f32;
+        }
+    }
+    if p.repetition_penalty != 1.0 {
+        let start = recent.len().saturating_sub(p.repetition_window);
+        let mut seen = std::collections::HashSet::new();
+        let r = p.repetition_penalty as f32;
+        for &t in &recent[start..] {
+            if seen.insert(t)
+                && let Some(l) = out.get_mut(t as usize)
+            {
+                *l = if *l > 0.0 { *l / r } else { *l * r };
+            }
+        }
+    }
+    if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+        let mut counts = std::collections::HashMap::<u32, usize>::new();
+        for &t in completion {
+            *counts.entry(t).or_default() += 1;
+        }
+        for (t, c) in counts {
+            if let Some(l) = out.get_mut(t as usize) {
+                *l -= (c as f64 * p.frequency_penalty + p.presence_penalty) as f32;
+            }
         }
     }
     out
@@ -142,9 +179,9 @@ mod tests {
     fn greedy_and_top_k_one_pick_the_max() {
         let logits = [0.1, 3.0, 2.9, -1.0];
         let mut s = Sampler::new(0);
-        assert_eq!(s.sample(&logits, &[], &params(0.0, None)), 1);
+        assert_eq!(s.sample(&logits, &[], &[], &params(0.0, None)), 1);
         for _ in 0..20 {
-            assert_eq!(s.sample(&logits, &[], &params(1.5, Some(1))), 1);
+            assert_eq!(s.sample(&logits, &[], &[], &params(1.5, Some(1))), 1);
         }
     }
 
@@ -154,7 +191,7 @@ mod tests {
         let draw = |seed| {
             let mut s = Sampler::new(seed);
             (0..30)
-                .map(|_| s.sample(&logits, &[], &params(1.0, Some(5))))
+                .map(|_| s.sample(&logits, &[], &[], &params(1.0, Some(5))))
                 .collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
@@ -169,7 +206,7 @@ mod tests {
             ..params(1.0, None)
         };
         let mut s = Sampler::new(1);
-        assert!((0..20).all(|_| s.sample(&logits, &[], &p) == order[0]));
+        assert!((0..20).all(|_| s.sample(&logits, &[], &[], &p) == order[0]));
     }
 
     /// The sampler as it was (the whole vocabulary sorted for every draw): the fast path must
@@ -242,7 +279,7 @@ mod tests {
             let (mut fast, mut slow) = (Sampler::new(5), Sampler::new(5));
             for _ in 0..100 {
                 assert_eq!(
-                    fast.sample(&logits, &[], &p),
+                    fast.sample(&logits, &[], &[], &p),
                     sample_by_full_sort(&mut slow, &logits, &p),
                     "{top_k:?} {top_p} {min_p}"
                 );
@@ -259,7 +296,7 @@ mod tests {
         let mut counts = [0usize; 3];
         let n = 20_000;
         for _ in 0..n {
-            counts[s.sample(&logits, &[], &p) as usize] += 1;
+            counts[s.sample(&logits, &[], &[], &p) as usize] += 1;
         }
         let z: f64 = [0.0f64, 1.0, 2.0].iter().map(|x| x.exp()).sum();
         for (i, &c) in counts.iter().enumerate() {
@@ -273,12 +310,44 @@ mod tests {
     }
 
     #[test]
+    fn logit_bias_and_openai_penalties_move_the_choice() {
+        let logits = [2.0f32, 1.5, 1.0];
+        let greedy = params(0.0, None);
+        let biased = GenerationParams {
+            logit_bias: [(2, 5.0)].into(),
+            ..greedy.clone()
+        };
+        assert_eq!(Sampler::new(0).sample(&logits, &[], &[], &biased), 2);
+        let banned = GenerationParams {
+            logit_bias: [(0, -100.0)].into(),
+            ..params(1.0, None)
+        };
+        let mut s = Sampler::new(3);
+        assert!((0..200).all(|_| s.sample(&logits, &[], &[], &banned) != 0));
+        // Presence: token 0 is in the completion once, 2.0 - 0.6 < 1.5.
+        let presence = GenerationParams {
+            presence_penalty: 0.6,
+            ..greedy.clone()
+        };
+        assert_eq!(Sampler::new(0).sample(&logits, &[0], &[0], &presence), 1);
+        // Only the completion counts: the same token in the prompt alone is not penalised.
+        assert_eq!(Sampler::new(0).sample(&logits, &[0], &[], &presence), 0);
+        // Frequency: token 0 twice at 0.3 each (2.0 - 0.6 = 1.4 < 1.5); once is not enough.
+        let frequency = GenerationParams {
+            frequency_penalty: 0.3,
+            ..greedy
+        };
+        assert_eq!(Sampler::new(0).sample(&logits, &[], &[0, 0], &frequency), 1);
+        assert_eq!(Sampler::new(0).sample(&logits, &[], &[0], &frequency), 0);
+    }
+
+    #[test]
     fn repetition_penalty_discourages_recent_tokens() {
         let logits = [2.0, 1.9];
         let p = GenerationParams {
             repetition_penalty: 2.0,
             ..params(0.0, None)
         };
-        assert_eq!(Sampler::new(0).sample(&logits, &[0], &p), 1);
+        assert_eq!(Sampler::new(0).sample(&logits, &[0], &[], &p), 1);
     }
 }

@@ -12,7 +12,8 @@
 //! - `GET /v1/sessions/{id}` → the session with `tokens_used`, `remaining_context`, `state` and
 //!   its `lifecycle` (every state entered, with when)
 //! - `POST /v1/sessions/{id}/messages` `{"content", "temperature"?, "top_k"?, "top_p"?,
-//!   "min_p"?, "repetition_penalty"?, "max_tokens"?, "seed"?, "stop"?}` (each overriding the
+//!   "min_p"?, "repetition_penalty"?, "presence_penalty"?, "frequency_penalty"?,
+//!   "max_tokens"?, "seed"?, "stop"?}` (each overriding the
 //!   session's default for this message) → the assistant's reply, `usage`, `trimmed` (messages
 //!   dropped) and `kept` (false when the reply was empty: the turn is not stored, so user and
 //!   assistant keep alternating)
@@ -34,7 +35,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use nanochat_core::conversation::{Conversation, Message, MessageRole};
-use nanochat_core::{ConversationSession, GenerationParams, Validate};
+use nanochat_core::{ConversationSession, GenerationParams};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -57,12 +58,13 @@ struct CreateRequest {
 
 /// Checks sampling parameters against the server's limits and the data model's rules; the
 /// error names the field under `prefix` (`generation.top_p`, or `top_p` in a message).
-fn check_params(p: &GenerationParams, prefix: &str) -> Result<(), ApiError> {
+fn check_params(state: &AppState, p: &GenerationParams, prefix: &str) -> Result<(), ApiError> {
     check_sampling(p.temperature, p.top_k.unwrap_or(0), p.max_tokens).map_err(|mut e| {
         e.param = e.param.map(|f| format!("{prefix}{f}"));
         e
     })?;
-    p.validate()
+    // The context is checked per message (the reply is clamped to the room left).
+    p.validate_for(state.tokenizer.vocab_size(), usize::MAX)
         .map_err(|e| ApiError::bad(&format!("{prefix}{}", e.field), e.to_string()))
 }
 
@@ -74,7 +76,7 @@ async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Respo
     };
     let window = req.context_window.unwrap_or(state.sequence_len);
     let generation = req.generation.unwrap_or_default();
-    check_params(&generation, "generation.")?;
+    check_params(&state, &generation, "generation.")?;
     if state.pool.get().is_none() {
         let message = "the model is not loaded (yet): see /health";
         return Err(ApiError::new(
@@ -143,6 +145,8 @@ struct MessageRequest {
     top_p: Option<f64>,
     min_p: Option<f64>,
     repetition_penalty: Option<f64>,
+    presence_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
     max_tokens: Option<usize>,
     seed: Option<u64>,
     stop: Option<Stop>,
@@ -158,6 +162,8 @@ impl MessageRequest {
             top_p: self.top_p.unwrap_or(d.top_p),
             min_p: self.min_p.unwrap_or(d.min_p),
             repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
+            presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
+            frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),
             max_tokens: self.max_tokens.unwrap_or(d.max_tokens),
             seed: self.seed.or(d.seed),
             stop: self.stop.as_ref().map_or(d.stop, Stop::to_vec),
@@ -194,7 +200,7 @@ async fn send(
         mut busy,
     } = state.sessions.begin(&id, now)?;
     let mut params = req.params(&generation);
-    check_params(&params, "")?;
+    check_params(&state, &params, "")?;
     // Drop the oldest turns until prompt + reply fit the window.
     let mut messages = history;
     messages.push(user.clone());

@@ -117,6 +117,12 @@ fn endpoints_over_real_http() {
         usage["total_tokens"].as_u64().unwrap(),
         usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
     );
+    // logit_bias: +100 on byte 'x' (token 120 of the byte-level vocabulary) forces it.
+    let (status, body) =
+        chat(json!({"logit_bias": {"120": 100}, "temperature": 0, "max_tokens": 4}));
+    assert_eq!(status, 200, "{body}");
+    let forced: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(forced["choices"][0]["message"]["content"], "xxxx", "{body}");
     // Streaming: role chunk, content chunks, a finish_reason, then [DONE]; same text as above.
     let (status, body) = chat(json!({"stream": true, "stream_options": {"include_usage": true}}));
     assert_eq!(status, 200);
@@ -171,6 +177,22 @@ fn endpoints_over_real_http() {
         (
             r#"{"messages":[{"role":"user","content":"x"}],"top_p":7}"#,
             "top_p",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"presence_penalty":3}"#,
+            "presence_penalty",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"logit_bias":{"99999":1}}"#,
+            "logit_bias",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"logit_bias":{"7":-101}}"#,
+            "logit_bias",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"logit_bias":{"x":1}}"#,
+            "logit_bias",
         ),
     ];
     for (body, field) in cases {
@@ -236,7 +258,7 @@ fn endpoints_over_real_http() {
         .body_mut()
         .read_to_string()
         .unwrap();
-    assert!(metrics.contains("nanochat_requests_total 4"), "{metrics}");
+    assert!(metrics.contains("nanochat_requests_total 5"), "{metrics}");
     let page = agent()
         .get(&format!("{url}/"))
         .call()
