@@ -24,6 +24,7 @@ pub mod sampling;
 pub mod server;
 mod session_store;
 pub mod sessions;
+pub mod tool_text;
 pub mod workers;
 
 pub use calculator::use_calculator;

@@ -7,7 +7,8 @@
 //!   [`crate::requests`]); `GET /metrics` (Prometheus text);
 //! - `POST /chat/completions`: upstream's SSE stream `data: {"token": …, "gpu": n}` … `{"done": true}`;
 //! - `POST /v1/chat/completions` (OpenAI shape, `stream` true → `chat.completion.chunk` SSE
-//!   frames and `data: [DONE]`, false → one JSON with `usage`); `GET /v1/models`;
+//!   frames and `data: [DONE]`, false → one JSON with `usage`; calculator calls as readable
+//!   text, [`ToolText`]); `GET /v1/models`;
 //! - `/v1/sessions`: server-side conversations ([`crate::sessions`]).
 //!
 //! With an API key ([`AppState::require_api_key`], `serve --api-key`), every route but
@@ -42,6 +43,7 @@ pub use crate::api::{ApiError, limits};
 use crate::api::{ChatRequest, finish_str, parse};
 pub use crate::jobs::AppState;
 use crate::jobs::{collect, start_job};
+use crate::tool_text::ToolText;
 use crate::workers::GenEvent;
 pub use crate::workers::{Stats, WorkerPool};
 
@@ -99,15 +101,24 @@ async fn openai_chat(
         };
         let first = chunk(json!({"role": "assistant", "content": ""}), None);
         // The worker's last event is `Done` or `Error`; then its sender drops and the stream
-        // ends with `[DONE]`. A client that leaves drops `rx`, which stops the worker.
+        // ends with `[DONE]`. A client that leaves drops `rx`, which stops the worker. Tool
+        // calls are rewritten as readable text (`ToolText`); what it held back rides on the
+        // last chunk.
+        let mut tool_text = ToolText::default();
         let frames = UnboundedReceiverStream::new(rx).map(move |(_, ev)| match ev {
-            GenEvent::Text(t) => chunk(json!({"content": t}), None),
+            GenEvent::Text(t) => chunk(json!({"content": tool_text.push(&t)}), None),
             GenEvent::Done {
                 finish,
                 prompt_tokens: p,
                 completion_tokens: c,
             } => {
-                let mut last = chunk(json!({}), Some(finish_str(finish)));
+                let rest = tool_text.finish();
+                let delta = if rest.is_empty() {
+                    json!({})
+                } else {
+                    json!({ "content": rest })
+                };
+                let mut last = chunk(delta, Some(finish_str(finish)));
                 if include_usage {
                     last["usage"] =
                         json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
@@ -125,9 +136,10 @@ async fn openai_chat(
     }
     let done = collect(&mut rx).await?;
     let (p, c) = (done.prompt_tokens, done.completion_tokens);
+    let text = ToolText::rewrite(&done.text);
     let body = json!({
         "id": id, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text}, "finish_reason": finish_str(done.finish)}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_str(done.finish)}],
         "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
     });
     Ok(Json(body).into_response())

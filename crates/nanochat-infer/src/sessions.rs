@@ -43,6 +43,7 @@ use crate::api::{ApiError, Stop, check_sampling, finish_str, limits, parse};
 use crate::jobs::{AppState, collect, start_job};
 use crate::session_store::{Begun, not_found};
 pub use crate::session_store::{MAX_IDLE_SECS, MAX_SESSIONS, Sessions};
+use crate::tool_text::ToolText;
 
 /// A message's `token_count`: the tokenization of its content.
 fn content_tokens(state: &AppState, m: &Message) -> usize {
@@ -239,7 +240,9 @@ async fn send(
     let mut rx = start_job(&state, format!("{id}/{turn}"), prompt, params)?;
     busy.streaming();
     let answer = collect(&mut rx).await?;
-    let (text, finish, completion_tokens) = (answer.text, answer.finish, answer.completion_tokens);
+    let (finish, completion_tokens) = (answer.finish, answer.completion_tokens);
+    // Calculator calls as readable text, in the reply and in the history.
+    let text = ToolText::rewrite(&answer.text);
     let done = Utc::now();
     let mut reply = Message::new(MessageRole::Assistant, text.clone()).at(done);
     reply.token_count = Some(content_tokens(&state, &reply));
