@@ -83,8 +83,15 @@ impl IntoResponse for ApiError {
 pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let param = match e.path().iter().next() {
-            Some(serde_path_to_error::Segment::Map { key }) if e.inner().is_data() => key,
+        let inner = e.inner().to_string();
+        // A required top-level field that is absent has no path: its name is in the message.
+        let missing = inner
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+            .filter(|_| e.path().iter().next().is_none());
+        let param = match (e.path().iter().next(), missing) {
+            (Some(serde_path_to_error::Segment::Map { key }), _) if e.inner().is_data() => key,
+            (None, Some(field)) => field,
             _ => "body",
         };
         ApiError::bad(param, format!("invalid JSON request: {e}"))
@@ -143,9 +150,11 @@ struct ApiMessage {
     content: Content,
 }
 
-/// A `/chat/completions` or `/v1/chat/completions` request.
+/// A `/chat/completions` or `/v1/chat/completions` request; `/v1/completions` reads its
+/// sampling fields through it too (with no `messages`), so they are defined once.
 #[derive(Debug, Deserialize)]
 pub(crate) struct ChatRequest {
+    #[serde(default)]
     messages: Vec<ApiMessage>,
     pub(crate) stream: Option<bool>,
     temperature: Option<f64>,
@@ -195,6 +204,51 @@ pub(crate) fn check_sampling(
 }
 
 impl ChatRequest {
+    /// The checked sampling parameters for a reply with `room` tokens left in the context,
+    /// from a model of `vocab_size` tokens; `temperature` is the endpoint's default. Errors
+    /// name the field.
+    pub(crate) fn params(
+        &self,
+        temperature: f64,
+        vocab_size: usize,
+        room: usize,
+    ) -> Result<GenerationParams, ApiError> {
+        let temperature = self.temperature.unwrap_or(temperature);
+        let top_k = self.top_k.unwrap_or(50);
+        let max_tokens = self.max_completion_tokens.or(self.max_tokens);
+        let max_tokens = max_tokens.unwrap_or(512);
+        check_sampling(temperature, top_k, max_tokens)?;
+        if self.n.unwrap_or(1) != 1 {
+            return Err(ApiError::bad("n", "only n = 1 is supported"));
+        }
+        let params = GenerationParams {
+            temperature,
+            top_k: (top_k > 0).then_some(top_k),
+            top_p: self.top_p.unwrap_or(1.0),
+            min_p: self.min_p.unwrap_or(0.0),
+            repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            logit_bias: self.logit_bias.clone(),
+            max_tokens: max_tokens.min(room),
+            seed: self.seed,
+            stop: self.stop.as_ref().map_or_else(Vec::new, Stop::to_vec),
+            num_samples: 1,
+            ..GenerationParams::default()
+        };
+        params.validate_for(vocab_size, room).map_err(|e| {
+            // `logit_bias[7]` → `logit_bias`: the request's field.
+            let field = e.field.split('[').next().unwrap_or("body");
+            let field = match field {
+                f @ ("top_p" | "min_p" | "repetition_penalty" | "presence_penalty"
+                | "frequency_penalty" | "logit_bias") => f,
+                _ => "body",
+            };
+            ApiError::bad(field, e.to_string())
+        })?;
+        Ok(params)
+    }
+
     /// Checks the request against upstream's limits and renders its prompt for a model with
     /// `sequence_len` positions; returns the prompt and the sampling parameters. `web_defaults`
     /// picks upstream's web temperature (0.8) over OpenAI's (1).
@@ -245,17 +299,10 @@ impl ChatRequest {
                 "the last message must be from the user",
             ));
         }
-        let temperature = self
-            .temperature
-            .unwrap_or(if web_defaults { 0.8 } else { 1.0 });
-        let top_k = self.top_k.unwrap_or(50);
-        let max_tokens = self.max_completion_tokens.or(self.max_tokens);
-        let max_tokens = max_tokens.unwrap_or(512);
-        check_sampling(temperature, top_k, max_tokens)?;
-        let stop = self.stop.as_ref().map_or_else(Vec::new, Stop::to_vec);
-        if self.n.unwrap_or(1) != 1 {
-            return Err(ApiError::bad("n", "only n = 1 is supported"));
-        }
+        // The sampling fields first: a bad one is reported before the prompt's length.
+        let temperature = if web_defaults { 0.8 } else { 1.0 };
+        let vocab = tokenizer.vocab_size();
+        self.params(temperature, vocab, usize::MAX)?;
         // Render like a conversation whose last (assistant) turn is being written.
         messages.push(Message::new(MessageRole::Assistant, String::new()));
         let prompt = tokenizer
@@ -271,33 +318,7 @@ impl ChatRequest {
                 ),
             ));
         }
-        let params = GenerationParams {
-            temperature,
-            top_k: (top_k > 0).then_some(top_k),
-            top_p: self.top_p.unwrap_or(1.0),
-            min_p: self.min_p.unwrap_or(0.0),
-            repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
-            presence_penalty: self.presence_penalty.unwrap_or(0.0),
-            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
-            logit_bias: self.logit_bias.clone(),
-            max_tokens: max_tokens.min(room),
-            seed: self.seed,
-            stop,
-            num_samples: 1,
-            ..GenerationParams::default()
-        };
-        params
-            .validate_for(tokenizer.vocab_size(), room)
-            .map_err(|e| {
-                // `logit_bias[7]` → `logit_bias`: the request's field.
-                let field = e.field.split('[').next().unwrap_or("body");
-                let field = match field {
-                    f @ ("top_p" | "min_p" | "repetition_penalty" | "presence_penalty"
-                    | "frequency_penalty" | "logit_bias") => f,
-                    _ => "body",
-                };
-                ApiError::bad(field, e.to_string())
-            })?;
+        let params = self.params(temperature, vocab, room)?;
         Ok((prompt, params))
     }
 }

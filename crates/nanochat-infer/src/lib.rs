@@ -16,6 +16,7 @@ pub mod api;
 mod auth;
 pub mod calculator;
 pub mod chat;
+mod completions;
 pub mod engine;
 pub mod infer_bench;
 mod jobs;

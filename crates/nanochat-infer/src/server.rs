@@ -8,7 +8,8 @@
 //! - `POST /chat/completions`: upstream's SSE stream `data: {"token": …, "gpu": n}` … `{"done": true}`;
 //! - `POST /v1/chat/completions` (OpenAI shape, `stream` true → `chat.completion.chunk` SSE
 //!   frames and `data: [DONE]`, false → one JSON with `usage`; calculator calls as readable
-//!   text, [`ToolText`]); `GET /v1/models`;
+//!   text, [`ToolText`]); `POST /v1/completions` (a raw prompt, no chat template, as a base
+//!   model is used; `completions.rs`); `GET /v1/models`;
 //! - `/v1/sessions`: server-side conversations ([`crate::sessions`]).
 //!
 //! With an API key ([`AppState::require_api_key`], `serve --api-key`), every route but
@@ -230,6 +231,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(models))
         .route("/chat/completions", post(upstream_chat))
         .route("/v1/chat/completions", post(openai_chat))
+        .route("/v1/completions", post(crate::completions::completions))
         .merge(crate::sessions::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

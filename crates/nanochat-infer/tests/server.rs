@@ -620,3 +620,52 @@ fn an_api_key_guards_every_route_but_health_and_the_page() {
         assert!(status == 200 || status == 201, "{path}: {status} {body}");
     }
 }
+
+#[test]
+fn raw_completions_answer_in_openai_text_completion_shape() {
+    let (url, _state) = start();
+    let ask = |body: Value| post(&format!("{url}/v1/completions"), &body.to_string());
+    let (status, body) = ask(
+        json!({"prompt": "The capital of France is", "max_tokens": 5,
+                                    "temperature": 0, "logit_bias": {"120": 100}}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["object"], "text_completion");
+    assert!(v["id"].as_str().unwrap().starts_with("cmpl-"));
+    // No chat template: the forced byte comes straight after the prompt.
+    assert_eq!(v["choices"][0]["text"], "xxxxx", "{body}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+    // <|bos|> + 24 byte tokens.
+    assert_eq!(v["usage"]["prompt_tokens"], 25);
+    // Streaming: the same text in text_completion chunks, then [DONE].
+    let (status, body) = ask(
+        json!({"prompt": ["The capital of France is"], "max_tokens": 5,
+                                    "temperature": 0, "logit_bias": {"120": 100}, "stream": true}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let frames = sse_data(&body);
+    assert_eq!(frames.last().unwrap(), "[DONE]");
+    let text: String = frames[..frames.len() - 1]
+        .iter()
+        .map(|f| serde_json::from_str::<Value>(f).unwrap())
+        .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(text, "xxxxx");
+    // Bad requests name the field.
+    for (body, field) in [
+        (json!({"max_tokens": 5}), "prompt"),
+        (json!({"prompt": ""}), "prompt"),
+        (json!({"prompt": ["a", "b"]}), "prompt"),
+        (json!({"prompt": 7}), "prompt"),
+        (json!({"prompt": "a", "echo": true}), "echo"),
+        (json!({"prompt": "a", "temperature": 5}), "temperature"),
+        (json!({"prompt": "a", "n": 2}), "n"),
+    ] {
+        let (status, text) = ask(body.clone());
+        assert_eq!(status, 400, "{body}: {text}");
+        let e: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(e["error"]["param"], field, "{body}: {text}");
+    }
+}
