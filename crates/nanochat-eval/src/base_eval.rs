@@ -26,9 +26,8 @@ use nanochat_data::py_random::PyRandom;
 use nanochat_model::Gpt;
 use nanochat_model::distributed::{DistError, Rank};
 use nanochat_tokenizer::Tokenizer;
-use serde::{Deserialize, Serialize};
 
-pub use crate::base_results::{BaseEvalReport, Evaluated};
+pub use crate::base_results::{BaseEvalReport, CoreResult, Evaluated, TaskScore};
 use crate::base_results::{bpb_result, core_result};
 use crate::core_eval::{CoreError, TaskMeta, TaskType, centered, evaluate_example};
 use crate::loss_eval::{evaluate_bpb_sums, reduce_bpb, token_bytes_tensor};
@@ -215,36 +214,6 @@ impl Bundle {
         }
         Ok(out)
     }
-}
-
-/// One task's score.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskScore {
-    /// Label.
-    pub label: String,
-    /// Examples evaluated.
-    pub examples: usize,
-    /// Accuracy in [0, 1].
-    pub accuracy: f64,
-    /// Centered accuracy.
-    pub centered: f64,
-    /// Seconds spent.
-    pub seconds: f64,
-}
-
-/// The CORE result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CoreResult {
-    /// `CORE` when all tasks ran, else `CORE-N`.
-    pub label: String,
-    /// Mean centered accuracy over the tasks that ran.
-    pub core_metric: f64,
-    /// Per task, in bundle order.
-    pub tasks: Vec<TaskScore>,
-    /// Tasks skipped because their data file is absent.
-    pub skipped: Vec<String>,
-    /// GPT-2 (124M) on the same tasks, when the reference file is there.
-    pub gpt2_same_tasks: Option<f64>,
 }
 
 /// Evaluates CORE on every task whose data is present (upstream `evaluate_core`) on one

@@ -13,7 +13,37 @@ use nanochat_core::fs::{IoError, write_atomic};
 use nanochat_core::{EvaluationConfig, EvaluationResult, Measure, Validate, ValidationError};
 use serde_json::json;
 
-use crate::base_eval::CoreResult;
+use serde::{Deserialize, Serialize};
+
+/// One task's score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskScore {
+    /// Label.
+    pub label: String,
+    /// Examples evaluated.
+    pub examples: usize,
+    /// Accuracy in [0, 1].
+    pub accuracy: f64,
+    /// Centered accuracy.
+    pub centered: f64,
+    /// Seconds spent.
+    pub seconds: f64,
+}
+
+/// The CORE result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoreResult {
+    /// `CORE` when all tasks ran, else `CORE-N`.
+    pub label: String,
+    /// Mean centered accuracy over the tasks that ran.
+    pub core_metric: f64,
+    /// Per task, in bundle order.
+    pub tasks: Vec<TaskScore>,
+    /// Tasks skipped because their data file is absent.
+    pub skipped: Vec<String>,
+    /// GPT-2 (124M) on the same tasks, when the reference file is there.
+    pub gpt2_same_tasks: Option<f64>,
+}
 
 /// Extra key: examples evaluated per task.
 pub const EXAMPLES_KEY: &str = "examples";

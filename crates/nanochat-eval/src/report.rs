@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use nanochat_core::fs::{IoError, write_atomic};
 use serde_json::Value;
 
-use crate::report_results::{RESULT_KEY, expand, reference};
+use crate::report_results::{RESULT_KEY, expand, fmt_value, reference};
 
 /// Sections in pipeline order (upstream's names).
 pub const SECTIONS: [&str; 11] = [
@@ -71,15 +71,6 @@ fn title(slug: &str) -> String {
     match c.next() {
         Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
         None => s,
-    }
-}
-
-/// A section value as written: floats with 4 decimals, strings as they are.
-pub(crate) fn fmt_value(v: &Value) -> String {
-    match v {
-        Value::Number(n) if n.is_f64() => format!("{:.4}", n.as_f64().unwrap_or(f64::NAN)),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
     }
 }
 

@@ -12,7 +12,6 @@ use nanochat_core::{EvaluationResult, Measure, Validate};
 use serde_json::{Value, json};
 
 use crate::base_results::GPT2_KEY;
-use crate::report::fmt_value;
 
 /// The section key of a result file.
 pub const RESULT_KEY: &str = "result";
@@ -99,4 +98,13 @@ pub fn expand(text: &str, base_dir: &Path) -> String {
         }
     }
     out
+}
+
+/// A section value as written: floats with 4 decimals, strings as they are.
+pub(crate) fn fmt_value(v: &Value) -> String {
+    match v {
+        Value::Number(n) if n.is_f64() => format!("{:.4}", n.as_f64().unwrap_or(f64::NAN)),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
