@@ -32,6 +32,8 @@ pub mod limits {
     pub const MAX_TOP_K: usize = 200;
     /// Largest max_tokens.
     pub const MAX_TOKENS: usize = 4096;
+    /// Largest n (choices per request).
+    pub const MAX_CHOICES: usize = 8;
     /// Largest request body (bytes).
     pub const MAX_BODY: usize = 1 << 20;
 }
@@ -218,8 +220,19 @@ impl ChatRequest {
         let max_tokens = self.max_completion_tokens.or(self.max_tokens);
         let max_tokens = max_tokens.unwrap_or(512);
         check_sampling(temperature, top_k, max_tokens)?;
-        if self.n.unwrap_or(1) != 1 {
-            return Err(ApiError::bad("n", "only n = 1 is supported"));
+        let n = self.n.unwrap_or(1);
+        if !(1..=limits::MAX_CHOICES).contains(&n) {
+            let max = limits::MAX_CHOICES;
+            return Err(ApiError::bad(
+                "n",
+                format!("n must be between 1 and {max}, got {n}"),
+            ));
+        }
+        if n > 1 && self.stream == Some(true) {
+            return Err(ApiError::bad(
+                "n",
+                "n > 1 is answered whole: stream it with n = 1",
+            ));
         }
         let params = GenerationParams {
             temperature,
@@ -233,7 +246,7 @@ impl ChatRequest {
             max_tokens: max_tokens.min(room),
             seed: self.seed,
             stop: self.stop.as_ref().map_or_else(Vec::new, Stop::to_vec),
-            num_samples: 1,
+            num_samples: n,
             ..GenerationParams::default()
         };
         params.validate_for(vocab_size, room).map_err(|e| {

@@ -1,7 +1,7 @@
 //! `POST /v1/completions` (OpenAI's legacy text completions; no upstream counterpart: upstream
 //! serves chat only): a raw prompt, no chat template, continued by the model, as a base model
 //! is used. `prompt` is a string or a list of one string; `stream` gives `text_completion`
-//! chunks and `data: [DONE]`. The sampling fields are the chat endpoint's ([`ChatRequest`]),
+//! chunks and `data: [DONE]`; `n` > 1 (not streamed) gives that many choices. The sampling fields are the chat endpoint's ([`ChatRequest`]),
 //! with OpenAI's default temperature 1.
 //!
 //! Design: the body is read twice, once for this endpoint's own fields and once as a
@@ -131,6 +131,9 @@ pub(crate) async fn completions(
                 last
             }
             GenEvent::Error(e) => json!({"error": {"message": e, "type": "server_error"}}),
+            GenEvent::Choices(_) => {
+                json!({"error": {"message": "n > 1 does not stream", "type": "server_error"}})
+            }
         });
         let stream = frames
             .map(|v: Value| v.to_string())
@@ -141,6 +144,14 @@ pub(crate) async fn completions(
     let done = collect(&mut rx).await?;
     let (p, c) = (done.prompt_tokens, done.completion_tokens);
     let mut body = choice(&done.text, Some(finish_str(done.finish)));
+    body["choices"] = done
+        .choices
+        .iter()
+        .enumerate()
+        .map(|(i, (text, finish))| {
+            json!({"text": text, "index": i, "logprobs": null, "finish_reason": finish_str(*finish)})
+        })
+        .collect();
     body["usage"] = json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
     Ok(Json(body).into_response())
 }

@@ -142,26 +142,37 @@ pub(crate) fn start_job(
 
 /// A whole (non-streamed) answer.
 pub(crate) struct Completed {
+    /// The first (with `n` = 1 the only) choice's text.
     pub(crate) text: String,
+    /// Why it ended.
     pub(crate) finish: FinishReason,
+    /// With `n` > 1, every choice's text and end, in order (the first is `text`).
+    pub(crate) choices: Vec<(String, FinishReason)>,
     pub(crate) prompt_tokens: usize,
     pub(crate) completion_tokens: usize,
 }
 
-/// Gathers a job's text pieces until it finishes; a worker error or a vanished worker is a 500.
+/// Gathers a job's text pieces (or its choices) until it finishes; a worker error or a
+/// vanished worker is a 500.
 pub(crate) async fn collect(rx: &mut Events) -> Result<Completed, ApiError> {
     let mut text = String::new();
+    let mut choices = Vec::new();
     while let Some((_, ev)) = rx.recv().await {
         match ev {
             GenEvent::Text(t) => text.push_str(&t),
+            GenEvent::Choices(c) => choices = c,
             GenEvent::Done {
                 finish,
                 prompt_tokens,
                 completion_tokens,
             } => {
+                if choices.is_empty() {
+                    choices.push((text.clone(), finish));
+                }
                 return Ok(Completed {
-                    text,
-                    finish,
+                    text: choices[0].0.clone(),
+                    finish: choices[0].1,
+                    choices,
                     prompt_tokens,
                     completion_tokens,
                 });

@@ -67,12 +67,19 @@ async fn upstream_chat(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (_, prompt, params) = prepare(&state, &body, true)?;
+    if params.num_samples > 1 {
+        return Err(ApiError::bad(
+            "n",
+            "this endpoint streams one answer: n must be 1",
+        ));
+    }
     let rx = start_job(&state, format!("chat-{}", state.next_id()), prompt, params)?;
     let stream = UnboundedReceiverStream::new(rx).map(|(gpu, ev)| {
         let data = match ev {
             GenEvent::Text(t) => json!({"token": t, "gpu": gpu}),
             GenEvent::Done { .. } => json!({"done": true}),
             GenEvent::Error(e) => json!({"error": e, "done": true}),
+            GenEvent::Choices(_) => json!({"error": "n > 1 does not stream", "done": true}),
         };
         Ok::<_, Infallible>(Event::default().data(data.to_string()))
     });
@@ -127,6 +134,9 @@ async fn openai_chat(
                 last
             }
             GenEvent::Error(e) => json!({"error": {"message": e, "type": "server_error"}}),
+            GenEvent::Choices(_) => {
+                json!({"error": {"message": "n > 1 does not stream", "type": "server_error"}})
+            }
         });
         let stream = tokio_stream::once(first)
             .chain(frames)
@@ -137,10 +147,18 @@ async fn openai_chat(
     }
     let done = collect(&mut rx).await?;
     let (p, c) = (done.prompt_tokens, done.completion_tokens);
-    let text = ToolText::rewrite(&done.text);
+    let choices: Vec<Value> = done
+        .choices
+        .iter()
+        .enumerate()
+        .map(|(i, (text, finish))| {
+            json!({"index": i, "message": {"role": "assistant", "content": ToolText::rewrite(text)},
+                   "finish_reason": finish_str(*finish)})
+        })
+        .collect();
     let body = json!({
         "id": id, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_str(done.finish)}],
+        "choices": choices,
         "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
     });
     Ok(Json(body).into_response())

@@ -21,6 +21,8 @@ use crate::requests::RequestHandle;
 #[derive(Debug)]
 pub(crate) enum GenEvent {
     Text(String),
+    /// Every choice's whole text and end, for a job of `num_samples` > 1 (not streamed).
+    Choices(Vec<(String, FinishReason)>),
     Done {
         finish: FinishReason,
         prompt_tokens: usize,
@@ -114,6 +116,9 @@ fn run_job<B: FusedOps>(idx: usize, engine: &Engine<B>, job: Job, stats: &Stats)
         request.finish(Err("the client left before generation started".into()));
         return;
     }
+    if params.num_samples > 1 {
+        return run_choices(idx, engine, &prompt, &params, &events, request, stats);
+    }
     let (mut first, mut client_left) = (true, false);
     // A bug that panics inside generation fails this request, not the worker: the engine
     // keeps no state between requests (each has its own KV cache).
@@ -168,6 +173,74 @@ fn run_job<B: FusedOps>(idx: usize, engine: &Engine<B>, job: Job, stats: &Stats)
         }
     };
     let _ = events.send((idx, event));
+}
+
+/// Runs a job of several choices (`num_samples` rows decoded together from one prefill, as
+/// upstream's `generate_batch`); they come back whole, not streamed.
+fn run_choices<B: FusedOps>(
+    idx: usize,
+    engine: &Engine<B>,
+    prompt: &[u32],
+    params: &GenerationParams,
+    events: &mpsc::UnboundedSender<(usize, GenEvent)>,
+    request: RequestHandle,
+    stats: &Stats,
+) {
+    let start = Instant::now();
+    let mut first = true;
+    let result = panic::catch_unwind(AssertUnwindSafe(|| {
+        engine
+            .generate(prompt, params, |_| {
+                if first {
+                    first = false;
+                    request.streaming();
+                }
+                !events.is_closed()
+            })
+            .map_err(|e| e.to_string())
+    }))
+    .unwrap_or_else(|p| Err(format!("generation panicked: {}", panic_text(&*p))));
+    stats
+        .decode_micros
+        .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+    match result {
+        Ok(rows) => {
+            let completion: usize = rows.iter().map(|r| r.tokens.len()).sum();
+            stats
+                .prompt_tokens
+                .fetch_add(prompt.len() as u64, Ordering::Relaxed);
+            stats
+                .completion_tokens
+                .fetch_add(completion as u64, Ordering::Relaxed);
+            let left = events.is_closed();
+            request.finish(if left {
+                Err("the client disconnected during generation".into())
+            } else {
+                Ok(())
+            });
+            let choices = rows
+                .iter()
+                .map(|r| (r.text.clone(), r.finish_reason))
+                .collect();
+            let _ = events.send((idx, GenEvent::Choices(choices)));
+            let finish = rows
+                .first()
+                .map_or(FinishReason::Length, |r| r.finish_reason);
+            let _ = events.send((
+                idx,
+                GenEvent::Done {
+                    finish,
+                    prompt_tokens: prompt.len(),
+                    completion_tokens: completion,
+                },
+            ));
+        }
+        Err(e) => {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            request.finish(Err(e.clone()));
+            let _ = events.send((idx, GenEvent::Error(e)));
+        }
+    }
 }
 
 /// A panic's message.

@@ -51,6 +51,20 @@ fn endpoints_over_real_http() {
     assert_eq!(status, 200, "{body}");
     let forced: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(forced["choices"][0]["message"]["content"], "xxxx", "{body}");
+    // n: several choices from one prefill, each with its index; usage counts them all.
+    let (status, body) = chat(json!({"n": 3, "max_tokens": 4, "temperature": 0,
+                                     "logit_bias": {"120": 100}}));
+    assert_eq!(status, 200, "{body}");
+    let v3: Value = serde_json::from_str(&body).unwrap();
+    let choices = v3["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3, "{body}");
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(
+            (c["index"].as_u64(), &c["message"]["content"]),
+            (Some(i as u64), &json!("xxxx"))
+        );
+    }
+    assert_eq!(v3["usage"]["completion_tokens"], 12);
     // Streaming: role chunk, content chunks, a finish_reason, then [DONE]; same text as above.
     let (status, body) = chat(json!({"stream": true, "stream_options": {"include_usage": true}}));
     assert_eq!(status, 200);
@@ -109,6 +123,11 @@ fn endpoints_over_real_http() {
         (
             r#"{"messages":[{"role":"user","content":"x"}],"presence_penalty":3}"#,
             "presence_penalty",
+        ),
+        (r#"{"messages":[{"role":"user","content":"x"}],"n":9}"#, "n"),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"n":2,"stream":true}"#,
+            "n",
         ),
         (
             r#"{"messages":[{"role":"user","content":"x"}],"logit_bias":{"99999":1}}"#,
@@ -186,7 +205,7 @@ fn endpoints_over_real_http() {
         .body_mut()
         .read_to_string()
         .unwrap();
-    assert!(metrics.contains("nanochat_requests_total 5"), "{metrics}");
+    assert!(metrics.contains("nanochat_requests_total 6"), "{metrics}");
     let page = agent()
         .get(&format!("{url}/"))
         .call()
@@ -385,7 +404,8 @@ fn raw_completions_answer_in_openai_text_completion_shape() {
         (json!({"prompt": 7}), "prompt"),
         (json!({"prompt": "a", "echo": true}), "echo"),
         (json!({"prompt": "a", "temperature": 5}), "temperature"),
-        (json!({"prompt": "a", "n": 2}), "n"),
+        (json!({"prompt": "a", "n": 9}), "n"),
+        (json!({"prompt": "a", "n": 2, "stream": true}), "n"),
     ] {
         let (status, text) = ask(body.clone());
         assert_eq!(status, 400, "{body}: {text}");
