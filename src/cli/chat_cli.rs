@@ -2,6 +2,7 @@
 //! `scripts/chat_cli.py`): an interactive loop (`quit`/`exit` to leave, `clear` for a new
 //! conversation) or one answer with `-p`.
 
+use nanochat::infer::tool_text::ToolText;
 use nanochat::model::TrainBackend;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -90,10 +91,13 @@ impl BackendTask for Task {
                 );
                 params.max_tokens = room;
             }
+            // Calculator calls read as `12+10` → 22, not as special tokens.
+            let mut tool_text = ToolText::default();
             chat.send(text, &params, |piece| {
-                let _ = out.write_all(piece.as_bytes());
+                let _ = out.write_all(tool_text.push(piece).as_bytes());
                 let _ = out.flush();
             })?;
+            let _ = out.write_all(tool_text.finish().as_bytes());
             println!();
             Ok(())
         };
