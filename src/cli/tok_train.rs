@@ -81,14 +81,7 @@ pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
     let tb = tokenizer.token_bytes();
     let nonzero: Vec<u32> = tb.iter().copied().filter(|&b| b > 0).collect();
     let mean = nonzero.iter().map(|&b| b as f64).sum::<f64>() / nonzero.len().max(1) as f64;
-    let lifecycle = tokenizer.lifecycle().map_or_else(String::new, |l| {
-        let states: Vec<String> = l
-            .history()
-            .iter()
-            .map(|(s, _)| format!("{s:?}").to_lowercase())
-            .collect();
-        states.join(" → ")
-    });
+    let lifecycle = tokenizer.lifecycle().map_or_else(String::new, |l| l.path());
     println!(
         "Saved tokenizer.tiktoken, tokenizer.json, token_bytes.json, tokenizer_state.json ({lifecycle}; vocab {}, token bytes min {} max {} mean {:.2}) to {}",
         tokenizer.vocab_size(),

@@ -28,7 +28,7 @@ use crate::checkpoint::CheckpointMeta;
 use crate::checkpoint_manager::{
     CheckpointError, load_meta, meta_file_name, read_file, verify_file,
 };
-use crate::lifecycle::{CheckpointState, Lifecycle};
+use crate::lifecycle::{CheckpointState, Lifecycle, state_name};
 
 /// Meta key of a checkpoint's lifecycle (state and timestamped history), written at Saved.
 pub const CHECKPOINT_STATE_KEY: &str = "checkpoint_state";
@@ -115,7 +115,7 @@ impl Checkpoint {
 
     /// The history as `created → saved → loaded …`, for logs.
     pub fn describe(&self) -> String {
-        describe(&self.lifecycle)
+        self.lifecycle.path()
     }
 
     /// The decoded meta (config, metadata, file records).
@@ -147,24 +147,6 @@ impl Checkpoint {
     pub fn read_file(&self, name: &str) -> Result<Vec<u8>, CheckpointError> {
         read_file(&self.dir, &self.meta, name)
     }
-}
-
-/// A lifecycle's history as `created → saved → …`, in snake case.
-pub fn describe(lifecycle: &Lifecycle<CheckpointState>) -> String {
-    lifecycle
-        .history()
-        .iter()
-        .map(|(s, _)| state_name(*s))
-        .collect::<Vec<_>>()
-        .join(" → ")
-}
-
-/// The state's name as written in metas (`in_use` …).
-pub fn state_name(state: CheckpointState) -> String {
-    serde_json::to_value(state)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| format!("{state:?}"))
 }
 
 /// The lifecycle recorded in `meta` (read from `path`), which a committed meta leaves at

@@ -256,6 +256,22 @@ impl<S: LifecycleState> TryFrom<RecordedLifecycle<S>> for Lifecycle<S> {
     }
 }
 
+/// A state's name as metas, logs and the server write it (`checkpoint_saved`, `in_use`).
+pub fn state_name<S: Serialize + fmt::Debug>(state: S) -> String {
+    serde_json::to_value(&state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{state:?}"))
+}
+
+impl<S: LifecycleState + Serialize> Lifecycle<S> {
+    /// The states entered, in order, by name: `created → saved → loaded`.
+    pub fn path(&self) -> String {
+        let names: Vec<String> = self.history.iter().map(|(s, _)| state_name(*s)).collect();
+        names.join(" → ")
+    }
+}
+
 impl<S: LifecycleState> Lifecycle<S> {
     /// Starts in the initial state at `now`.
     pub fn new(now: DateTime<Utc>) -> Self {

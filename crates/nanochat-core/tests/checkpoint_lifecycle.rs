@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use chrono::DateTime;
-use nanochat_core::checkpoint_handle::{CHECKPOINT_STATE_KEY, Checkpoint, describe};
+use nanochat_core::checkpoint_handle::{CHECKPOINT_STATE_KEY, Checkpoint};
 use nanochat_core::checkpoint_manager::{encode_meta, meta_file_name, model_file_name};
 use nanochat_core::*;
 
@@ -47,7 +47,7 @@ fn saved_loaded_validated_in_use() {
     c.put_in_use().unwrap();
     assert_eq!(states(&c), [Created, Saved, Loaded, Validated, InUse]);
     assert_eq!(
-        describe(c.lifecycle()),
+        c.lifecycle().path(),
         "created → saved → loaded → validated → in_use"
     );
     // Validating twice is refused before anything is read.
@@ -92,7 +92,7 @@ fn forged_and_legacy_records() {
     meta.metadata.extra.remove(CHECKPOINT_STATE_KEY);
     fs::write(&meta_path, encode_meta(&mut meta)).unwrap();
     let c = Checkpoint::load(dir.path(), 2).unwrap();
-    assert_eq!(describe(c.lifecycle()), "created → saved → loaded");
+    assert_eq!(c.lifecycle().path(), "created → saved → loaded");
     assert_eq!(
         c.lifecycle().history()[1].1,
         meta.metadata.timings.created_at

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::Utc;
-use nanochat_core::lifecycle::{InferenceState, Lifecycle, LifecycleError};
+use nanochat_core::lifecycle::{InferenceState, Lifecycle, LifecycleError, state_name};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -149,13 +149,6 @@ impl Requests {
             "recent": g.recent.iter().rev().collect::<Vec<_>>(),
         })
     }
-}
-
-fn state_name(s: InferenceState) -> String {
-    serde_json::to_value(s)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| format!("{s:?}"))
 }
 
 /// A request in flight; its methods are the steps of its lifecycle. Dropped without

@@ -21,7 +21,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use indicatif::{ProgressBar, ProgressStyle};
 use nanochat_core::checkpoint_manager::{self as files, optim_file_name};
 use nanochat_core::fs::IoError;
-use nanochat_core::lifecycle::{Lifecycle, TrainingState};
+use nanochat_core::lifecycle::{Lifecycle, TrainingState, state_name};
 use nanochat_core::{CheckpointMeta, CheckpointMetadata, Source};
 use nanochat_model::Gpt;
 use nanochat_model::checkpoint::{load_checkpoint, save_checkpoint};
@@ -140,12 +140,7 @@ impl Run {
         let lifecycle = training_lifecycle(dir, cadence.resume_from_step)?;
         pb.set_message(state_name(lifecycle.state()));
         if master && cadence.resume_from_step.is_some() {
-            let path: Vec<String> = lifecycle
-                .history()
-                .iter()
-                .map(|(s, _)| state_name(*s))
-                .collect();
-            tracing::info!("training state: {}", path.join(" → "));
+            tracing::info!("training state: {}", lifecycle.path());
         }
         Ok(Run {
             dir: dir.to_path_buf(),
@@ -280,14 +275,6 @@ impl Run {
             false => Ok(()),
         }
     }
-}
-
-/// A state's name as the meta writes it (`checkpoint_saved`).
-fn state_name(s: TrainingState) -> String {
-    serde_json::to_value(s)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| format!("{s:?}"))
 }
 
 /// Meta key of the run's training lifecycle (state and timestamped history).
