@@ -206,6 +206,14 @@ pub(crate) fn check_sampling(
 }
 
 impl ChatRequest {
+    /// Whether a stream ends with `usage` (`stream_options.include_usage`).
+    pub(crate) fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o["include_usage"].as_bool())
+            .unwrap_or(false)
+    }
+
     /// The checked sampling parameters for a reply with `room` tokens left in the context,
     /// from a model of `vocab_size` tokens; `temperature` is the endpoint's default. Errors
     /// name the field.
@@ -334,6 +342,19 @@ impl ChatRequest {
         let params = self.params(temperature, vocab, room)?;
         Ok((prompt, params))
     }
+}
+
+/// OpenAI's `usage` object.
+pub(crate) fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
+    json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+           "total_tokens": prompt_tokens + completion_tokens})
+}
+
+/// Seconds since the Unix epoch (OpenAI's `created`).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The OpenAI name of a finish reason.

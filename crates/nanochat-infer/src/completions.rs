@@ -8,23 +8,17 @@
 //! `ChatRequest` for the sampling ones, so those are defined (and checked) in one place; the
 //! generation goes through the same jobs and workers as chat.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use serde_json::json;
 
-use crate::api::{ApiError, ChatRequest, finish_str, limits, parse};
-use crate::jobs::{AppState, collect, start_job};
-use crate::workers::GenEvent;
+use crate::api::{ApiError, ChatRequest, finish_str, limits, parse, unix_now, usage};
+use crate::jobs::{AppState, Frame, collect, openai_stream, start_job};
 
 /// `prompt`: a string, or OpenAI's list of prompts (one here).
 #[derive(Debug, Deserialize)]
@@ -102,44 +96,18 @@ pub(crate) async fn completions(
     let params = sampling.params(1.0, state.tokenizer.vocab_size(), room)?;
     let id = format!("cmpl-{}", state.next_id());
     let mut rx = start_job(&state, id.clone(), prompt, params)?;
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let created = unix_now();
     let model = state.model_id.clone();
     let choice = move |text: &str, finish: Option<&str>| {
         json!({"id": id, "object": "text_completion", "created": created, "model": model,
                "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]})
     };
     if sampling.stream.unwrap_or(false) {
-        let include_usage = sampling
-            .stream_options
-            .as_ref()
-            .and_then(|o| o["include_usage"].as_bool())
-            .unwrap_or(false);
-        let frames = UnboundedReceiverStream::new(rx).map(move |(_, ev)| match ev {
-            GenEvent::Text(t) => choice(&t, None),
-            GenEvent::Done {
-                finish,
-                prompt_tokens: p,
-                completion_tokens: c,
-            } => {
-                let mut last = choice("", Some(finish_str(finish)));
-                if include_usage {
-                    last["usage"] =
-                        json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
-                }
-                last
-            }
-            GenEvent::Error(e) => json!({"error": {"message": e, "type": "server_error"}}),
-            GenEvent::Choices(_) => {
-                json!({"error": {"message": "n > 1 does not stream", "type": "server_error"}})
-            }
-        });
-        let stream = frames
-            .map(|v: Value| v.to_string())
-            .chain(tokio_stream::once("[DONE]".to_string()))
-            .map(|d| Ok::<_, Infallible>(Event::default().data(d)));
-        return Ok(Sse::new(stream).into_response());
+        let frame = move |f: Frame| match f {
+            Frame::Text(t) => choice(&t, None),
+            Frame::End(finish) => choice("", Some(finish_str(finish))),
+        };
+        return Ok(openai_stream(None, rx, sampling.include_usage(), frame));
     }
     let done = collect(&mut rx).await?;
     let (p, c) = (done.prompt_tokens, done.completion_tokens);
@@ -152,6 +120,6 @@ pub(crate) async fn completions(
             json!({"text": text, "index": i, "logprobs": null, "finish_reason": finish_str(*finish)})
         })
         .collect();
-    body["usage"] = json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
+    body["usage"] = usage(p, c);
     Ok(Json(body).into_response())
 }

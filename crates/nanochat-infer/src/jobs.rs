@@ -2,7 +2,8 @@
 //! `scripts/chat_web.py`: the app state holding the worker pool, and a request's trip through
 //! it): the shared [`AppState`], [`start_job`] (admit a request: the model is loaded, the
 //! server is not closing, a worker takes the job; the request's lifecycle is recorded in
-//! [`Requests`]) and [`collect`] (gather a whole answer).
+//! [`Requests`]), [`collect`] (gather a whole answer) and [`openai_stream`] (send it as
+//! OpenAI's SSE frames).
 //!
 //! Design: a job's events come back on an unbounded channel; streaming handlers forward them
 //! as SSE frames, the others [`collect`] them. Dropping the receiver (the client left) makes
@@ -11,12 +12,19 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use std::convert::Infallible;
+
 use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
 use nanochat_core::GenerationParams;
 use nanochat_tokenizer::Tokenizer;
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::api::ApiError;
+use crate::api::{ApiError, usage};
 use crate::engine::FinishReason;
 use crate::requests::{Requests, ServerState};
 use crate::session_store::Sessions;
@@ -181,4 +189,46 @@ pub(crate) async fn collect(rx: &mut Events) -> Result<Completed, ApiError> {
         }
     }
     Err(ApiError::internal("the worker stopped"))
+}
+
+/// What an OpenAI stream frame carries: a piece of text, or the end.
+pub(crate) enum Frame {
+    Text(String),
+    End(FinishReason),
+}
+
+/// A job's events as OpenAI's SSE stream: `first` (if any), one frame per piece of text and
+/// one for the end, built by `frame` (the end frame gets `usage` when `include_usage`), an
+/// error frame if the worker fails, then `data: [DONE]`. A client that leaves drops the
+/// receiver, which stops the worker.
+pub(crate) fn openai_stream(
+    first: Option<Value>,
+    rx: Events,
+    include_usage: bool,
+    mut frame: impl FnMut(Frame) -> Value + Send + 'static,
+) -> Response {
+    let frames = UnboundedReceiverStream::new(rx).map(move |(_, ev)| match ev {
+        GenEvent::Text(t) => frame(Frame::Text(t)),
+        GenEvent::Done {
+            finish,
+            prompt_tokens,
+            completion_tokens,
+        } => {
+            let mut last = frame(Frame::End(finish));
+            if include_usage {
+                last["usage"] = usage(prompt_tokens, completion_tokens);
+            }
+            last
+        }
+        GenEvent::Error(e) => json!({"error": {"message": e, "type": "server_error"}}),
+        GenEvent::Choices(_) => {
+            json!({"error": {"message": "n > 1 does not stream", "type": "server_error"}})
+        }
+    });
+    let stream = tokio_stream::iter(first)
+        .chain(frames)
+        .map(|v| v.to_string())
+        .chain(tokio_stream::once("[DONE]".to_string()))
+        .map(|d| Ok::<_, Infallible>(Event::default().data(d)));
+    Sse::new(stream).into_response()
 }

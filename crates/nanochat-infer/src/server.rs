@@ -27,7 +27,6 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -41,9 +40,9 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 pub use crate::api::{ApiError, limits};
-use crate::api::{ChatRequest, finish_str, parse};
+use crate::api::{ChatRequest, finish_str, parse, unix_now, usage};
 pub use crate::jobs::AppState;
-use crate::jobs::{collect, start_job};
+use crate::jobs::{Frame, collect, openai_stream, start_job};
 use crate::tool_text::ToolText;
 use crate::workers::GenEvent;
 pub use crate::workers::{Stats, WorkerPool};
@@ -93,57 +92,30 @@ async fn openai_chat(
     let (req, prompt, params) = prepare(&state, &body, false)?;
     let id = format!("chatcmpl-{}", state.next_id());
     let mut rx = start_job(&state, id.clone(), prompt, params)?;
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let created = unix_now();
     let model = state.model_id.clone();
     if req.stream.unwrap_or(false) {
-        let include_usage = req
-            .stream_options
-            .as_ref()
-            .and_then(|o| o["include_usage"].as_bool())
-            .unwrap_or(false);
         let chunk = move |delta: Value, finish: Option<&str>| {
             json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
         };
         let first = chunk(json!({"role": "assistant", "content": ""}), None);
-        // The worker's last event is `Done` or `Error`; then its sender drops and the stream
-        // ends with `[DONE]`. A client that leaves drops `rx`, which stops the worker. Tool
-        // calls are rewritten as readable text (`ToolText`); what it held back rides on the
-        // last chunk.
+        // Tool calls are rewritten as readable text (`ToolText`); what it held back rides on
+        // the last chunk.
         let mut tool_text = ToolText::default();
-        let frames = UnboundedReceiverStream::new(rx).map(move |(_, ev)| match ev {
-            GenEvent::Text(t) => chunk(json!({"content": tool_text.push(&t)}), None),
-            GenEvent::Done {
-                finish,
-                prompt_tokens: p,
-                completion_tokens: c,
-            } => {
+        let frame = move |f: Frame| match f {
+            Frame::Text(t) => chunk(json!({"content": tool_text.push(&t)}), None),
+            Frame::End(finish) => {
                 let rest = tool_text.finish();
                 let delta = if rest.is_empty() {
                     json!({})
                 } else {
                     json!({ "content": rest })
                 };
-                let mut last = chunk(delta, Some(finish_str(finish)));
-                if include_usage {
-                    last["usage"] =
-                        json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
-                }
-                last
+                chunk(delta, Some(finish_str(finish)))
             }
-            GenEvent::Error(e) => json!({"error": {"message": e, "type": "server_error"}}),
-            GenEvent::Choices(_) => {
-                json!({"error": {"message": "n > 1 does not stream", "type": "server_error"}})
-            }
-        });
-        let stream = tokio_stream::once(first)
-            .chain(frames)
-            .map(|v| v.to_string())
-            .chain(tokio_stream::once("[DONE]".to_string()))
-            .map(|d| Ok::<_, Infallible>(Event::default().data(d)));
-        return Ok(Sse::new(stream).into_response());
+        };
+        return Ok(openai_stream(Some(first), rx, req.include_usage(), frame));
     }
     let done = collect(&mut rx).await?;
     let (p, c) = (done.prompt_tokens, done.completion_tokens);
@@ -159,7 +131,7 @@ async fn openai_chat(
     let body = json!({
         "id": id, "object": "chat.completion", "created": created, "model": model,
         "choices": choices,
-        "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+        "usage": usage(p, c)
     });
     Ok(Json(body).into_response())
 }
