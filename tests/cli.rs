@@ -7,50 +7,25 @@
 //! inherits; Ctrl-C during `base-train` saves and prints the command that resumes, and a
 //! second one aborts at once leaving the checkpoints intact.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn nanochat(base: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nanochat"))
-        .args(args)
-        .env("NANOCHAT_BASE_DIR", base)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the nanochat binary runs")
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{what} failed:\n{stdout}\n{stderr}");
-    stdout.into_owned()
-}
+use common::{Running, command, nanochat, ok, tok_train};
 
 /// Starts `nanochat <args>` (a `serve` command), waits until it is ready, asks it the
 /// speedrun's question through the OpenAI endpoint with the default answer length (longer than
 /// the context: the server clamps it), and stops it.
 fn serve_answers(base: &Path, args: &[&str]) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nanochat"))
-        .args(args)
-        .env("NANOCHAT_BASE_DIR", base)
-        .env("RUST_LOG", "warn")
+    let mut child = command(base, args)
         .stdout(Stdio::piped())
         .spawn()
         .expect("the nanochat binary runs");
-    // Killed on every path out of here, a failed assertion included.
-    struct Stop(std::process::Child);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let stdout = child.stdout.take().unwrap();
-    let _stop = Stop(child);
+    let _stop = Running(child);
     let mut first = String::new();
     BufReader::new(stdout).read_line(&mut first).unwrap();
     let url = first
@@ -95,18 +70,7 @@ fn serve_answers(base: &Path, args: &[&str]) {
 fn chat_cli_answers_on_a_model_with_a_short_context() {
     let base = tempfile::tempdir().unwrap();
     let b = base.path();
-    let tok = nanochat(
-        b,
-        &[
-            "tok-train",
-            "--vocab-size",
-            "512",
-            "--max-chars",
-            "200000",
-            "--no-progress",
-        ],
-    );
-    let out = ok(&tok, "tok-train");
+    let out = tok_train(b);
     assert!(out.contains("untrained → training → trained"), "{out}");
     let train = nanochat(
         b,
@@ -236,18 +200,7 @@ fn import_writes_the_configuration_post_training_inherits() {
 fn ctrl_c_saves_and_says_how_to_resume_and_a_second_one_aborts_at_once() {
     let base = tempfile::tempdir().unwrap();
     let b = base.path();
-    let tok = nanochat(
-        b,
-        &[
-            "tok-train",
-            "--vocab-size",
-            "512",
-            "--max-chars",
-            "200000",
-            "--no-progress",
-        ],
-    );
-    ok(&tok, "tok-train");
+    tok_train(b);
     let train_args = |extra: &[&str]| -> Vec<String> {
         let mut a: Vec<String> = [
             "base-train",

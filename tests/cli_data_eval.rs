@@ -3,26 +3,9 @@
 //! `doctor` shows the dataset its checkpoint recorded; `base-eval` writes its bits per byte as
 //! an `EvaluationResult` file, and `report generate` reads that file into the report card.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn nanochat(base: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nanochat"))
-        .args(args)
-        .env("NANOCHAT_BASE_DIR", base)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the nanochat binary runs")
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{what} failed:\n{stdout}\n{stderr}");
-    stdout.into_owned()
-}
+use common::{nanochat, ok, tok_train};
 
 const TRAIN: [&str; 18] = [
     "base-train",
@@ -49,18 +32,7 @@ const TRAIN: [&str; 18] = [
 fn dataset_and_evaluation_results_reach_doctor_and_the_report() {
     let base = tempfile::tempdir().unwrap();
     let b = base.path();
-    let tok = nanochat(
-        b,
-        &[
-            "tok-train",
-            "--vocab-size",
-            "512",
-            "--max-chars",
-            "200000",
-            "--no-progress",
-        ],
-    );
-    ok(&tok, "tok-train");
+    tok_train(b);
 
     // An empty data folder is refused before step 0, naming the folder and the rule.
     let empty = tempfile::tempdir().unwrap();

@@ -109,6 +109,9 @@ pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
         tokenizer: Arc::new(super::load_tokenizer(base)?),
     };
     let report = dispatch(args.run.device(), task)??;
+    if !args.run.writes_report() {
+        return Ok(());
+    }
     let files = report.save(base)?;
     for f in &files {
         println!("wrote {}", f.display());

@@ -245,6 +245,9 @@ pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
         summary.loop_state.total_training_time / 60.0,
         summary.checkpoint_dir.display()
     );
+    if !args.run_on.writes_report() {
+        return Ok(());
+    }
     let report = nanochat::eval::Report::new(base);
     let plot = super::plot_run(
         &report,

@@ -108,6 +108,9 @@ impl BackendTask for Task {
         println!("{}: {:.4}", result.metric, result.aggregate.unwrap_or(0.0));
         (result.checkpoint, result.step) = (Some(dir.clone()), Some(step));
         result.check_checkpoint()?;
+        if !a.run.writes_report() {
+            return Ok(());
+        }
         let stem = self
             .base
             .join("chat_eval")

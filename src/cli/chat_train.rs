@@ -60,6 +60,9 @@ pub fn run(args: Args, stage: ChatStage, base: &Path) -> anyhow::Result<()> {
         ChatStage::Mid => ("midtraining", "midtraining"),
         ChatStage::Sft => ("chat-sft", "SFT"),
     };
+    if !args.run.writes_report() {
+        return Ok(());
+    }
     let report = nanochat::eval::Report::new(base);
     let plot = super::plot_run(&report, &s.checkpoint_dir, slug, title);
     let mut entries = vec![
@@ -121,6 +124,9 @@ pub fn run_rl(a: RlArgs, base: &Path) -> anyhow::Result<()> {
         s.seconds,
         s.checkpoint_dir.display()
     );
+    if !a.run.writes_report() {
+        return Ok(());
+    }
     let report = nanochat::eval::Report::new(base);
     let mut entries = vec![
         ("source", json!(lib.source.as_str())),

@@ -2,11 +2,11 @@
 //! `--nproc_per_node`, `--nnodes`, `--node_rank`, `--master_addr`), and `nanochat orchestrator`,
 //! the meeting point of a multi-node run.
 
-use nanochat::core::DistributedConfig;
+use nanochat::core::{DEFAULT_COLLECTIVE_TIMEOUT_S, DistributedConfig};
 
 /// Data parallelism: one model replica per device, gradients averaged with burn's collective
 /// all-reduce.
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct DistArgs {
     /// Model replicas on this machine, one per device (`cuda:N`, `cuda:N+1`, …; CPU ranks
     /// share the cores). Unset: no collective at all. `--devices 1` goes through the
@@ -28,9 +28,20 @@ pub struct DistArgs {
     /// Port of this node's tensor data service (multi-node; the port of --node-address).
     #[arg(long, help_heading = "Data parallel")]
     pub data_port: Option<u16>,
+    /// Seconds a rank may wait in one collective operation (node registration included)
+    /// before the run stops with an error: a dead, hung or unreachable node then ends the run
+    /// instead of hanging it (torch.distributed's `timeout`).
+    #[arg(long, default_value_t = DEFAULT_COLLECTIVE_TIMEOUT_S, help_heading = "Data parallel")]
+    pub collective_timeout: u64,
 }
 
 impl DistArgs {
+    /// Whether this process writes the report and plots: only the node holding global rank 0
+    /// does, as upstream's non-master ranks get a `DummyReport`.
+    pub fn writes_report(&self) -> bool {
+        self.node_rank == 0
+    }
+
     /// The validated layout, or `None` when `--devices` and `--num-nodes` were left unset.
     pub fn config(&self) -> anyhow::Result<Option<DistributedConfig>> {
         if self.devices.is_none() && self.num_nodes == 1 {
@@ -43,6 +54,7 @@ impl DistArgs {
             orchestrator: self.orchestrator.clone(),
             node_address: self.node_address.clone(),
             data_port: self.data_port,
+            collective_timeout_s: self.collective_timeout,
         };
         nanochat::core::Validate::validate(&c)?;
         Ok(Some(c))

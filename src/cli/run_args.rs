@@ -82,6 +82,12 @@ impl RunArgs {
         self.on.dist.config()
     }
 
+    /// Whether this process writes the report, plots and result files (only the node
+    /// holding global rank 0 does).
+    pub fn writes_report(&self) -> bool {
+        self.on.dist.writes_report()
+    }
+
     /// `--data-dir`, else the offline data root.
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir

@@ -27,6 +27,17 @@ pub struct DistributedConfig {
     pub node_address: Option<String>,
     /// Port of this node's tensor data service (multi-node only).
     pub data_port: Option<u16>,
+    /// Seconds a rank may wait in one collective operation (registration included) before the
+    /// run is declared dead: torch.distributed's `timeout` (10 minutes by default for NCCL).
+    #[serde(default = "default_collective_timeout")]
+    pub collective_timeout_s: u64,
+}
+
+/// torch.distributed's default for NCCL: 10 minutes.
+pub const DEFAULT_COLLECTIVE_TIMEOUT_S: u64 = 600;
+
+fn default_collective_timeout() -> u64 {
+    DEFAULT_COLLECTIVE_TIMEOUT_S
 }
 
 impl DistributedConfig {
@@ -39,6 +50,7 @@ impl DistributedConfig {
             orchestrator: None,
             node_address: None,
             data_port: None,
+            collective_timeout_s: DEFAULT_COLLECTIVE_TIMEOUT_S,
         }
     }
 
@@ -56,12 +68,19 @@ impl DistributedConfig {
     pub fn is_multi_node(&self) -> bool {
         self.num_nodes > 1
     }
+
+    /// Whether this process holds global rank 0, which alone writes checkpoints, the report
+    /// and plots (upstream's `master_process`; other nodes get its `DummyReport`).
+    pub fn is_master_node(&self) -> bool {
+        self.node_rank == 0
+    }
 }
 
 impl Validate for DistributedConfig {
     fn validate(&self) -> VResult {
         check_positive(ENTITY, "devices", self.devices as u64)?;
         check_positive(ENTITY, "num_nodes", self.num_nodes as u64)?;
+        check_positive(ENTITY, "collective_timeout_s", self.collective_timeout_s)?;
         check_at_most(
             ENTITY,
             "node_rank",
@@ -101,6 +120,7 @@ mod tests {
             orchestrator: Some("10.0.0.1:3000".into()),
             node_address: Some("10.0.0.2:3001".into()),
             data_port: Some(3002),
+            collective_timeout_s: DEFAULT_COLLECTIVE_TIMEOUT_S,
         };
         c.validate().unwrap();
         assert_eq!(c.world_size(), 8);
@@ -118,5 +138,8 @@ mod tests {
         assert_eq!(e.field, "orchestrator");
         c.node_rank = 2;
         assert_eq!(c.validate().unwrap_err().field, "node_rank");
+        let mut c = DistributedConfig::local(1);
+        c.collective_timeout_s = 0;
+        assert_eq!(c.validate().unwrap_err().field, "collective_timeout_s");
     }
 }

@@ -68,7 +68,7 @@ pub use dataset::{
     TrainingDataset,
 };
 pub use device::DeviceSpec;
-pub use distributed::DistributedConfig;
+pub use distributed::{DEFAULT_COLLECTIVE_TIMEOUT_S, DistributedConfig};
 pub use evaluation::{EvaluationResult, Measure};
 pub use evaluation_config::EvaluationConfig;
 pub use generation::GenerationParams;
