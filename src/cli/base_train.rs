@@ -44,6 +44,11 @@ pub struct Args {
     /// Sliding-window pattern tiled over layers (L = full, S = quarter context), e.g. SSSL.
     #[arg(long)]
     window_pattern: Option<String>,
+    /// Architecture: `current` (upstream HEAD) or `v0` (upstream's original one, full
+    /// attention, no value embeddings / smear / backout / lambdas), which transformers'
+    /// built-in NanoChatForCausalLM loads without remote code (`nanochat export`).
+    #[arg(long)]
+    arch: Option<nanochat::core::Architecture>,
     /// Explicit number of optimizer steps (-1 = derive from FLOPs or data:param ratio).
     #[arg(long, allow_hyphen_values = true)]
     num_iterations: Option<i64>,
@@ -131,12 +136,20 @@ impl Args {
         }
         set!(run => c.run, depth => c.depth, aspect_ratio => c.aspect_ratio,
              head_dim => c.head_dim, max_seq_len => c.max_seq_len,
-             window_pattern => c.window_pattern, device_batch_size => c.device_batch_size,
+             window_pattern => c.window_pattern, arch => c.arch, device_batch_size => c.device_batch_size,
              embedding_lr => c.optimizer.embedding_lr, unembedding_lr => c.optimizer.unembedding_lr,
              weight_decay => c.optimizer.weight_decay, matrix_lr => c.optimizer.matrix_lr,
              scalar_lr => c.optimizer.scalar_lr, warmup_steps => c.schedule.warmup_steps,
              warmdown_ratio => c.schedule.warmdown_ratio, final_lr_frac => c.schedule.final_lr_frac,
              eval_tokens => c.eval_tokens, seed => c.seed);
+        if let (nanochat::core::Architecture::V0, Some(p)) = (c.arch, &self.window_pattern)
+            && p != "L"
+        {
+            anyhow::bail!(
+                "--window-pattern {p} with --arch v0: the original architecture attends over the \
+                 whole context in every layer (pattern L)"
+            );
+        }
         if let Some(v) = self.num_iterations {
             c.num_iterations = opt_u64(v);
         }

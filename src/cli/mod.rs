@@ -12,6 +12,7 @@ mod distributed;
 mod doctor;
 mod doctor_dataset;
 mod download;
+mod hf_reference;
 mod interop;
 mod report;
 mod run_args;

@@ -12,6 +12,7 @@
 mod api_test;
 mod bench_cpu_vs_torch;
 mod bench_tokenizer;
+mod hf_check;
 mod serve_under_test;
 mod speedrun;
 mod ui_test;
@@ -58,6 +59,10 @@ enum Cmd {
     /// Drive the web chat page in headless Chromium against a real `nanochat serve` (needs
     /// chromium, node/npm and a checkpoint).
     UiTest(ui_test::Args),
+    /// Export a small model of each architecture to Hugging Face folders and check them in
+    /// transformers (logits, greedy generate, tokenizer, chat template) and the round trip
+    /// back; installs torch + transformers into target/hf-venv on first use (needs PyPI).
+    HfCheck(hf_check::Args),
 }
 
 fn workspace_root() -> PathBuf {
@@ -202,6 +207,7 @@ fn main() -> Result<()> {
         Cmd::BenchTokenizer(args) => bench_tokenizer::run(&workspace_root(), args),
         Cmd::BenchCpuVsTorch(args) => bench_cpu_vs_torch::run(&workspace_root(), args),
         Cmd::UiTest(args) => ui_test::run(&workspace_root(), args),
+        Cmd::HfCheck(args) => hf_check::run(&workspace_root(), args),
         Cmd::Speedrun(args) => speedrun::run(&workspace_root(), args),
         Cmd::ApiTest(args) => api_test::run(&workspace_root(), args),
     }

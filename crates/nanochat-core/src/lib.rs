@@ -76,7 +76,7 @@ pub use lifecycle::{
     CheckpointState, InferenceState, Lifecycle, LifecycleError, LifecycleState, TokenizerState,
     TrainingState,
 };
-pub use model_config::{DepthDial, InitScheme, ModelConfig, WindowSize};
+pub use model_config::{Architecture, DepthDial, InitScheme, ModelConfig, WindowSize};
 pub use model_counts::ParamCounts;
 pub use optimizer_config::{AdamGroup, LRSchedule, OptimizerConfig, OptimizerType};
 pub use session::{ConversationSession, SessionStore};

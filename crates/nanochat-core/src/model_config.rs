@@ -110,6 +110,48 @@ impl Default for ModelConfig {
     }
 }
 
+/// Which of nanochat's architectures a model is built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// Upstream HEAD: value embeddings, smear, backout, per-layer lambdas, sliding windows,
+    /// q/k scale 1.2, RoPE θ 100 000, a padded vocabulary.
+    #[default]
+    Current,
+    /// Upstream's original architecture (v0, October 2025), the one transformers'
+    /// `NanoChatForCausalLM` implements: [`ModelConfig::with_v0_features`], full attention in
+    /// every layer.
+    V0,
+}
+
+impl Architecture {
+    /// Its name in flags and files (`current`, `v0`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Current => "current",
+            Self::V0 => "v0",
+        }
+    }
+}
+
+impl std::str::FromStr for Architecture {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "current" => Ok(Self::Current),
+            "v0" => Ok(Self::V0),
+            _ => Err(ValidationError::new(
+                "Architecture",
+                "arch",
+                s,
+                Rule::OneOf {
+                    allowed: &["current", "v0"],
+                },
+            )),
+        }
+    }
+}
+
 /// The depth dial (upstream `base_train.py` `build_model_meta`): one number sets the shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DepthDial {
@@ -123,8 +165,11 @@ pub struct DepthDial {
     pub max_seq_len: usize,
     /// Vocabulary size.
     pub vocab_size: usize,
-    /// Window pattern.
+    /// Window pattern (`L` whatever it says for [`Architecture::V0`]).
     pub window_pattern: String,
+    /// Which architecture.
+    #[serde(default)]
+    pub arch: Architecture,
 }
 
 impl DepthDial {
@@ -138,6 +183,7 @@ impl DepthDial {
             max_seq_len: 2048,
             vocab_size: 32768,
             window_pattern: "SSSL".to_string(),
+            arch: Architecture::Current,
         }
     }
 
@@ -158,6 +204,10 @@ impl DepthDial {
             n_embd: model_dim,
             window_pattern: self.window_pattern.clone(),
             ..ModelConfig::default()
+        };
+        let cfg = match self.arch {
+            Architecture::Current => cfg,
+            Architecture::V0 => cfg.with_v0_features(),
         };
         cfg.validate()?;
         Ok(cfg)

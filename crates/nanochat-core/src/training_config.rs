@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model_config::DepthDial;
+use crate::model_config::{Architecture, DepthDial};
 use crate::optimizer_config::{LRSchedule, OptimizerConfig};
 use crate::validation::{
     Rule, VResult, Validate, ValidationError, check_at_most, check_positive, check_positive_f,
@@ -29,6 +29,9 @@ pub struct TrainingConfiguration {
     pub max_seq_len: usize,
     /// Sliding-window pattern.
     pub window_pattern: String,
+    /// Architecture: upstream HEAD's (`current`) or the original one (`v0`, which
+    /// transformers' built-in `NanoChatForCausalLM` loads).
+    pub arch: Architecture,
     /// Explicit number of optimizer steps (highest precedence).
     #[serde(with = "crate::serde_util::minus_one_u64")]
     pub num_iterations: Option<u64>,
@@ -81,6 +84,7 @@ impl Default for TrainingConfiguration {
             head_dim: 128,
             max_seq_len: 2048,
             window_pattern: "SSSL".into(),
+            arch: Architecture::Current,
             num_iterations: None,
             target_flops: None,
             target_param_data_ratio: Some(12.0),
@@ -111,6 +115,7 @@ impl TrainingConfiguration {
             max_seq_len: self.max_seq_len,
             vocab_size,
             window_pattern: self.window_pattern.clone(),
+            arch: self.arch,
         }
     }
 

@@ -67,6 +67,7 @@ fn model_config() -> impl Strategy<Value = ModelConfig> {
                     max_seq_len: seq,
                     vocab_size: vocab,
                     window_pattern: pattern,
+                    arch: Default::default(),
                 };
                 let mut c = dial.build().unwrap();
                 c.value_embeds = ve;

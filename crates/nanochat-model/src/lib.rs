@@ -25,6 +25,7 @@ pub mod fixture;
 pub mod flash_attention;
 pub mod gpt;
 pub mod hf_export;
+pub mod hf_import;
 pub mod init;
 pub mod kernel_cache;
 pub mod kv_cache;

@@ -1,16 +1,17 @@
-//! Export to a Hugging Face folder: refused for features transformers' NanoChat lacks; for the
-//! original architecture the tokenizer encodes like ours (checked with the `tokenizers` crate),
-//! the chat template renders like `render_conversation`, and the weights map back exactly.
-
-use std::collections::BTreeMap;
+//! Export to a Hugging Face folder: the built-in format is refused for features transformers'
+//! NanoChat lacks, and such a model goes to the remote-code format by default; for the original
+//! architecture the tokenizer encodes like ours (checked with the `tokenizers` crate), the chat
+//! template renders like `render_conversation`; both formats import back (`hf_import`) to a
+//! model with bit-identical logits, and `tokenizer.json` reads back to the same vocabulary.
+//! (transformers itself loads them in `cargo xtask hf-check`.)
 
 use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
 use nanochat_core::paths::tokenizer_fixture_dir;
 use nanochat_core::{Conversation, ModelConfig};
 use nanochat_model::Gpt;
-use nanochat_model::hf_export::{CHAT_TEMPLATE, ExportError, export_hf};
-use nanochat_model::weights::{load_named, read_safetensors};
+use nanochat_model::hf_export::{CHAT_TEMPLATE, ExportError, HfFormat, REMOTE_CODE, export_hf};
+use nanochat_model::hf_import::{hf_tokenizer, import_hf};
 use nanochat_tokenizer::pickle::import_pickle;
 
 type B = Flex;
@@ -32,8 +33,23 @@ fn v0_config(vocab: usize) -> ModelConfig {
     .with_v0_features()
 }
 
+fn same_logits(a: &Gpt<B>, b: &Gpt<B>) {
+    let idx = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(
+            (0..32i64).map(|i| i * 61 % 2048).collect::<Vec<_>>(),
+            [1, 32],
+        ),
+        &Default::default(),
+    );
+    let (x, y) = (
+        a.forward(idx.clone(), None).into_data(),
+        b.forward(idx, None).into_data(),
+    );
+    assert_eq!(x.as_bytes(), y.as_bytes());
+}
+
 #[test]
-fn head_architecture_is_refused_with_reasons() {
+fn head_architecture_is_refused_for_the_builtin_format_with_reasons() {
     let t = tok();
     let c = ModelConfig {
         vocab_size: 2048,
@@ -49,7 +65,14 @@ fn head_architecture_is_refused_with_reasons() {
     };
     let m = Gpt::<B>::init(&head, &Default::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let err = export_hf(&m, t.config(), t.vocab(), dir.path()).unwrap_err();
+    let err = export_hf(
+        &m,
+        t.config(),
+        t.vocab(),
+        dir.path(),
+        Some(HfFormat::Builtin),
+    )
+    .unwrap_err();
     let ExportError::Unsupported(list) = &err else {
         panic!("{err}")
     };
@@ -73,7 +96,8 @@ fn v0_model_exports_a_loadable_folder() {
     let config = v0_config(t.vocab_size());
     let m = Gpt::<B>::init(&config, &Default::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    export_hf(&m, t.config(), t.vocab(), dir.path()).unwrap();
+    let format = export_hf(&m, t.config(), t.vocab(), dir.path(), None).unwrap();
+    assert_eq!(format, HfFormat::Builtin);
 
     // The tokenizer, read by Hugging Face's own library, encodes like ours.
     let hf = tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap();
@@ -133,44 +157,72 @@ fn v0_model_exports_a_loadable_folder() {
     assert_eq!(cfg["model_type"], "nanochat");
     assert_eq!(cfg["num_key_value_heads"], 1);
     assert_eq!(cfg["rope_parameters"]["rope_theta"], 10_000.0);
-    let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
-    let hf_tensors = read_safetensors(&bytes, "", "model.safetensors".as_ref()).unwrap();
-    let back_names: BTreeMap<&str, &str> = [
-        ("model.embed_tokens.weight", "transformer.wte.weight"),
-        ("lm_head.weight", "lm_head.weight"),
-    ]
-    .into_iter()
-    .collect();
-    let renamed: Vec<(String, TensorData)> = hf_tensors
-        .into_iter()
-        .map(|(n, d)| {
-            let ours = back_names
-                .get(n.as_str())
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| {
-                    n.replace("model.layers.", "transformer.h.")
-                        .replace("self_attn.q_proj", "attn.c_q")
-                        .replace("self_attn.k_proj", "attn.c_k")
-                        .replace("self_attn.v_proj", "attn.c_v")
-                        .replace("self_attn.o_proj", "attn.c_proj")
-                        .replace("mlp.fc1", "mlp.c_fc")
-                        .replace("mlp.fc2", "mlp.c_proj")
-                });
-            (ours, d)
-        })
-        .collect();
-    let mut back = Gpt::<B>::init(&config, &Default::default()).unwrap();
-    load_named(&mut back, renamed, "model.safetensors".as_ref()).unwrap();
-    let idx = Tensor::<B, 2, Int>::from_data(
-        TensorData::new(
-            (0..32i64).map(|i| i * 61 % 2048).collect::<Vec<_>>(),
-            [1, 32],
-        ),
-        &Default::default(),
+    let (back, format) = import_hf::<B>(dir.path(), &Default::default()).unwrap();
+    assert_eq!(format, HfFormat::Builtin);
+    assert_eq!(back.config(), m.config());
+    same_logits(&m, &back);
+    // tokenizer.json reads back to the same ranks and special tokens.
+    let hf = hf_tokenizer(&dir.path().join("tokenizer.json")).unwrap();
+    assert_eq!(hf.vocabulary.ranks(), t.vocab().ranks());
+    assert_eq!(hf.pattern, t.config().pattern);
+    for (name, id) in hf.special_tokens {
+        assert_eq!(t.config().special_tokens.id(&name), Some(id), "{name}");
+    }
+}
+
+#[test]
+fn head_architecture_exports_with_remote_code_and_imports_back() {
+    let t = tok();
+    let head = ModelConfig {
+        sequence_len: 512,
+        vocab_size: t.vocab_size(),
+        n_layer: 3,
+        n_head: 2,
+        n_kv_head: 1,
+        n_embd: 64,
+        window_pattern: "SL".into(),
+        ..ModelConfig::default()
+    };
+    let m = Gpt::<B>::init(&head, &Default::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let format = export_hf(&m, t.config(), t.vocab(), dir.path(), None).unwrap();
+    assert_eq!(format, HfFormat::RemoteCode);
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["model_type"], "nanochat_rs");
+    assert_eq!(
+        cfg["auto_map"]["AutoModelForCausalLM"],
+        "modeling_nanochat_rs.NanoChatRsForCausalLM"
     );
-    let (a, b) = (
-        m.forward(idx.clone(), None).into_data(),
-        back.forward(idx, None).into_data(),
+    assert_eq!(cfg["padded_vocab_size"], head.padded_vocab_size());
+    for (file, code) in REMOTE_CODE {
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(file)).unwrap(),
+            code
+        );
+    }
+    let (back, format) = import_hf::<B>(dir.path(), &Default::default()).unwrap();
+    assert_eq!(format, HfFormat::RemoteCode);
+    assert_eq!(back.config().window_pattern, "SL");
+    same_logits(&m, &back);
+    // Not a nanochat folder: refused, naming the file, the field and the value.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(
+        other.path().join("config.json"),
+        r#"{"model_type": "llama"}"#,
+    )
+    .unwrap();
+    std::fs::copy(
+        dir.path().join("model.safetensors"),
+        other.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let err = import_hf::<B>(other.path(), &Default::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("config.json: model_type = \"llama\": must be \"nanochat\""),
+        "{err}"
     );
-    assert_eq!(a.as_bytes(), b.as_bytes());
 }
