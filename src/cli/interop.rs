@@ -139,7 +139,15 @@ pub fn import(args: ImportArgs, base: &Path) -> anyhow::Result<()> {
     // Upstream's Hugging Face uploads carry the tokenizer beside the checkpoint.
     let pickle = args.dir.join("tokenizer.pkl");
     if pickle.is_file() {
-        adopt_tokenizer(base, &import_pickle(&pickle)?, &args.dir)?;
+        let tok = import_pickle(&pickle)?;
+        anyhow::ensure!(
+            tok.vocab_size() == model.config().vocab_size,
+            "{}: {} tokens but the model's vocab_size is {}",
+            pickle.display(),
+            tok.vocab_size(),
+            model.config().vocab_size
+        );
+        adopt_tokenizer(base, &tok, &args.dir)?;
     }
     let tag = model_tag(&args)?;
     let dir = checkpoint_dir(base, args.source, &tag);
