@@ -47,7 +47,10 @@ fn both_architectures_export_and_import_back() {
     let refused = train(b, "v0", &["--window-pattern", "SSSL"]);
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(err.contains("--window-pattern SSSL with --arch v0"), "{err}");
+    assert!(
+        err.contains("--window-pattern SSSL with --arch v0"),
+        "{err}"
+    );
 
     for (arch, format) in [("v0", "builtin"), ("current", "remote-code")] {
         ok(&train(b, arch, &[]), "base-train");
@@ -91,7 +94,14 @@ fn both_architectures_export_and_import_back() {
         ok(
             &nanochat(
                 &fresh,
-                &["export", again.to_str().unwrap(), "-i", "base", "-g", "back"],
+                &[
+                    "export",
+                    again.to_str().unwrap(),
+                    "-i",
+                    "base",
+                    "-g",
+                    "back",
+                ],
             ),
             "export again",
         );
