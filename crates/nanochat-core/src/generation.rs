@@ -47,7 +47,14 @@ pub struct GenerationParams {
     pub stop: Vec<String>,
     /// Completions per prompt.
     pub num_samples: usize,
+    /// Report each generated token's log-probability under the model (its raw distribution:
+    /// before temperature, penalties and filters) with this many most likely alternatives,
+    /// 0–[`MAX_TOP_LOGPROBS`] (OpenAI's `logprobs` / `top_logprobs`); `None`: off.
+    pub logprobs: Option<usize>,
 }
+
+/// The most alternatives `logprobs` reports per token (OpenAI's limit for `top_logprobs`).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 impl Default for GenerationParams {
     /// Upstream's web defaults: temperature 0.8, top-k 50, 512 tokens.
@@ -66,6 +73,7 @@ impl Default for GenerationParams {
             seed: None,
             stop: Vec::new(),
             num_samples: 1,
+            logprobs: None,
         }
     }
 }
@@ -130,6 +138,15 @@ impl Validate for GenerationParams {
         }
         check_positive(ENTITY, "max_tokens", self.max_tokens as u64)?;
         check_positive(ENTITY, "num_samples", self.num_samples as u64)?;
+        if let Some(k) = self.logprobs {
+            check_at_most(
+                ENTITY,
+                "logprobs",
+                k as u64,
+                "MAX_TOP_LOGPROBS",
+                MAX_TOP_LOGPROBS as u64,
+            )?;
+        }
         for (i, s) in self.stop.iter().enumerate() {
             if s.is_empty() {
                 return Err(crate::validation::ValidationError::new(

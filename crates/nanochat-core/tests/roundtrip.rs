@@ -196,7 +196,11 @@ fn generation() -> impl Strategy<Value = GenerationParams> {
             1usize..4096,
             prop::option::of(0u64..1 << 62),
         ),
-        (prop::collection::vec("[a-z\n]{1,4}", 0..3), 1usize..8),
+        (
+            prop::collection::vec("[a-z\n]{1,4}", 0..3),
+            1usize..8,
+            prop::option::of(0usize..=20),
+        ),
         (
             -2.0f64..=2.0,
             -2.0f64..=2.0,
@@ -207,7 +211,7 @@ fn generation() -> impl Strategy<Value = GenerationParams> {
             |(
                 (temperature, top_k, top_p, min_p),
                 (rp, rw, max_tokens, seed),
-                (stop, n),
+                (stop, n, logprobs),
                 (presence_penalty, frequency_penalty, logit_bias),
             )| {
                 GenerationParams {
@@ -224,6 +228,7 @@ fn generation() -> impl Strategy<Value = GenerationParams> {
                     seed,
                     stop,
                     num_samples: n,
+                    logprobs,
                 }
             },
         )

@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::engine::FinishReason;
+use crate::sampling::TokenLogprobs;
 
 /// Upstream's request limits.
 pub mod limits {
@@ -173,6 +174,9 @@ pub(crate) struct ChatRequest {
     seed: Option<u64>,
     stop: Option<Stop>,
     n: Option<usize>,
+    /// Chat: `true` / `false`; text completions: the number of alternatives (0–20).
+    logprobs: Option<Value>,
+    top_logprobs: Option<usize>,
     pub(crate) stream_options: Option<Value>,
 }
 
@@ -214,14 +218,47 @@ impl ChatRequest {
             .unwrap_or(false)
     }
 
+    /// How many alternatives per token to report, if any: the chat endpoint's `logprobs:
+    /// true` with `top_logprobs` (0–20), or text completions' `logprobs: <n>` (`legacy`).
+    fn logprobs(&self, legacy: bool) -> Result<Option<usize>, ApiError> {
+        let max = nanochat_core::MAX_TOP_LOGPROBS;
+        let n = match (&self.logprobs, legacy) {
+            (None | Some(Value::Null) | Some(Value::Bool(false)), false) => {
+                if self.top_logprobs.is_some() {
+                    return Err(ApiError::bad(
+                        "top_logprobs",
+                        "top_logprobs needs logprobs: true",
+                    ));
+                }
+                return Ok(None);
+            }
+            (Some(Value::Bool(true)), false) => self.top_logprobs.unwrap_or(0),
+            (None | Some(Value::Null), true) => return Ok(None),
+            (Some(v), true) => v.as_u64().map_or(usize::MAX, |n| n as usize),
+            (Some(_), false) => {
+                return Err(ApiError::bad("logprobs", "logprobs must be true or false"));
+            }
+        };
+        let field = if legacy { "logprobs" } else { "top_logprobs" };
+        if n > max {
+            return Err(ApiError::bad(
+                field,
+                format!("{field} must be an integer between 0 and {max}"),
+            ));
+        }
+        Ok(Some(n))
+    }
+
     /// The checked sampling parameters for a reply with `room` tokens left in the context,
-    /// from a model of `vocab_size` tokens; `temperature` is the endpoint's default. Errors
-    /// name the field.
+    /// from a model of `vocab_size` tokens; `temperature` is the endpoint's default, `legacy`
+    /// says the request is a text completion (its `logprobs` is a number). Errors name the
+    /// field.
     pub(crate) fn params(
         &self,
         temperature: f64,
         vocab_size: usize,
         room: usize,
+        legacy: bool,
     ) -> Result<GenerationParams, ApiError> {
         let temperature = self.temperature.unwrap_or(temperature);
         let top_k = self.top_k.unwrap_or(50);
@@ -255,6 +292,7 @@ impl ChatRequest {
             seed: self.seed,
             stop: self.stop.as_ref().map_or_else(Vec::new, Stop::to_vec),
             num_samples: n,
+            logprobs: self.logprobs(legacy)?,
             ..GenerationParams::default()
         };
         params.validate_for(vocab_size, room).map_err(|e| {
@@ -323,7 +361,7 @@ impl ChatRequest {
         // The sampling fields first: a bad one is reported before the prompt's length.
         let temperature = if web_defaults { 0.8 } else { 1.0 };
         let vocab = tokenizer.vocab_size();
-        self.params(temperature, vocab, usize::MAX)?;
+        self.params(temperature, vocab, usize::MAX, false)?;
         // Render like a conversation whose last (assistant) turn is being written.
         messages.push(Message::new(MessageRole::Assistant, String::new()));
         let prompt = tokenizer
@@ -339,7 +377,7 @@ impl ChatRequest {
                 ),
             ));
         }
-        let params = self.params(temperature, vocab, room)?;
+        let params = self.params(temperature, vocab, room, false)?;
         Ok((prompt, params))
     }
 }
@@ -355,6 +393,65 @@ pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// A token as OpenAI shows it: its text (lossy where it is part of a character) and bytes.
+fn token_text(tokenizer: &Tokenizer, id: u32) -> (String, Vec<u8>) {
+    let bytes = tokenizer.decode_single_token_bytes(id).unwrap_or_default();
+    (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+}
+
+/// The chat endpoint's `logprobs` of a choice: `{"content": [{token, logprob, bytes,
+/// top_logprobs}]}`, or `null` when they were not asked for.
+pub(crate) fn chat_logprobs(
+    tokenizer: &Tokenizer,
+    asked: bool,
+    logprobs: &[TokenLogprobs],
+) -> Value {
+    if !asked {
+        return Value::Null;
+    }
+    let entry = |id: u32, lp: f32| {
+        let (token, bytes) = token_text(tokenizer, id);
+        json!({"token": token, "logprob": lp, "bytes": bytes})
+    };
+    let content: Vec<Value> = logprobs
+        .iter()
+        .map(|t| {
+            let mut e = entry(t.token, t.logprob);
+            e["top_logprobs"] = t.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
+            e
+        })
+        .collect();
+    json!({ "content": content })
+}
+
+/// Text completions' `logprobs`: `{tokens, token_logprobs, top_logprobs, text_offset}` with
+/// offsets counted from `offset`, or `null` when they were not asked for.
+pub(crate) fn completion_logprobs(
+    tokenizer: &Tokenizer,
+    asked: bool,
+    logprobs: &[TokenLogprobs],
+    mut offset: usize,
+) -> Value {
+    if !asked {
+        return Value::Null;
+    }
+    let (mut tokens, mut lps, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
+    for t in logprobs {
+        let (text, _) = token_text(tokenizer, t.token);
+        offsets.push(offset);
+        offset += text.len();
+        tokens.push(text);
+        lps.push(t.logprob);
+        let top: serde_json::Map<String, Value> = t
+            .top
+            .iter()
+            .map(|&(id, lp)| (token_text(tokenizer, id).0, json!(lp)))
+            .collect();
+        tops.push(Value::Object(top));
+    }
+    json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
 }
 
 /// The OpenAI name of a finish reason.

@@ -7,6 +7,7 @@ use nanochat_model::FusedOps;
 use nanochat_tokenizer::StreamDecoder;
 
 use crate::engine::{Engine, EngineError, RowOutput};
+use crate::sampling::TokenLogprobs;
 
 /// One conversation with an engine.
 pub struct Chat<'e, B: FusedOps> {
@@ -60,7 +61,7 @@ impl<'e, B: FusedOps> Chat<'e, B> {
         prompt.push(tok.encode_special("<|user_end|>")?);
         prompt.push(tok.encode_special("<|assistant_start|>")?);
         let end = tok.encode_special("<|assistant_end|>")?;
-        let row = stream_reply(self.engine, &prompt, params, |piece| {
+        let row = stream_reply(self.engine, &prompt, params, |piece, _| {
             on_text(piece);
             true
         })?;
@@ -72,14 +73,15 @@ impl<'e, B: FusedOps> Chat<'e, B> {
 }
 
 /// Generates one reply to `prompt` (which ends with `<|assistant_start|>`), calling `on_text`
-/// with each whole-character piece of text as it is produced (return `false` to stop, e.g.
-/// when the client went away). The reply ends at `<|assistant_end|>`/`<|bos|>`, a stop string
-/// or `max_tokens`.
+/// with each whole-character piece of text as it is produced, and the log-probabilities of
+/// the tokens since the previous piece when `params.logprobs` asks for them (return `false`
+/// to stop, e.g. when the client went away). The reply ends at `<|assistant_end|>`/`<|bos|>`,
+/// a stop string or `max_tokens`.
 pub fn stream_reply<B: FusedOps>(
     engine: &Engine<B>,
     prompt: &[u32],
     params: &GenerationParams,
-    mut on_text: impl FnMut(&str) -> bool,
+    mut on_text: impl FnMut(&str, Vec<TokenLogprobs>) -> bool,
 ) -> Result<RowOutput, EngineError> {
     let tok = engine.tokenizer().clone();
     let end = tok.encode_special("<|assistant_end|>")?;
@@ -92,11 +94,13 @@ pub fn stream_reply<B: FusedOps>(
     let mut failed = None;
     let mut sent = 0usize;
     let mut text = String::new();
+    let mut pending: Vec<TokenLogprobs> = Vec::new();
     let out = engine.generate(prompt, &single, |step| {
         let t = step.tokens[0];
         if t == end || t == bos {
             return false;
         }
+        pending.extend(step.logprobs[0].clone());
         match decoder.push(&tok, t) {
             Ok(piece) => text.push_str(&piece),
             Err(e) => {
@@ -125,7 +129,7 @@ pub fn stream_reply<B: FusedOps>(
             .min();
         let limit = cut.unwrap_or(text.len() - hold);
         if limit > sent {
-            let keep_going = on_text(&text[sent..limit]);
+            let keep_going = on_text(&text[sent..limit], std::mem::take(&mut pending));
             sent = limit;
             if !keep_going {
                 return false;
@@ -138,7 +142,7 @@ pub fn stream_reply<B: FusedOps>(
     }
     let row = out.into_iter().next().expect("one row");
     if row.text.len() > sent {
-        on_text(&row.text[sent..]);
+        on_text(&row.text[sent..], pending);
     }
     Ok(row)
 }

@@ -17,7 +17,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::api::{ApiError, ChatRequest, finish_str, limits, parse, unix_now, usage};
+use crate::api::{
+    ApiError, ChatRequest, completion_logprobs, finish_str, limits, parse, unix_now, usage,
+};
 use crate::jobs::{AppState, Frame, collect, openai_stream, start_job};
 
 /// `prompt`: a string, or OpenAI's list of prompts (one here).
@@ -93,31 +95,44 @@ pub(crate) async fn completions(
             format!("the prompt ({used} tokens) fills the model's context ({n})"),
         ));
     }
-    let params = sampling.params(1.0, state.tokenizer.vocab_size(), room)?;
+    let params = sampling.params(1.0, state.tokenizer.vocab_size(), room, true)?;
+    let asked = params.logprobs.is_some();
+    let tokenizer = state.tokenizer.clone();
     let id = format!("cmpl-{}", state.next_id());
     let mut rx = start_job(&state, id.clone(), prompt, params)?;
     let created = unix_now();
     let model = state.model_id.clone();
-    let choice = move |text: &str, finish: Option<&str>| {
-        json!({"id": id, "object": "text_completion", "created": created, "model": model,
-               "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]})
-    };
+    let head =
+        move || json!({"id": id, "object": "text_completion", "created": created, "model": model});
     if sampling.stream.unwrap_or(false) {
-        let frame = move |f: Frame| match f {
-            Frame::Text(t) => choice(&t, None),
-            Frame::End(finish) => choice("", Some(finish_str(finish))),
+        // Offsets of the streamed tokens count on from the previous chunks' text.
+        let mut offset = 0;
+        let frame = move |f: Frame| {
+            let mut v = head();
+            v["choices"] = match f {
+                Frame::Text(t, lp) => {
+                    let logprobs = completion_logprobs(&tokenizer, asked, &lp, offset);
+                    offset += t.len();
+                    json!([{"text": t, "index": 0, "logprobs": logprobs, "finish_reason": null}])
+                }
+                Frame::End(finish) => json!([{"text": "", "index": 0, "logprobs": null,
+                                              "finish_reason": finish_str(finish)}]),
+            };
+            v
         };
         return Ok(openai_stream(None, rx, sampling.include_usage(), frame));
     }
     let done = collect(&mut rx).await?;
     let (p, c) = (done.prompt_tokens, done.completion_tokens);
-    let mut body = choice(&done.text, Some(finish_str(done.finish)));
+    let mut body = head();
     body["choices"] = done
         .choices
         .iter()
         .enumerate()
-        .map(|(i, (text, finish))| {
-            json!({"text": text, "index": i, "logprobs": null, "finish_reason": finish_str(*finish)})
+        .map(|(i, c)| {
+            json!({"text": c.text, "index": i,
+                   "logprobs": completion_logprobs(&tokenizer, asked, &c.logprobs, 0),
+                   "finish_reason": finish_str(c.finish)})
         })
         .collect();
     body["usage"] = usage(p, c);

@@ -17,7 +17,7 @@ use nanochat_model::Gpt;
 use nanochat_tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
 
 use crate::calculator::use_calculator;
-use crate::sampling::Sampler;
+use crate::sampling::{Sampler, TokenLogprobs, token_logprobs};
 
 /// Why generation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -44,12 +44,14 @@ pub enum FinishReason {
 }
 
 /// One decoding step: the token chosen for every row, and 1 if it was sampled, 0 if forced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Step {
     /// Next token per row.
     pub tokens: Vec<u32>,
     /// 1 = sampled, 0 = forced (tool output).
     pub masks: Vec<u8>,
+    /// Each row's token log-probabilities, when `GenerationParams::logprobs` asks for them.
+    pub logprobs: Vec<Option<TokenLogprobs>>,
 }
 
 /// What one row produced.
@@ -61,6 +63,8 @@ pub struct RowOutput {
     pub masks: Vec<u8>,
     /// Decoded text of `tokens`.
     pub text: String,
+    /// `tokens`' log-probabilities (empty unless `GenerationParams::logprobs` is set).
+    pub logprobs: Vec<TokenLogprobs>,
     /// Why it stopped.
     pub finish_reason: FinishReason,
 }
@@ -73,6 +77,7 @@ struct RowState {
     completed: bool,
     out: Vec<u32>,
     masks: Vec<u8>,
+    logprobs: Vec<TokenLogprobs>,
     recent: Vec<u32>,
     text: String,
     decoder: StreamDecoder,
@@ -207,6 +212,7 @@ impl<B: FusedOps> Engine<B> {
             let mut step = Step {
                 tokens: Vec::with_capacity(n),
                 masks: Vec::with_capacity(n),
+                logprobs: Vec::with_capacity(n),
             };
             for (i, row) in rows.iter_mut().enumerate() {
                 let (token, mask) = match row.forced.pop_front() {
@@ -216,8 +222,12 @@ impl<B: FusedOps> Engine<B> {
                         1,
                     ),
                 };
+                let lp = params
+                    .logprobs
+                    .map(|k| token_logprobs(&logits[i], token, k));
                 step.tokens.push(token);
                 step.masks.push(mask);
+                step.logprobs.push(lp.clone());
                 if row.completed {
                     continue;
                 }
@@ -229,6 +239,7 @@ impl<B: FusedOps> Engine<B> {
                 }
                 row.out.push(token);
                 row.masks.push(mask);
+                row.logprobs.extend(lp);
                 row.text
                     .push_str(&row.decoder.push(&self.tokenizer, token)?);
                 if token == sp.python_start {
@@ -271,6 +282,7 @@ impl<B: FusedOps> Engine<B> {
                 RowOutput {
                     tokens: r.out,
                     masks: r.masks,
+                    logprobs: r.logprobs,
                     text: r.text,
                     finish_reason: r.finish.unwrap_or(FinishReason::Length),
                 }

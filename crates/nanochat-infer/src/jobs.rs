@@ -27,8 +27,9 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use crate::api::{ApiError, usage};
 use crate::engine::FinishReason;
 use crate::requests::{Requests, ServerState};
+use crate::sampling::TokenLogprobs;
 use crate::session_store::Sessions;
-use crate::workers::{GenEvent, Job, Stats, WorkerPool};
+use crate::workers::{Choice, GenEvent, Job, Stats, WorkerPool};
 
 /// Shared server state.
 pub struct AppState {
@@ -150,12 +151,8 @@ pub(crate) fn start_job(
 
 /// A whole (non-streamed) answer.
 pub(crate) struct Completed {
-    /// The first (with `n` = 1 the only) choice's text.
-    pub(crate) text: String,
-    /// Why it ended.
-    pub(crate) finish: FinishReason,
-    /// With `n` > 1, every choice's text and end, in order (the first is `text`).
-    pub(crate) choices: Vec<(String, FinishReason)>,
+    /// Every choice, in order (one with `n` = 1).
+    pub(crate) choices: Vec<Choice>,
     pub(crate) prompt_tokens: usize,
     pub(crate) completion_tokens: usize,
 }
@@ -164,10 +161,14 @@ pub(crate) struct Completed {
 /// vanished worker is a 500.
 pub(crate) async fn collect(rx: &mut Events) -> Result<Completed, ApiError> {
     let mut text = String::new();
+    let mut logprobs = Vec::new();
     let mut choices = Vec::new();
     while let Some((_, ev)) = rx.recv().await {
         match ev {
-            GenEvent::Text(t) => text.push_str(&t),
+            GenEvent::Text(t, lp) => {
+                text.push_str(&t);
+                logprobs.extend(lp);
+            }
             GenEvent::Choices(c) => choices = c,
             GenEvent::Done {
                 finish,
@@ -175,11 +176,13 @@ pub(crate) async fn collect(rx: &mut Events) -> Result<Completed, ApiError> {
                 completion_tokens,
             } => {
                 if choices.is_empty() {
-                    choices.push((text.clone(), finish));
+                    choices.push(Choice {
+                        text: std::mem::take(&mut text),
+                        finish,
+                        logprobs: std::mem::take(&mut logprobs),
+                    });
                 }
                 return Ok(Completed {
-                    text: choices[0].0.clone(),
-                    finish: choices[0].1,
                     choices,
                     prompt_tokens,
                     completion_tokens,
@@ -191,9 +194,10 @@ pub(crate) async fn collect(rx: &mut Events) -> Result<Completed, ApiError> {
     Err(ApiError::internal("the worker stopped"))
 }
 
-/// What an OpenAI stream frame carries: a piece of text, or the end.
+/// What an OpenAI stream frame carries: a piece of text (with its tokens' log-probabilities
+/// when asked for), or the end.
 pub(crate) enum Frame {
-    Text(String),
+    Text(String, Vec<TokenLogprobs>),
     End(FinishReason),
 }
 
@@ -208,7 +212,7 @@ pub(crate) fn openai_stream(
     mut frame: impl FnMut(Frame) -> Value + Send + 'static,
 ) -> Response {
     let frames = UnboundedReceiverStream::new(rx).map(move |(_, ev)| match ev {
-        GenEvent::Text(t) => frame(Frame::Text(t)),
+        GenEvent::Text(t, lp) => frame(Frame::Text(t, lp)),
         GenEvent::Done {
             finish,
             prompt_tokens,

@@ -152,6 +152,39 @@ fn adjust(logits: &[f32], recent: &[u32], completion: &[u32], p: &GenerationPara
     out
 }
 
+/// A generated token's log-probability and the most likely alternatives at its position
+/// (OpenAI's `logprobs`), under the model's raw distribution: `log_softmax(logits)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    /// The token chosen.
+    pub token: u32,
+    /// Its log-probability.
+    pub logprob: f32,
+    /// The `top` most likely tokens with theirs, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// [`TokenLogprobs`] of `token` with `top` alternatives, from one row of logits. O(vocab)
+/// plus O(top log top).
+pub fn token_logprobs(logits: &[f32], token: u32, top: usize) -> TokenLogprobs {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let log_z = f64::from(max) + sum.ln();
+    let lp = |id: usize| (f64::from(logits[id]) - log_z) as f32;
+    let mut ids: Vec<usize> = (0..logits.len()).collect();
+    let top = top.min(ids.len());
+    if top > 0 && top < ids.len() {
+        ids.select_nth_unstable_by(top - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
+    }
+    ids.truncate(top);
+    ids.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    TokenLogprobs {
+        token,
+        logprob: lp(token as usize),
+        top: ids.into_iter().map(|id| (id as u32, lp(id))).collect(),
+    }
+}
+
 /// Index of the largest logit (the first on ties, like torch).
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -349,5 +382,19 @@ mod tests {
             ..params(0.0, None)
         };
         assert_eq!(Sampler::new(0).sample(&logits, &[0], &[], &p), 1);
+    }
+
+    #[test]
+    fn logprobs_are_a_normalised_log_softmax_with_the_best_alternatives() {
+        let logits = [1.0f32, 3.0, 2.0, -1.0];
+        let lp = token_logprobs(&logits, 2, 2);
+        let z: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
+        assert!((f64::from(lp.logprob) - (2.0 - z.ln())).abs() < 1e-6);
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+        let total: f64 = (0..4)
+            .map(|i| f64::from(token_logprobs(&logits, i, 0).logprob).exp())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-6);
+        assert_eq!(token_logprobs(&logits, 0, 9).top.len(), 4);
     }
 }

@@ -40,7 +40,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 pub use crate::api::{ApiError, limits};
-use crate::api::{ChatRequest, finish_str, parse, unix_now, usage};
+use crate::api::{ChatRequest, chat_logprobs, finish_str, parse, unix_now, usage};
 pub use crate::jobs::AppState;
 use crate::jobs::{Frame, collect, openai_stream, start_job};
 use crate::tool_text::ToolText;
@@ -75,7 +75,7 @@ async fn upstream_chat(
     let rx = start_job(&state, format!("chat-{}", state.next_id()), prompt, params)?;
     let stream = UnboundedReceiverStream::new(rx).map(|(gpu, ev)| {
         let data = match ev {
-            GenEvent::Text(t) => json!({"token": t, "gpu": gpu}),
+            GenEvent::Text(t, _) => json!({"token": t, "gpu": gpu}),
             GenEvent::Done { .. } => json!({"done": true}),
             GenEvent::Error(e) => json!({"error": e, "done": true}),
             GenEvent::Choices(_) => json!({"error": "n > 1 does not stream", "done": true}),
@@ -90,21 +90,32 @@ async fn openai_chat(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (req, prompt, params) = prepare(&state, &body, false)?;
+    let asked = params.logprobs.is_some();
+    let tokenizer = state.tokenizer.clone();
     let id = format!("chatcmpl-{}", state.next_id());
     let mut rx = start_job(&state, id.clone(), prompt, params)?;
     let created = unix_now();
     let model = state.model_id.clone();
     if req.stream.unwrap_or(false) {
-        let chunk = move |delta: Value, finish: Option<&str>| {
+        let chunk = move |delta: Value, logprobs: Value, finish: Option<&str>| {
             json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+                   "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
+                                "finish_reason": finish}]})
         };
-        let first = chunk(json!({"role": "assistant", "content": ""}), None);
+        let first = chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+            None,
+        );
         // Tool calls are rewritten as readable text (`ToolText`); what it held back rides on
         // the last chunk.
         let mut tool_text = ToolText::default();
         let frame = move |f: Frame| match f {
-            Frame::Text(t) => chunk(json!({"content": tool_text.push(&t)}), None),
+            Frame::Text(t, lp) => chunk(
+                json!({"content": tool_text.push(&t)}),
+                chat_logprobs(&tokenizer, asked, &lp),
+                None,
+            ),
             Frame::End(finish) => {
                 let rest = tool_text.finish();
                 let delta = if rest.is_empty() {
@@ -112,7 +123,7 @@ async fn openai_chat(
                 } else {
                     json!({ "content": rest })
                 };
-                chunk(delta, Some(finish_str(finish)))
+                chunk(delta, Value::Null, Some(finish_str(finish)))
             }
         };
         return Ok(openai_stream(Some(first), rx, req.include_usage(), frame));
@@ -123,9 +134,10 @@ async fn openai_chat(
         .choices
         .iter()
         .enumerate()
-        .map(|(i, (text, finish))| {
-            json!({"index": i, "message": {"role": "assistant", "content": ToolText::rewrite(text)},
-                   "finish_reason": finish_str(*finish)})
+        .map(|(i, c)| {
+            json!({"index": i, "message": {"role": "assistant", "content": ToolText::rewrite(&c.text)},
+                   "logprobs": chat_logprobs(&tokenizer, asked, &c.logprobs),
+                   "finish_reason": finish_str(c.finish)})
         })
         .collect();
     let body = json!({

@@ -240,9 +240,14 @@ async fn send(
     let mut rx = start_job(&state, format!("{id}/{turn}"), prompt, params)?;
     busy.streaming();
     let answer = collect(&mut rx).await?;
-    let (finish, completion_tokens) = (answer.finish, answer.completion_tokens);
+    let choice = answer
+        .choices
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::internal("the worker returned no answer"))?;
+    let (finish, completion_tokens) = (choice.finish, answer.completion_tokens);
     // Calculator calls as readable text, in the reply and in the history.
-    let text = ToolText::rewrite(&answer.text);
+    let text = ToolText::rewrite(&choice.text);
     let done = Utc::now();
     let mut reply = Message::new(MessageRole::Assistant, text.clone()).at(done);
     reply.token_count = Some(content_tokens(&state, &reply));

@@ -16,13 +16,23 @@ use tokio::sync::mpsc;
 use crate::chat::stream_reply;
 use crate::engine::{Engine, FinishReason};
 use crate::requests::RequestHandle;
+use crate::sampling::TokenLogprobs;
+
+/// A whole answer: its text, why it ended, its tokens' log-probabilities (when asked for).
+#[derive(Debug, Clone)]
+pub(crate) struct Choice {
+    pub(crate) text: String,
+    pub(crate) finish: FinishReason,
+    pub(crate) logprobs: Vec<TokenLogprobs>,
+}
 
 /// What a worker sends back while generating.
 #[derive(Debug)]
 pub(crate) enum GenEvent {
-    Text(String),
-    /// Every choice's whole text and end, for a job of `num_samples` > 1 (not streamed).
-    Choices(Vec<(String, FinishReason)>),
+    /// A piece of text, and the log-probabilities of its tokens (when asked for).
+    Text(String, Vec<TokenLogprobs>),
+    /// Every choice, for a job of `num_samples` > 1 (not streamed).
+    Choices(Vec<Choice>),
     Done {
         finish: FinishReason,
         prompt_tokens: usize,
@@ -123,7 +133,7 @@ fn run_job<B: FusedOps>(idx: usize, engine: &Engine<B>, job: Job, stats: &Stats)
     // A bug that panics inside generation fails this request, not the worker: the engine
     // keeps no state between requests (each has its own KV cache).
     let result = panic::catch_unwind(AssertUnwindSafe(|| {
-        stream_reply(engine, &prompt, &params, |piece| {
+        stream_reply(engine, &prompt, &params, |piece, logprobs| {
             if first {
                 first = false;
                 request.streaming();
@@ -133,7 +143,7 @@ fn run_job<B: FusedOps>(idx: usize, engine: &Engine<B>, job: Job, stats: &Stats)
                 stats.ttft_count.fetch_add(1, Ordering::Relaxed);
             }
             client_left = events
-                .send((idx, GenEvent::Text(piece.to_string())))
+                .send((idx, GenEvent::Text(piece.to_string(), logprobs)))
                 .is_err();
             !client_left
         })
@@ -220,7 +230,11 @@ fn run_choices<B: FusedOps>(
             });
             let choices = rows
                 .iter()
-                .map(|r| (r.text.clone(), r.finish_reason))
+                .map(|r| Choice {
+                    text: r.text.clone(),
+                    finish: r.finish_reason,
+                    logprobs: r.logprobs.clone(),
+                })
                 .collect();
             let _ = events.send((idx, GenEvent::Choices(choices)));
             let finish = rows

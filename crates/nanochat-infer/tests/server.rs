@@ -413,3 +413,104 @@ fn raw_completions_answer_in_openai_text_completion_shape() {
         assert_eq!(e["error"]["param"], field, "{body}: {text}");
     }
 }
+
+/// `logprobs` on both OpenAI endpoints, streamed and not: one entry per generated token, each
+/// a log-probability (≤ 0) with the requested number of alternatives, most likely first, the
+/// chosen token among them when it is the greedy pick; the same numbers streamed and whole;
+/// bad values name the field.
+#[test]
+fn logprobs_come_back_per_token_on_both_endpoints() {
+    let (url, _state) = start();
+    let chat = |extra: Value| {
+        let mut body = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6,
+                              "temperature": 0, "seed": 3});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        post(&format!("{url}/v1/chat/completions"), &body.to_string())
+    };
+    let (status, body) = chat(json!({"logprobs": true, "top_logprobs": 3}));
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(
+        content.len() as u64,
+        v["usage"]["completion_tokens"].as_u64().unwrap(),
+        "{body}"
+    );
+    let mut joined: Vec<u8> = Vec::new();
+    for e in content {
+        let lp = e["logprob"].as_f64().unwrap();
+        assert!(lp <= 0.0, "{e}");
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3, "{e}");
+        let tops: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+        assert!(tops.windows(2).all(|w| w[0] >= w[1]), "{e}");
+        // Greedy: the chosen token is the most likely one.
+        assert_eq!(top[0]["token"], e["token"], "{e}");
+        assert_eq!(top[0]["logprob"], e["logprob"], "{e}");
+        joined.extend(
+            e["bytes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8),
+        );
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&joined),
+        v["choices"][0]["message"]["content"].as_str().unwrap(),
+        "{body}"
+    );
+    // Not asked for: null.
+    let (_, plain) = chat(json!({}));
+    let plain: Value = serde_json::from_str(&plain).unwrap();
+    assert!(plain["choices"][0]["logprobs"].is_null());
+    // Streamed: the same entries, spread over the chunks.
+    let (status, body) = chat(json!({"logprobs": true, "top_logprobs": 3, "stream": true}));
+    assert_eq!(status, 200, "{body}");
+    let frames = sse_data(&body);
+    let streamed: Vec<Value> = frames[..frames.len() - 1]
+        .iter()
+        .map(|f| serde_json::from_str::<Value>(f).unwrap())
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array().cloned())
+        .flatten()
+        .collect();
+    assert_eq!(&streamed, content);
+    // Text completions: OpenAI's legacy shape, the number being the alternatives.
+    let (status, body) = post(
+        &format!("{url}/v1/completions"),
+        &json!({"prompt": "Hello", "max_tokens": 4, "temperature": 0, "logprobs": 2}).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let lp = &v["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), 4, "{body}");
+    assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), 4, "{body}");
+    assert_eq!(
+        lp["top_logprobs"][0].as_object().unwrap().len(),
+        2,
+        "{body}"
+    );
+    assert_eq!(lp["text_offset"][0], 0, "{body}");
+    // Bad values name the field.
+    for (extra, field) in [
+        (json!({"top_logprobs": 2}), "top_logprobs"),
+        (
+            json!({"logprobs": true, "top_logprobs": 21}),
+            "top_logprobs",
+        ),
+        (json!({"logprobs": 3}), "logprobs"),
+    ] {
+        let (status, text) = chat(extra.clone());
+        assert_eq!(status, 400, "{extra}: {text}");
+        let e: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(e["error"]["param"], field, "{extra}: {text}");
+    }
+    let (status, text) = post(
+        &format!("{url}/v1/completions"),
+        &json!({"prompt": "Hello", "logprobs": 50}).to_string(),
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("\"param\":\"logprobs\""), "{text}");
+}

@@ -25,7 +25,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend, Device, DeviceOps};
 use burn::tensor::{Shape, Tensor, TensorData, TensorPrimitive};
 
 use supervisor::Watch;
-pub use supervisor::{run_ranks, run_replicated};
+pub use supervisor::{GRACE, run_ranks, run_replicated};
 
 /// Why a collective operation or the rank layout failed.
 #[derive(Debug, thiserror::Error)]
