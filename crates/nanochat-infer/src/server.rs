@@ -240,7 +240,36 @@ pub fn router(state: Arc<AppState>) -> Router {
             crate::auth::require_key,
         ))
         .layer(DefaultBodyLimit::max(limits::MAX_BODY))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route", None) })
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// The errors axum answers by itself (a body over the limit, a wrong method or content type,
+/// an unknown route) in OpenAI's JSON error shape like ours, instead of plain text.
+async fn json_errors(res: Response) -> Response {
+    let json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !res.status().is_client_error() || json {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("bad request")
+            .to_string()
+    } else {
+        text
+    };
+    ApiError::new(parts.status, message, None).into_response()
 }
 
 /// Serves until `shutdown` resolves, then finishes the requests in flight.
