@@ -1,5 +1,5 @@
 //! The bad-input battery (#21): malformed JSON, wrong types for every field, unknown roles,
-//! invalid UTF-8, oversized bodies, wrong methods and content types, on every endpoint,
+//! invalid UTF-8, oversized bodies, wrong methods and routes, on every endpoint,
 //! 10 000 of them mixed with valid requests from 8 concurrent clients. Every bad request must
 //! get a 4xx whose body is OpenAI's JSON error (with a message), every valid one a 200; no
 //! 5xx, no panic, and the server is healthy and still answers afterwards.
