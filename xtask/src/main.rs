@@ -13,6 +13,7 @@ mod api_test;
 mod bench_cpu_vs_torch;
 mod bench_tokenizer;
 mod hf_check;
+mod openai_check;
 mod serve_under_test;
 mod speedrun;
 mod ui_test;
@@ -63,6 +64,9 @@ enum Cmd {
     /// transformers (logits, greedy generate, tokenizer, chat template) and the round trip
     /// back; installs torch + transformers into target/hf-venv on first use (needs PyPI).
     HfCheck(hf_check::Args),
+    /// The official openai Python client against `serve` on a tiny model trained on the spot
+    /// (CI's `openai client` step; installs openai into target/api-venv on first use).
+    OpenaiCheck,
 }
 
 fn workspace_root() -> PathBuf {
@@ -194,6 +198,13 @@ fn ci(skip_backends: bool) -> Result<()> {
     for step in &steps {
         times.push((step.name, run_step(&root, step)?));
     }
+    // The official openai Python client against `serve` (needs python3-venv and PyPI).
+    println!("\n==> openai client (xtask/src/scripts/openai_client.py against nanochat serve)");
+    let t = Instant::now();
+    openai_check::run(&root).context("step `openai client` failed")?;
+    let secs = t.elapsed().as_secs_f64();
+    println!("<== openai client ok in {secs:.0} s");
+    times.push(("openai client", secs));
     println!("\nCI passed in {:.0} s:", start.elapsed().as_secs_f64());
     for (name, secs) in times {
         println!("  {name:<12} {secs:>6.0} s");
@@ -208,6 +219,7 @@ fn main() -> Result<()> {
         Cmd::BenchCpuVsTorch(args) => bench_cpu_vs_torch::run(&workspace_root(), args),
         Cmd::UiTest(args) => ui_test::run(&workspace_root(), args),
         Cmd::HfCheck(args) => hf_check::run(&workspace_root(), args),
+        Cmd::OpenaiCheck => openai_check::run(&workspace_root()),
         Cmd::Speedrun(args) => speedrun::run(&workspace_root(), args),
         Cmd::ApiTest(args) => api_test::run(&workspace_root(), args),
     }
