@@ -43,6 +43,9 @@ enum What {
     /// The forward of the PyTorch reference fixtures on this device, against the CPU backend
     /// and PyTorch's logits (fails outside the dtype's tolerance).
     Parity(Box<super::bench_kernels::ParityArgs>),
+    /// A server under concurrent clients: aggregate generated tok/s and p50/p99 time to first
+    /// token at 1, 8 and 32 clients (starts `serve` on a checkpoint, or measures `--url`).
+    Serve(Box<super::bench_serve::ServeBenchArgs>),
 }
 
 /// Flags of `bench train`.
@@ -241,6 +244,7 @@ pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
         What::Matmul(a) => super::bench_kernels::matmul(*a)?,
         What::Attention(a) => super::bench_kernels::attention(*a)?,
         What::Parity(a) => super::bench_kernels::parity(*a)?,
+        What::Serve(a) => super::bench_serve::run(*a)?,
         What::Infer(a) => {
             let device = super::resolve_device(a.device);
             let a = InferArgs { device, ..*a };

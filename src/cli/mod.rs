@@ -5,6 +5,7 @@ mod base_eval;
 mod base_train;
 mod bench;
 mod bench_kernels;
+mod bench_serve;
 mod chat_cli;
 mod chat_eval;
 mod chat_train;

@@ -51,8 +51,14 @@ pub fn start() -> (String, Arc<AppState>) {
     let health: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
     assert_eq!(health["state"], "created");
     assert_eq!(post(&format!("{url}/v1/sessions"), "").0, 503);
-    B::seed(&Default::default(), 1);
-    let model = Gpt::<B>::init(&config, &Default::default()).unwrap();
+    // The backend's generator is global: tests running at once would interleave their draws
+    // and get different weights (and replies) from run to run.
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let model = {
+        let _one_at_a_time = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        B::seed(&Default::default(), 1);
+        Gpt::<B>::init(&config, &Default::default()).unwrap()
+    };
     let engine = Engine::new(model, tok).unwrap();
     state.set_pool(WorkerPool::start(vec![engine], state.stats.clone()));
     (url, state)
