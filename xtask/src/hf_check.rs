@@ -18,6 +18,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+use crate::nanochat_bin::{exec, tok_train};
+
 /// Flags.
 #[derive(clap::Args)]
 pub struct Args {
@@ -31,24 +33,6 @@ pub struct Args {
     /// ~/.cache/nanochat).
     #[arg(long)]
     base_dir: Option<PathBuf>,
-}
-
-fn nanochat(bin: &Path, base: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(bin)
-        .args(args)
-        .env("NANOCHAT_BASE_DIR", base)
-        .env("RUST_LOG", "warn")
-        .output()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    if !out.status.success() {
-        bail!(
-            "nanochat {} failed:\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// One model through export, transformers and back; returns the checker's summary.
@@ -67,7 +51,7 @@ fn check(
     let (e, r) = (export.to_string_lossy(), reference.to_string_lossy());
     print!(
         "{}",
-        nanochat(
+        exec(
             bin,
             base,
             &["export", &e, "-i", source, "-g", tag, "--reference", &r]
@@ -95,10 +79,10 @@ fn check(
     let back_base = work.join(format!("roundtrip-{name}"));
     let _ = std::fs::remove_dir_all(&back_base);
     std::fs::create_dir_all(&back_base)?;
-    nanochat(bin, &back_base, &["import", &e, "--model-tag", "back"])?;
+    exec(bin, &back_base, &["import", &e, "--model-tag", "back"])?;
     let again = work.join(format!("export-{name}-again"));
     let _ = std::fs::remove_dir_all(&again);
-    nanochat(
+    exec(
         bin,
         &back_base,
         &[
@@ -133,37 +117,16 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
             "torch, transformers, safetensors",
         )?,
     };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    if !Command::new(&cargo)
-        .args(["build", "--bin", "nanochat"])
-        .current_dir(root)
-        .status()?
-        .success()
-    {
-        bail!("building nanochat failed");
-    }
-    let target = std::env::var("CARGO_TARGET_DIR").map_or(root.join("target"), PathBuf::from);
-    let bin = target.join("debug/nanochat");
+    let bin = crate::nanochat_bin::build(root)?;
     let script = root.join("xtask/scripts/hf_check.py");
     let work = root.join("target/hf-check");
     let base = work.join("base");
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base)?;
 
-    nanochat(
-        &bin,
-        &base,
-        &[
-            "tok-train",
-            "--vocab-size",
-            "512",
-            "--max-chars",
-            "200000",
-            "--no-progress",
-        ],
-    )?;
+    tok_train(&bin, &base)?;
     for arch in ["current", "v0"] {
-        nanochat(
+        exec(
             &bin,
             &base,
             &[

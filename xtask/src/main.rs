@@ -13,6 +13,7 @@ mod api_test;
 mod bench_cpu_vs_torch;
 mod bench_tokenizer;
 mod hf_check;
+mod nanochat_bin;
 mod openai_check;
 mod serve_under_test;
 mod speedrun;

@@ -5,11 +5,13 @@
 //! The bad-input battery and the load run in `cargo test` (`nanochat-infer/tests/battery.rs`).
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+use crate::nanochat_bin::{exec, tok_train};
 
 struct Killed(Child);
 
@@ -20,52 +22,14 @@ impl Drop for Killed {
     }
 }
 
-fn nanochat(bin: &Path, base: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new(bin)
-        .args(args)
-        .env("NANOCHAT_BASE_DIR", base)
-        .env("RUST_LOG", "warn")
-        .output()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    if !out.status.success() {
-        bail!(
-            "nanochat {} failed:\n{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
 pub fn run(root: &Path) -> Result<()> {
     let python = crate::venv::python(root, "api-venv", &["openai"], "openai")?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    if !Command::new(&cargo)
-        .args(["build", "--bin", "nanochat"])
-        .current_dir(root)
-        .status()?
-        .success()
-    {
-        bail!("building nanochat failed");
-    }
-    let target = std::env::var("CARGO_TARGET_DIR").map_or(root.join("target"), PathBuf::from);
-    let bin = target.join("debug/nanochat");
+    let bin = crate::nanochat_bin::build(root)?;
     let base = root.join("target/openai-check");
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base)?;
-    nanochat(
-        &bin,
-        &base,
-        &[
-            "tok-train",
-            "--vocab-size",
-            "512",
-            "--max-chars",
-            "200000",
-            "--no-progress",
-        ],
-    )?;
-    nanochat(
+    tok_train(&bin, &base)?;
+    exec(
         &bin,
         &base,
         &[
