@@ -202,7 +202,9 @@ fn ci(skip_backends: bool) -> Result<()> {
     // The official openai Python client against `serve` (needs python3-venv and PyPI).
     println!("\n==> openai client (xtask/src/scripts/openai_client.py against nanochat serve)");
     let t = Instant::now();
-    openai_check::run(&root).context("step `openai client` failed")?;
+    let target = std::env::var("CARGO_TARGET_DIR").map_or(root.join("target"), PathBuf::from);
+    openai_check::run(&root, Some(target.join("debug/nanochat")))
+        .context("step `openai client` failed")?;
     let secs = t.elapsed().as_secs_f64();
     println!("<== openai client ok in {secs:.0} s");
     times.push(("openai client", secs));
@@ -220,7 +222,7 @@ fn main() -> Result<()> {
         Cmd::BenchCpuVsTorch(args) => bench_cpu_vs_torch::run(&workspace_root(), args),
         Cmd::UiTest(args) => ui_test::run(&workspace_root(), args),
         Cmd::HfCheck(args) => hf_check::run(&workspace_root(), args),
-        Cmd::OpenaiCheck => openai_check::run(&workspace_root()),
+        Cmd::OpenaiCheck => openai_check::run(&workspace_root(), None),
         Cmd::Speedrun(args) => speedrun::run(&workspace_root(), args),
         Cmd::ApiTest(args) => api_test::run(&workspace_root(), args),
     }

@@ -5,7 +5,7 @@
 //! The bad-input battery and the load run in `cargo test` (`nanochat-infer/tests/battery.rs`).
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,9 +22,14 @@ impl Drop for Killed {
     }
 }
 
-pub fn run(root: &Path) -> Result<()> {
+/// Runs the check with `bin` (CI passes the binary its test step built: a plain `cargo build`
+/// resolves other features and would rebuild burn), else with a fresh dev build.
+pub fn run(root: &Path, bin: Option<PathBuf>) -> Result<()> {
     let python = crate::venv::python(root, "api-venv", &["openai"], "openai")?;
-    let bin = crate::nanochat_bin::build(root)?;
+    let bin = match bin {
+        Some(b) => b,
+        None => crate::nanochat_bin::build(root)?,
+    };
     let base = root.join("target/openai-check");
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base)?;
