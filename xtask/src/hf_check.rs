@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::nanochat_bin::{exec, tok_train};
+use crate::nanochat_bin::{base_train, exec, tok_train};
 
 /// Flags.
 #[derive(clap::Args)]
@@ -126,32 +126,22 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
 
     tok_train(&bin, &base)?;
     for arch in ["current", "v0"] {
-        exec(
+        base_train(
             &bin,
             &base,
             &[
-                "base-train",
                 "--arch",
                 arch,
                 "--model-tag",
                 arch,
                 "--depth",
                 "2",
-                "--max-seq-len",
-                "128",
                 "--device-batch-size",
                 "2",
                 "--total-batch-size",
                 "512",
                 "--num-iterations",
                 "8",
-                "--eval-every",
-                "-1",
-                "--sample-every",
-                "-1",
-                "--device",
-                "cpu",
-                "--no-progress",
             ],
         )?;
     }

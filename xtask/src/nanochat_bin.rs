@@ -41,6 +41,23 @@ pub fn exec(bin: &Path, base: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A small base model trained in seconds on the CPU: `shape` gives the depth, batch, steps
+/// and anything else (`--arch`, `--model-tag`); no evaluation or samples, 128-token rows.
+pub fn base_train(bin: &Path, base: &Path, shape: &[&str]) -> Result<()> {
+    let mut args = vec!["base-train", "--max-seq-len", "128"];
+    args.extend_from_slice(shape);
+    args.extend([
+        "--eval-every",
+        "-1",
+        "--sample-every",
+        "-1",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]);
+    exec(bin, base, &args).map(|_| ())
+}
+
 /// The tiny tokenizer both checks train first (vocabulary 512, 200 000 characters: seconds).
 pub fn tok_train(bin: &Path, base: &Path) -> Result<()> {
     exec(

@@ -2,6 +2,7 @@
 //! built in release, started on loopback with a checkpoint, waited on until `/health` says
 //! ready, and killed when dropped.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,10 +54,43 @@ pub fn start(root: &Path, source: &str, model_tag: Option<&str>, port: u16) -> R
         .stdout(Stdio::null())
         .spawn()
         .context("starting nanochat serve")?;
-    let server = Server {
+    wait_ready(Server {
         child,
         url: format!("http://127.0.0.1:{port}"),
+    })
+}
+
+/// Serves checkpoint `source`/`model_tag` of base folder `base` with `bin` on a free port
+/// (`--port 0`: the address is the first line it prints), on the CPU, and waits until ready.
+pub fn start_on(bin: &Path, base: &Path, source: &str, model_tag: &str) -> Result<Server> {
+    let mut child = Command::new(bin)
+        .args(["serve", "-i", source, "-g", model_tag])
+        .args(["--port", "0", "--device", "cpu"])
+        .env("NANOCHAT_BASE_DIR", base)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting nanochat serve")?;
+    let stdout = child.stdout.take().context("serve's stdout")?;
+    let mut first = String::new();
+    let read = BufReader::new(stdout).read_line(&mut first);
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .map(|u| u.trim_end_matches('/').to_string());
+    let server = Server {
+        child,
+        url: url.unwrap_or_default(),
     };
+    read?;
+    if server.url.is_empty() {
+        bail!("serve printed no address: {first:?}");
+    }
+    wait_ready(server)
+}
+
+/// Waits (up to 120 s) until `server` answers `/health` with 200; it is killed otherwise.
+fn wait_ready(server: Server) -> Result<Server> {
     let start = Instant::now();
     loop {
         let ready = Command::new("curl")
