@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Running, command, nanochat, ok, tok_train};
+use common::{Running, command, nanochat, nanochat_args, ok, tiny_base_train, tok_train};
 
 /// Starts `nanochat <args>` (a `serve` command), waits until it is ready, asks it the
 /// speedrun's question through the OpenAI endpoint with the default answer length (longer than
@@ -72,29 +72,7 @@ fn chat_cli_answers_on_a_model_with_a_short_context() {
     let b = base.path();
     let out = tok_train(b);
     assert!(out.contains("untrained → training → trained"), "{out}");
-    let train = nanochat(
-        b,
-        &[
-            "base-train",
-            "--depth",
-            "1",
-            "--max-seq-len",
-            "64",
-            "--device-batch-size",
-            "1",
-            "--total-batch-size",
-            "64",
-            "--num-iterations",
-            "1",
-            "--eval-every",
-            "-1",
-            "--sample-every",
-            "-1",
-            "--device",
-            "cpu",
-            "--no-progress",
-        ],
-    );
+    let train = nanochat_args(b, &tiny_base_train("1", &[]));
     ok(&train, "base-train");
     let doctor = ok(&nanochat(b, &["doctor"]), "doctor");
     let line = |what: &str| {
@@ -201,33 +179,7 @@ fn ctrl_c_saves_and_says_how_to_resume_and_a_second_one_aborts_at_once() {
     let base = tempfile::tempdir().unwrap();
     let b = base.path();
     tok_train(b);
-    let train_args = |extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "base-train",
-            "--depth",
-            "1",
-            "--max-seq-len",
-            "64",
-            "--device-batch-size",
-            "1",
-            "--total-batch-size",
-            "64",
-            "--num-iterations",
-            "100000",
-            "--eval-every",
-            "-1",
-            "--sample-every",
-            "-1",
-            "--device",
-            "cpu",
-            "--no-progress",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        a.extend(extra.iter().map(|s| s.to_string()));
-        a
-    };
+    let train_args = |extra: &[&str]| tiny_base_train("100000", extra);
     // Starts a long run and sends it `signals` SIGINTs once it is at step 3 or later; returns
     // how it ended and what it printed.
     let interrupt = |extra: &[&str], signals: usize| {
@@ -294,17 +246,14 @@ fn ctrl_c_saves_and_says_how_to_resume_and_a_second_one_aborts_at_once() {
     nanochat::core::checkpoint_manager::verify_checkpoint(&dir, step).unwrap();
     // The command it printed continues the run (here only to the next step).
     let next = (step + 1).to_string();
-    let resumed = nanochat(
+    let resumed = nanochat_args(
         b,
         &train_args(&[
             "--resume-from-step",
             &step.to_string(),
             "--stop-after",
             &next,
-        ])
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>(),
+        ]),
     );
     ok(&resumed, "the resume command");
     nanochat::core::checkpoint_manager::verify_checkpoint(&dir, step + 1).unwrap();

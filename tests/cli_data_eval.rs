@@ -5,28 +5,7 @@
 
 mod common;
 
-use common::{nanochat, ok, tok_train};
-
-const TRAIN: [&str; 18] = [
-    "base-train",
-    "--depth",
-    "1",
-    "--max-seq-len",
-    "64",
-    "--device-batch-size",
-    "1",
-    "--total-batch-size",
-    "64",
-    "--num-iterations",
-    "1",
-    "--eval-every",
-    "-1",
-    "--sample-every",
-    "-1",
-    "--device",
-    "cpu",
-    "--no-progress",
-];
+use common::{nanochat, nanochat_args, ok, tiny_base_train, tok_train};
 
 #[test]
 fn dataset_and_evaluation_results_reach_doctor_and_the_report() {
@@ -37,9 +16,7 @@ fn dataset_and_evaluation_results_reach_doctor_and_the_report() {
     // An empty data folder is refused before step 0, naming the folder and the rule.
     let empty = tempfile::tempdir().unwrap();
     let empty_dir = empty.path().display().to_string();
-    let mut args = TRAIN.to_vec();
-    args.extend(["--data-dir", &empty_dir]);
-    let refused = nanochat(b, &args);
+    let refused = nanochat_args(b, &tiny_base_train("1", &["--data-dir", &empty_dir]));
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -48,7 +25,7 @@ fn dataset_and_evaluation_results_reach_doctor_and_the_report() {
     );
     assert!(!b.join("base_checkpoints/d1").exists());
 
-    ok(&nanochat(b, &TRAIN), "base-train");
+    ok(&nanochat_args(b, &tiny_base_train("1", &[])), "base-train");
     let doctor = ok(&nanochat(b, &["doctor"]), "doctor");
     let line = doctor
         .lines()

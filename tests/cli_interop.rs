@@ -8,35 +8,12 @@ mod common;
 
 use std::path::Path;
 
-use common::{nanochat, ok, tok_train};
+use common::{nanochat, nanochat_args, ok, tiny_base_train, tok_train};
 
 fn train(base: &Path, arch: &str, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "base-train",
-        "--arch",
-        arch,
-        "--model-tag",
-        arch,
-        "--depth",
-        "1",
-        "--max-seq-len",
-        "64",
-        "--device-batch-size",
-        "1",
-        "--total-batch-size",
-        "64",
-        "--num-iterations",
-        "1",
-        "--eval-every",
-        "-1",
-        "--sample-every",
-        "-1",
-        "--device",
-        "cpu",
-        "--no-progress",
-    ];
+    let mut args = vec!["--arch", arch, "--model-tag", arch];
     args.extend_from_slice(extra);
-    nanochat(base, &args)
+    nanochat_args(base, &tiny_base_train("1", &args))
 }
 
 #[test]

@@ -50,6 +50,41 @@ pub fn tok_train(base: &Path) -> String {
     )
 }
 
+/// `base-train` of a d1 on 64-token rows, one row per step, for `iterations` steps on the CPU
+/// (no evaluation, samples or progress bar), then `extra`.
+pub fn tiny_base_train(iterations: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "base-train",
+        "--depth",
+        "1",
+        "--max-seq-len",
+        "64",
+        "--device-batch-size",
+        "1",
+        "--total-batch-size",
+        "64",
+        "--num-iterations",
+        iterations,
+        "--eval-every",
+        "-1",
+        "--sample-every",
+        "-1",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// `nanochat <args>` with owned arguments.
+pub fn nanochat_args(base: &Path, args: &[String]) -> Output {
+    nanochat(base, &args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 /// A child process killed and reaped on every path out of a test, a failed assertion
 /// included.
 pub struct Running(pub Child);
