@@ -9,7 +9,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 /// Expands `[b, h_kv, t, d]` to `[b, h_kv · groups, t, d]`: query head `i` uses key/value
 /// head `i / groups` (PyTorch's `enable_gqa` / `repeat_interleave` order).
@@ -70,6 +70,44 @@ pub fn causal_window_attention<B: Backend>(
         .unsqueeze::<4>()
         .expand([b, h, tq, tk]);
     attention(q, k, v, Some(mask), None, opts(false))
+}
+
+/// A ragged decode step: one query per row (`q` `[b, h, 1, d]`), row `i`'s at position
+/// `positions[i]`, over `k`, `v` (`[b, h_kv, tk, d]`, each row's keys from position 0): row
+/// `i` sees keys `c` with `c ≤ positions[i]` and `positions[i] − c ≤ window`.
+pub fn ragged_window_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    positions: &[usize],
+    window: usize,
+) -> Tensor<B, 4> {
+    let [b, h, tq, _] = q.dims();
+    let [_, h_kv, tk, _] = k.dims();
+    assert!(
+        tq == 1 && positions.len() == b,
+        "a ragged step has one query per row"
+    );
+    let masked: Vec<bool> = positions
+        .iter()
+        .flat_map(|&p| (0..tk).map(move |c| c > p || p - c > window))
+        .collect();
+    let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(masked, [b, 1, 1, tk]), &q.device())
+        .expand([b, h, 1, tk]);
+    let groups = h / h_kv;
+    let opts = AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal: false,
+    };
+    attention(
+        q,
+        repeat_kv(k, groups),
+        repeat_kv(v, groups),
+        Some(mask),
+        None,
+        opts,
+    )
 }
 
 #[cfg(all(test, any(feature = "flex", feature = "ndarray")))]

@@ -32,7 +32,7 @@ use nanochat_core::{ModelConfig, ParamCounts, WindowSize};
 
 use crate::kv_cache::KvCache;
 use crate::ops::{self, FusedOps, rms_norm};
-use crate::rotary::rope_tables;
+use crate::rotary::{rope_tables, rope_tables_at};
 
 /// The dtype of activations and matmuls. Master weights stay float32 either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -143,12 +143,16 @@ impl<B: Backend> CausalSelfAttention<B> {
 
 /// Inputs every layer needs in one forward.
 struct LayerCtx<'a, B: Backend> {
+    /// Rotary tables: one row per position (`[t, D/2]`), or per row in a ragged step.
     cos: &'a Tensor<B, 2>,
     sin: &'a Tensor<B, 2>,
     qk_scale: f64,
     eps: f64,
     dtype: ComputeDtype,
     dropout: &'a Dropout,
+    /// A ragged decode step (one token per row, rows at different lengths): each row's
+    /// position.
+    ragged: Option<&'a [usize]>,
 }
 
 impl<B: FusedOps> CausalSelfAttention<B> {
@@ -172,12 +176,27 @@ impl<B: FusedOps> CausalSelfAttention<B> {
             let g = sigmoid(linear(gate, x.narrow(2, 0, VE_GATE_CHANNELS), ctx.dtype)) * 3.0;
             v = v + g.unsqueeze_dim::<4>(3) * ve.reshape([b, t, hkv, d]);
         }
-        let q = ops::rotary_norm(q, ctx.cos, ctx.sin, ctx.eps, ctx.qk_scale);
-        let k = ops::rotary_norm(k, ctx.cos, ctx.sin, ctx.eps, ctx.qk_scale);
+        // A ragged step rotates row i by table row i: the rows as one sequence's time steps.
+        let rotary = |x: Tensor<B, 4>, heads: usize| match ctx.ragged {
+            None => ops::rotary_norm(x, ctx.cos, ctx.sin, ctx.eps, ctx.qk_scale),
+            Some(_) => ops::rotary_norm(
+                x.reshape([1, b, heads, d]),
+                ctx.cos,
+                ctx.sin,
+                ctx.eps,
+                ctx.qk_scale,
+            )
+            .reshape([b, 1, heads, d]),
+        };
+        let (q, k) = (rotary(q, h), rotary(k, hkv));
         let y = match cache {
             None => ops::attention(q, k, v, window.left),
             Some((cache, layer)) => {
                 let (k_all, v_all) = cache.append(layer, k, v);
+                if let Some(positions) = ctx.ragged {
+                    let y = ops::ragged_attention(q, k_all, v_all, positions, window.left);
+                    return linear(&self.c_proj, y.reshape([b, t, c]), ctx.dtype);
+                }
                 let tk = k_all.dims()[1];
                 let (k_all, v_all) = if t == 1 && window.left + 1 < tk {
                     // Decode: only the last `window + 1` keys are visible.
@@ -306,26 +325,35 @@ impl<B: Backend> Gpt<B> {
 }
 
 impl<B: FusedOps> Gpt<B> {
-    /// The final normalised hidden states `[batch, t, n_embd]` for tokens `idx` (`[batch, t]`),
-    /// appending to `cache` when given.
+    /// The final normalised hidden states `[rows, t, n_embd]` for tokens `idx` (`[rows, t]`),
+    /// appending to the first `rows` rows of `cache` when given. Rows of the cache at different
+    /// lengths (continuous batching) take one token each, each at its own position.
     pub fn hidden(
         &self,
         idx: Tensor<B, 2, Int>,
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let c = &self.config;
-        let t = idx.dims()[1];
+        let [rows, t] = idx.dims();
         let device = idx.device();
         let eps = self.compute.norm_eps();
+        let ragged = match cache.as_deref() {
+            Some(kv) => {
+                kv.check_room(rows, t);
+                let ragged = !kv.is_aligned(rows);
+                assert!(
+                    !ragged || t == 1,
+                    "rows of different lengths take one token each"
+                );
+                ragged.then(|| kv.lens(rows).to_vec())
+            }
+            None => None,
+        };
         let pos0 = cache.as_ref().map_or(0, |kv| kv.pos());
-        if let Some(kv) = cache.as_ref() {
-            assert!(
-                pos0 + t <= kv.max_len(),
-                "KV cache full: {pos0} + {t} > {}",
-                kv.max_len()
-            );
-        }
-        let (cos, sin) = rope_tables::<B>(pos0, t, c.head_dim(), c.rope_base, &device);
+        let (cos, sin) = match &ragged {
+            Some(positions) => rope_tables_at::<B>(positions, c.head_dim(), c.rope_base, &device),
+            None => rope_tables::<B>(pos0, t, c.head_dim(), c.rope_base, &device),
+        };
         let dt = self.compute.float_dtype();
         let (cos, sin) = (cos.cast(dt), sin.cast(dt));
         let x = rms_norm(self.transformer.wte.forward(idx.clone()).cast(dt), eps);
@@ -338,6 +366,7 @@ impl<B: FusedOps> Gpt<B> {
             eps,
             dtype: self.compute,
             dropout: &self.dropout,
+            ragged: ragged.as_deref(),
         };
         let windows = c.window_sizes();
         let mut backout = None;
@@ -359,7 +388,7 @@ impl<B: FusedOps> Gpt<B> {
             }
         }
         if let Some(kv) = cache {
-            kv.advance(t);
+            kv.advance(rows, t);
         }
         if let (Some(xb), Some(l)) = (backout, &self.backout_lambda) {
             x = x - xb * l.val().cast(dt).reshape([1, 1, 1]);
@@ -375,7 +404,7 @@ impl<B: FusedOps> Gpt<B> {
             return x;
         };
         let (t, dt) = (x.dims()[1], self.compute.float_dtype());
-        let prev = cache.and_then(|kv| kv.prev_embedding.replace(x.clone().narrow(1, t - 1, 1)));
+        let prev = cache.and_then(|kv| kv.swap_prev_embedding(x.clone().narrow(1, t - 1, 1)));
         let gate_of = |x: Tensor<B, 3>| {
             sigmoid(linear(
                 gate,

@@ -16,20 +16,33 @@ pub fn rope_tables<B: Backend>(
     base: f64,
     device: &B::Device,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let positions: Vec<usize> = (start..start + len).collect();
+    rope_tables_at(&positions, head_dim, base, device)
+}
+
+/// The tables for the given positions, one row each (`[positions.len(), head_dim/2]`): a
+/// ragged decode step, each row's token at its own position. Row `i` equals row
+/// `positions[i]` of [`rope_tables`].
+pub fn rope_tables_at<B: Backend>(
+    positions: &[usize],
+    head_dim: usize,
+    base: f64,
+    device: &B::Device,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let half = head_dim / 2;
     let inv_freq: Vec<f32> = (0..half)
         .map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / head_dim as f32))
         .collect();
-    let mut cos = Vec::with_capacity(len * half);
-    let mut sin = Vec::with_capacity(len * half);
-    for t in start..start + len {
+    let mut cos = Vec::with_capacity(positions.len() * half);
+    let mut sin = Vec::with_capacity(positions.len() * half);
+    for &t in positions {
         for f in &inv_freq {
             let angle = t as f32 * f;
             cos.push(angle.cos());
             sin.push(angle.sin());
         }
     }
-    let shape = [len, half];
+    let shape = [positions.len(), half];
     (
         Tensor::from_data(TensorData::new(cos, shape), device),
         Tensor::from_data(TensorData::new(sin, shape), device),

@@ -158,3 +158,73 @@ fn kv_cache_decode_matches() {
         assert!(rel_err(&f32s(&tail.into_data()), &f32s(want)) < 1e-4);
     }
 }
+
+/// Continuous batching's decode: requests prefilled alone, copied into rows of one cache
+/// (with a free row among them), then decoded together one token per row at their own
+/// positions (past the short window), give each request's logits as decoding it alone does.
+#[test]
+fn ragged_batched_decode_matches_each_request_alone() {
+    use burn::module::AutodiffModule;
+    for f in fixtures() {
+        let has_step2 = f.tensors.keys().any(|k| k.starts_with("step2."));
+        let m = model_with(&f, if has_step2 { "step2." } else { "param." }).valid();
+        let idx = ints(&f, "input.idx").inner();
+        let (rows_in, t_in) = (idx.dims()[0], idx.dims()[1]);
+        let steps = 12;
+        // Prompt lengths around the short window; each request reads its own input row.
+        let prompts: Vec<usize> = [t_in - steps, t_in / 3, t_in / 2]
+            .into_iter()
+            .filter(|&p| p > 0)
+            .collect();
+        let seq = |r: usize| idx.clone().narrow(0, r % rows_in, 1);
+        let alone: Vec<Vec<f32>> = prompts
+            .iter()
+            .enumerate()
+            .map(|(r, &p)| {
+                let mut cache = m.new_kv_cache(1, p + steps);
+                let mut out =
+                    vec![
+                        m.forward(seq(r).narrow(1, 0, p), Some(&mut cache))
+                            .narrow(1, p - 1, 1),
+                    ];
+                for s in 0..steps - 1 {
+                    out.push(m.forward(seq(r).narrow(1, p + s, 1), Some(&mut cache)));
+                }
+                f32s(&Tensor::cat(out, 1).into_data())
+            })
+            .collect();
+        // Rows: request 0, a free row, request 1, request 2.
+        let slots = [0usize, 2, 3];
+        let max_len = prompts.iter().max().unwrap() + steps;
+        let mut batch = m.new_kv_cache(4, max_len);
+        let mut got: Vec<Vec<f32>> = vec![Vec::new(); prompts.len()];
+        for (r, &p) in prompts.iter().enumerate() {
+            let mut own = m.new_kv_cache(1, p);
+            let logits = m.forward(seq(r).narrow(1, 0, p), Some(&mut own));
+            got[r].extend(f32s(&logits.narrow(1, p - 1, 1).into_data()));
+            batch.load_row(slots[r], &own, 0);
+        }
+        for s in 0..steps - 1 {
+            let mut column = vec![0i64; 4];
+            for (r, &p) in prompts.iter().enumerate() {
+                let t = seq(r)
+                    .narrow(1, p + s, 1)
+                    .into_data()
+                    .convert::<i64>()
+                    .to_vec::<i64>()
+                    .unwrap()[0];
+                column[slots[r]] = t;
+            }
+            let ids = Tensor::from_data(TensorData::new(column, [4, 1]), &Default::default());
+            let logits = m.forward(ids, Some(&mut batch));
+            batch.clear_row(1);
+            for (r, &slot) in slots.iter().enumerate() {
+                got[r].extend(f32s(&logits.clone().narrow(0, slot, 1).into_data()));
+            }
+        }
+        for (r, (a, g)) in alone.iter().zip(&got).enumerate() {
+            let e = rel_err(g, a);
+            assert!(e < 1e-5, "{}: request {r} rel err {e}", f.name);
+        }
+    }
+}

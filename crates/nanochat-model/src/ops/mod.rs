@@ -10,6 +10,7 @@
 //! | [`rms_norm`] | `F.rms_norm` | 5 ops forward, more backward |
 //! | [`rotary_norm`] | `norm(apply_rotary_emb(q)) · 1.2` on queries and keys | narrows, a cat and the norm, each a copy |
 //! | [`attention`] | causal, sliding-window, grouped-query SDPA | `B·H·T·T` scores, mask, softmax, their gradients |
+//! | [`ragged_attention`] | decode of rows at different positions (continuous batching) | a `[B, H, 1, Tk]` mask and repeated kv heads |
 //! | [`relu_squared`] | `F.relu(x).square()` | two passes and two backward passes |
 //! | [`adamw_step`], [`muon_step`] | `adamw_step_fused`, `muon_step_fused` (upstream compiles them) | ~15 passes per AdamW parameter, ~40 small ops per Muon group, one thread |
 //!
@@ -196,6 +197,18 @@ pub trait FusedOps: Backend {
         reference::attention_vjp::<Self>(q, k, v, dout, window)
     }
 
+    /// One query per row at its own position over a KV cache's rows, see
+    /// [`ragged_attention`] (inference only: differentiated through the reference).
+    fn ragged_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        positions: &[usize],
+        window: usize,
+    ) -> FloatTensor<Self> {
+        reference::ragged_attention_prim::<Self>(q, k, v, positions, window)
+    }
+
     /// `relu(x)²`, see [`relu_squared`].
     fn relu_squared(x: FloatTensor<Self>) -> FloatTensor<Self> {
         reference::relu_squared_prim::<Self>(x)
@@ -376,6 +389,26 @@ pub fn attention<B: FusedOps>(
     window: usize,
 ) -> Tensor<B, 4> {
     tensor(B::causal_attention(prim(q), prim(k), prim(v), window))
+}
+
+/// A ragged decode step: row `i`'s one query (`q` `[B, 1, H, D]`) sits at position
+/// `positions[i]` and attends to that row's keys `k`, `v` (`[B, Tk, H_kv, D]`, from position 0)
+/// up to its own, at most `window` back. Rows of a continuously batched decode each have
+/// their own length; [`attention`] is the case where all rows share one.
+pub fn ragged_attention<B: FusedOps>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    positions: &[usize],
+    window: usize,
+) -> Tensor<B, 4> {
+    tensor(B::ragged_attention(
+        prim(q),
+        prim(k),
+        prim(v),
+        positions,
+        window,
+    ))
 }
 
 /// One AdamW step ([`optim::adamw_update`]) on a flat parameter: `[param, exp_avg, exp_avg_sq]`.

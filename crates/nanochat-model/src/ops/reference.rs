@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor, ModuleOps};
 use burn::tensor::{FloatDType, Int, Tensor, TensorPrimitive};
 
-use crate::flash_attention::causal_window_attention;
+use crate::flash_attention::{causal_window_attention, ragged_window_attention};
 
 fn tensor<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
@@ -185,6 +185,19 @@ pub fn attention_prim<B: Backend>(
     window: usize,
 ) -> FloatTensor<B> {
     prim(attention(tensor::<B, 4>(q), tensor(k), tensor(v), window))
+}
+
+/// A ragged decode step on `[B, 1, H, D]` / `[B, Tk, H_kv, D]` tensors through
+/// [`ragged_window_attention`].
+pub fn ragged_attention_prim<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    positions: &[usize],
+    window: usize,
+) -> FloatTensor<B> {
+    let t = |p| tensor::<B, 4>(p).swap_dims(1, 2);
+    prim(ragged_window_attention(t(q), t(k), t(v), positions, window).swap_dims(1, 2))
 }
 
 /// `(dq, dk, dv)` of [`attention`] for the output gradient `dout`, by autodiff.

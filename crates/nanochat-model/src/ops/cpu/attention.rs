@@ -179,6 +179,45 @@ pub fn forward(
         });
 }
 
+/// A ragged decode step (`sh.tq` = 1): row `b`'s query sits at position `positions[b]` and
+/// is its own batch-1 problem over that row's first `positions[b] + 1` keys, so a row's output
+/// is bit-identical to decoding it alone.
+pub fn forward_ragged(
+    sh: &Shape,
+    q: &[f32],
+    (k, v): (KvRef<'_>, KvRef<'_>),
+    positions: &[usize],
+    o: &mut [f32],
+) {
+    let hd = sh.h * sh.d;
+    assert!(
+        sh.tq == 1 && positions.len() == sh.b && positions.iter().all(|&p| p < sh.tk),
+        "ragged attention: one query per row, within the {} keys",
+        sh.tk
+    );
+    if hd == 0 {
+        return;
+    }
+    o.par_chunks_mut(hd)
+        .zip(positions.par_iter())
+        .enumerate()
+        .for_each(|(b, (ob, &p))| {
+            let row = Shape {
+                b: 1,
+                tq: 1,
+                tk: p + 1,
+                ..*sh
+            };
+            let at = |at: KvAt| KvAt {
+                offset: at.offset + b * at.bstride,
+                bstride: 0,
+            };
+            let (k, v) = ((k.0, at(k.1)), (v.0, at(v.1)));
+            let mut lse = vec![0.0f32; sh.h];
+            forward(&row, &q[b * hd..(b + 1) * hd], (k, v), ob, &mut lse);
+        });
+}
+
 /// One (batch, kv head)'s gradients: `dq` for its query heads `[groups, tq, d]`, `dk`, `dv`
 /// `[tk, d]`.
 struct HeadGrads {

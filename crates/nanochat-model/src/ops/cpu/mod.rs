@@ -308,6 +308,31 @@ impl FusedOps for Flex {
         )
     }
 
+    fn ragged_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        positions: &[usize],
+        window: usize,
+    ) -> FloatTensor<Self> {
+        if !is_f32(&[&q, &k, &v]) {
+            return reference::ragged_attention_prim::<Self>(q, k, v, positions, window);
+        }
+        let sh = attention_shape(&q, &k, window);
+        let (k, k_at) = kv_rows(k);
+        let (v, v_at) = kv_rows(v);
+        let q = contiguous(q);
+        let mut o = vec![0.0f32; q.layout().num_elements()];
+        attention::forward_ragged(
+            &sh,
+            f32s(&q),
+            ((k.storage::<f32>(), k_at), (v.storage::<f32>(), v_at)),
+            positions,
+            &mut o,
+        );
+        from_vec(o, &dims(&q))
+    }
+
     fn attention_backward(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,

@@ -272,3 +272,41 @@ fn attention_reads_a_kv_cache_prefix_in_place() {
     assert!(rel(a.clone(), c) < 1e-7);
     assert!(rel(a, Tensor::from_inner(refr)) < 1e-5);
 }
+
+#[test]
+fn ragged_attention_matches_reference_and_each_row_alone() {
+    // Four cache rows of 20 positions, the queries at positions 3, 0, 19 and 11, window 6,
+    // two query heads per kv head; keys read in place from the cache.
+    let (b, tk, h, hkv, d, window) = (4, 20, 4, 2, 8, 6);
+    let positions = [3, 0, 19, 11];
+    let cache_k = randn([b, 24, hkv, d], 70).inner();
+    let cache_v = randn([b, 24, hkv, d], 71).inner();
+    let q = randn([b, 1, h, d], 72).inner();
+    let (k, v) = (cache_k.narrow(1, 0, tk), cache_v.narrow(1, 0, tk));
+    let fused = ops::ragged_attention(q.clone(), k.clone(), v.clone(), &positions, window);
+    let refr = Tensor::<Flex, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(
+        reference::ragged_attention_prim::<Flex>(
+            q.clone().into_primitive().tensor(),
+            k.clone().into_primitive().tensor(),
+            v.clone().into_primitive().tensor(),
+            &positions,
+            window,
+        ),
+    ));
+    let fused_ad = Tensor::<Ad, 4>::from_inner(fused.clone());
+    assert!(rel(fused_ad, Tensor::from_inner(refr)) < 1e-5);
+    // Row r alone: its query as the last of its own positions[r] + 1 keys.
+    let got = fused.into_data().to_vec::<f32>().unwrap();
+    for (r, &p) in positions.iter().enumerate() {
+        let alone = ops::attention(
+            q.clone().narrow(0, r, 1),
+            k.clone().narrow(0, r, 1).narrow(1, 0, p + 1),
+            v.clone().narrow(0, r, 1).narrow(1, 0, p + 1),
+            window,
+        )
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+        assert_eq!(&got[r * h * d..(r + 1) * h * d], &alone[..], "row {r}");
+    }
+}
