@@ -4,7 +4,6 @@
 
 use nanochat_core::GenerationParams;
 use nanochat_model::FusedOps;
-use nanochat_tokenizer::StreamDecoder;
 
 use crate::engine::{Engine, EngineError, RowOutput};
 use crate::sampling::TokenLogprobs;
@@ -83,66 +82,13 @@ pub fn stream_reply<B: FusedOps>(
     params: &GenerationParams,
     mut on_text: impl FnMut(&str, Vec<TokenLogprobs>) -> bool,
 ) -> Result<RowOutput, EngineError> {
-    let tok = engine.tokenizer().clone();
-    let end = tok.encode_special("<|assistant_end|>")?;
-    let bos = tok.bos_token_id();
     let single = GenerationParams {
         num_samples: 1,
         ..params.clone()
     };
-    let mut decoder = StreamDecoder::new();
-    let mut failed = None;
-    let mut sent = 0usize;
-    let mut text = String::new();
-    let mut pending: Vec<TokenLogprobs> = Vec::new();
-    let out = engine.generate(prompt, &single, |step| {
-        let t = step.tokens[0];
-        if t == end || t == bos {
-            return false;
-        }
-        pending.extend(step.logprobs[0].clone());
-        match decoder.push(&tok, t) {
-            Ok(piece) => text.push_str(&piece),
-            Err(e) => {
-                failed = Some(e);
-                return false;
-            }
-        }
-        // Hold back text that could be the start of a stop string.
-        let hold = single
-            .stop
-            .iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                (1..s.len())
-                    .rev()
-                    .find(|&k| s.is_char_boundary(k) && text.ends_with(&s[..k]))
-                    .unwrap_or(0)
-            })
-            .max()
-            .unwrap_or(0);
-        let cut = single
-            .stop
-            .iter()
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| text.find(s.as_str()))
-            .min();
-        let limit = cut.unwrap_or(text.len() - hold);
-        if limit > sent {
-            let keep_going = on_text(&text[sent..limit], std::mem::take(&mut pending));
-            sent = limit;
-            if !keep_going {
-                return false;
-            }
-        }
-        cut.is_none()
+    let mut rows = engine.generate(prompt, &single, |step| match step.pieces[0].clone() {
+        Some((text, logprobs)) => on_text(&text, logprobs),
+        None => true,
     })?;
-    if let Some(e) = failed {
-        return Err(e.into());
-    }
-    let row = out.into_iter().next().expect("one row");
-    if row.text.len() > sent {
-        on_text(&row.text[sent..], pending);
-    }
-    Ok(row)
+    Ok(rows.remove(0))
 }

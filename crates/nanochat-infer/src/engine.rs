@@ -5,19 +5,21 @@
 //! `<|assistant_end|>` or `<|bos|>` — plus stop strings and `max_tokens`.
 //!
 //! [`Engine::generate`] streams: the callback sees each step's token column (and whether each
-//! token was sampled or forced) and can stop early. [`Engine::generate_batch`] collects.
+//! token was sampled or forced) and can stop early. [`Engine::generate_batch`] collects. Each
+//! row is a [`Sequence`]; the server's continuous batching (`batcher`) steps the same
+//! sequences for many requests at once.
 
 use nanochat_model::FusedOps;
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use nanochat_core::{GenerationParams, ValidationError};
 use nanochat_model::Gpt;
-use nanochat_tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
+use nanochat_tokenizer::{Tokenizer, TokenizerError};
 
 use crate::calculator::use_calculator;
-use crate::sampling::{Sampler, TokenLogprobs, token_logprobs};
+use crate::sampling::TokenLogprobs;
+use crate::sequence::Sequence;
 
 /// Why generation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,9 @@ pub struct Step {
     pub masks: Vec<u8>,
     /// Each row's token log-probabilities, when `GenerationParams::logprobs` asks for them.
     pub logprobs: Vec<Option<TokenLogprobs>>,
+    /// Each row's text that became safe to show in this step (whole characters, never the
+    /// start of a stop string), with the log-probabilities of its tokens.
+    pub pieces: Vec<Option<(String, Vec<TokenLogprobs>)>>,
 }
 
 /// What one row produced.
@@ -69,28 +74,13 @@ pub struct RowOutput {
     pub finish_reason: FinishReason,
 }
 
-#[derive(Default)]
-struct RowState {
-    forced: VecDeque<u32>,
-    in_python: bool,
-    python_expr: Vec<u32>,
-    completed: bool,
-    out: Vec<u32>,
-    masks: Vec<u8>,
-    logprobs: Vec<TokenLogprobs>,
-    recent: Vec<u32>,
-    text: String,
-    decoder: StreamDecoder,
-    finish: Option<FinishReason>,
-}
-
 /// The special tokens the state machine reacts to.
 #[derive(Debug, Clone, Copy)]
-struct Specials {
-    bos: u32,
-    assistant_end: u32,
-    python_start: u32,
-    python_end: u32,
+pub(crate) struct Specials {
+    pub(crate) bos: u32,
+    pub(crate) assistant_end: u32,
+    pub(crate) python_start: u32,
+    pub(crate) python_end: u32,
     output_start: u32,
     output_end: u32,
 }
@@ -150,6 +140,28 @@ impl<B: FusedOps> Engine<B> {
         &self.tokenizer
     }
 
+    pub(crate) fn specials(&self) -> Specials {
+        self.specials
+    }
+
+    /// Checks `prompt` and `params` against the model and tokenizer.
+    pub(crate) fn validate(
+        &self,
+        prompt: &[u32],
+        params: &GenerationParams,
+    ) -> Result<(), EngineError> {
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let remaining = self
+            .model
+            .config()
+            .sequence_len
+            .saturating_sub(prompt.len());
+        params.validate_for(self.tokenizer.vocab_size(), remaining)?;
+        Ok(())
+    }
+
     /// The tokens forced after `<|python_end|>` for the expression tokens between
     /// `<|python_start|>` and it: `<|output_start|>result<|output_end|>`, or nothing when the
     /// calculator refuses the expression.
@@ -177,97 +189,40 @@ impl<B: FusedOps> Engine<B> {
         params: &GenerationParams,
         mut on_step: impl FnMut(&Step) -> bool,
     ) -> Result<Vec<RowOutput>, EngineError> {
-        if prompt.is_empty() {
-            return Err(EngineError::EmptyPrompt);
-        }
-        let cfg = self.model.config();
-        let remaining = cfg.sequence_len.saturating_sub(prompt.len());
-        params.validate_for(self.tokenizer.vocab_size(), remaining)?;
+        self.validate(prompt, params)?;
         let device = self.model.device();
         let n = params.num_samples.max(1);
-        let sp = self.specials;
 
         // Prefill once at batch 1, then replicate the cache to n rows.
         let mut prefill = self.model.new_kv_cache(1, prompt.len());
         let logits = self
             .model
-            .forward(to_ids::<B>(prompt, 1, &device), Some(&mut prefill));
+            .forward_last(to_ids::<B>(prompt, 1, &device), Some(&mut prefill));
         let first = last_logits(logits).remove(0);
         let mut cache = prefill.replicate(n, prompt.len() + params.max_tokens);
         drop(prefill);
         let mut logits: Vec<Vec<f32>> = vec![first; n];
 
         let seed = params.seed.unwrap_or(42);
-        let mut samplers: Vec<Sampler> = (0..n as u64)
-            .map(|i| Sampler::new(seed.wrapping_add(i)))
+        let mut rows: Vec<Sequence> = (0..n as u64)
+            .map(|i| Sequence::new(prompt, seed.wrapping_add(i)))
             .collect();
-        let mut rows: Vec<RowState> = (0..n)
-            .map(|_| RowState {
-                recent: prompt.to_vec(),
-                ..RowState::default()
-            })
-            .collect();
-        let mut generated = 0;
-        while generated < params.max_tokens && !rows.iter().all(|r| r.completed) {
+        loop {
             let mut step = Step {
                 tokens: Vec::with_capacity(n),
                 masks: Vec::with_capacity(n),
                 logprobs: Vec::with_capacity(n),
+                pieces: Vec::with_capacity(n),
             };
-            for (i, row) in rows.iter_mut().enumerate() {
-                let (token, mask) = match row.forced.pop_front() {
-                    Some(t) => (t, 0),
-                    None => (
-                        samplers[i].sample(&logits[i], &row.recent, &row.out, params),
-                        1,
-                    ),
-                };
-                let lp = params
-                    .logprobs
-                    .map(|k| token_logprobs(&logits[i], token, k));
-                step.tokens.push(token);
-                step.masks.push(mask);
-                step.logprobs.push(lp.clone());
-                if row.completed {
-                    continue;
-                }
-                row.recent.push(token);
-                if token == sp.assistant_end || token == sp.bos {
-                    row.completed = true;
-                    row.finish = Some(FinishReason::Stop);
-                    continue;
-                }
-                row.out.push(token);
-                row.masks.push(mask);
-                row.logprobs.extend(lp);
-                row.text
-                    .push_str(&row.decoder.push(&self.tokenizer, token)?);
-                if token == sp.python_start {
-                    row.in_python = true;
-                    row.python_expr.clear();
-                } else if token == sp.python_end && row.in_python {
-                    row.in_python = false;
-                    row.forced.extend(self.tool_response(&row.python_expr)?);
-                    row.python_expr.clear();
-                } else if row.in_python {
-                    row.python_expr.push(token);
-                }
-                if let Some(stop) = params
-                    .stop
-                    .iter()
-                    .find(|s| !s.is_empty() && row.text.contains(s.as_str()))
-                {
-                    let cut = row.text.find(stop.as_str()).unwrap_or(row.text.len());
-                    row.text.truncate(cut);
-                    row.completed = true;
-                    row.finish = Some(FinishReason::Stop);
-                }
+            for (row, logits) in rows.iter_mut().zip(&logits) {
+                let chosen = row.choose(logits, params);
+                step.tokens.push(chosen.token);
+                step.masks.push(chosen.mask);
+                step.logprobs.push(chosen.logprobs.clone());
+                row.accept(self, chosen, params)?;
+                step.pieces.push(row.take_piece(&params.stop));
             }
-            generated += 1;
-            if !on_step(&step) {
-                break;
-            }
-            if generated >= params.max_tokens || rows.iter().all(|r| r.completed) {
+            if !on_step(&step) || rows.iter().all(Sequence::is_finished) {
                 break;
             }
             let out = self
@@ -275,19 +230,7 @@ impl<B: FusedOps> Engine<B> {
                 .forward(to_ids::<B>(&step.tokens, n, &device), Some(&mut cache));
             logits = last_logits(out);
         }
-        Ok(rows
-            .into_iter()
-            .map(|mut r| {
-                r.text.push_str(&r.decoder.finish());
-                RowOutput {
-                    tokens: r.out,
-                    masks: r.masks,
-                    logprobs: r.logprobs,
-                    text: r.text,
-                    finish_reason: r.finish.unwrap_or(FinishReason::Length),
-                }
-            })
-            .collect())
+        Ok(rows.into_iter().map(Sequence::into_output).collect())
     }
 
     /// Non-streaming generation (upstream `generate_batch`): every row's tokens and masks.

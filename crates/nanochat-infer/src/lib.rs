@@ -22,6 +22,7 @@ pub mod infer_bench;
 mod jobs;
 pub mod requests;
 pub mod sampling;
+pub mod sequence;
 pub mod server;
 mod session_store;
 pub mod sessions;

@@ -440,6 +440,18 @@ impl<B: FusedOps> Gpt<B> {
         self.logits(x)
     }
 
+    /// Logits `[batch, 1, vocab_size]` of the last position only: a prefill that only needs
+    /// the next token runs `lm_head` on one row per sequence instead of `t`.
+    pub fn forward_last(
+        &self,
+        idx: Tensor<B, 2, Int>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let x = self.hidden(idx, cache);
+        let t = x.dims()[1];
+        self.logits(x.narrow(1, t - 1, 1))
+    }
+
     /// lm_head, crop to the vocabulary, float32, soft cap.
     fn logits(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
