@@ -10,7 +10,7 @@ use std::sync::Arc;
 use nanochat::core::Source;
 use nanochat::core::paths::{base_dir, tokenizer_dir};
 use nanochat::infer::Engine;
-use nanochat::infer::server::{AppState, WorkerPool, serve};
+use nanochat::infer::server::{AppState, DEFAULT_MAX_BATCH, WorkerPool, serve};
 use nanochat::model::burn::backend::Flex;
 use nanochat::model::checkpoint::load_model;
 use nanochat::tokenizer::Tokenizer;
@@ -32,7 +32,11 @@ fn main() -> anyhow::Result<()> {
     );
     // One worker; the `serve` subcommand starts one per device.
     let engine = Engine::new(model, tokenizer)?;
-    state.set_pool(WorkerPool::start(vec![engine], state.stats.clone()));
+    state.set_pool(WorkerPool::start(
+        vec![engine],
+        state.stats.clone(),
+        DEFAULT_MAX_BATCH,
+    ));
     let rt = tokio::runtime::Runtime::new()?;
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:8000"))?;
     println!("serving {} at http://127.0.0.1:8000/", dir.display());

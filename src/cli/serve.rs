@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use nanochat::core::DeviceSpec;
 use nanochat::infer::Engine;
-use nanochat::infer::server::{AppState, WorkerPool, serve};
+use nanochat::infer::server::{AppState, DEFAULT_MAX_BATCH, WorkerPool, serve};
 use nanochat::model::{BackendTask, ComputeDtype, dispatch};
 use nanochat::tokenizer::Tokenizer;
 
@@ -27,6 +27,10 @@ pub struct Args {
     /// Model workers (each holds a copy of the model; one per GPU, or more on a big CPU).
     #[arg(long, default_value_t = 1)]
     num_workers: usize,
+    /// Sequences each worker decodes together (continuous batching; requests join and leave
+    /// between steps). 1 turns batching off: one request at a time per worker.
+    #[arg(long, default_value_t = DEFAULT_MAX_BATCH, value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from))]
+    max_batch: usize,
     /// Device: auto, cpu, wgpu[:N], cuda[:N].
     #[arg(long, default_value = "auto")]
     device: DeviceSpec,
@@ -63,8 +67,11 @@ impl BackendTask for Load {
                 self.tokenizer.clone(),
             )?);
         }
-        self.state
-            .set_pool(WorkerPool::start(engines, self.state.stats.clone()));
+        self.state.set_pool(WorkerPool::start(
+            engines,
+            self.state.stats.clone(),
+            self.args.max_batch,
+        ));
         tracing::info!("ready");
         Ok(())
     }

@@ -273,12 +273,6 @@ impl ChatRequest {
                 format!("n must be between 1 and {max}, got {n}"),
             ));
         }
-        if n > 1 && self.stream == Some(true) {
-            return Err(ApiError::bad(
-                "n",
-                "n > 1 is answered whole: stream it with n = 1",
-            ));
-        }
         let params = GenerationParams {
             temperature,
             top_k: (top_k > 0).then_some(top_k),

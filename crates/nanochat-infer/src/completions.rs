@@ -96,7 +96,7 @@ pub(crate) async fn completions(
         ));
     }
     let params = sampling.params(1.0, state.tokenizer.vocab_size(), room, true)?;
-    let asked = params.logprobs.is_some();
+    let (asked, params_n) = (params.logprobs.is_some(), params.num_samples.max(1));
     let tokenizer = state.tokenizer.clone();
     let id = format!("cmpl-{}", state.next_id());
     let mut rx = start_job(&state, id.clone(), prompt, params)?;
@@ -105,22 +105,28 @@ pub(crate) async fn completions(
     let head =
         move || json!({"id": id, "object": "text_completion", "created": created, "model": model});
     if sampling.stream.unwrap_or(false) {
-        // Offsets of the streamed tokens count on from the previous chunks' text.
-        let mut offset = 0;
+        // Offsets of the streamed tokens count on from the choice's previous chunks' text.
+        let mut offsets = vec![0; params_n];
         let frame = move |f: Frame| {
             let mut v = head();
             v["choices"] = match f {
-                Frame::Text(t, lp) => {
-                    let logprobs = completion_logprobs(&tokenizer, asked, &lp, offset);
-                    offset += t.len();
-                    json!([{"text": t, "index": 0, "logprobs": logprobs, "finish_reason": null}])
+                Frame::Text(i, t, lp) => {
+                    let logprobs = completion_logprobs(&tokenizer, asked, &lp, offsets[i]);
+                    offsets[i] += t.len();
+                    json!([{"text": t, "index": i, "logprobs": logprobs, "finish_reason": null}])
                 }
-                Frame::End(finish) => json!([{"text": "", "index": 0, "logprobs": null,
-                                              "finish_reason": finish_str(finish)}]),
+                Frame::End(i, finish) => json!([{"text": "", "index": i, "logprobs": null,
+                                                 "finish_reason": finish_str(finish)}]),
+                Frame::Usage => json!([]),
             };
             v
         };
-        return Ok(openai_stream(None, rx, sampling.include_usage(), frame));
+        return Ok(openai_stream(
+            Vec::new(),
+            rx,
+            sampling.include_usage(),
+            frame,
+        ));
     }
     let done = collect(&mut rx).await?;
     let (p, c) = (done.prompt_tokens, done.completion_tokens);

@@ -157,30 +157,43 @@ pub(crate) struct Completed {
     pub(crate) completion_tokens: usize,
 }
 
-/// Gathers a job's text pieces (or its choices) until it finishes; a worker error or a
+/// Gathers a job's text pieces, choice by choice, until it finishes; a worker error or a
 /// vanished worker is a 500.
 pub(crate) async fn collect(rx: &mut Events) -> Result<Completed, ApiError> {
-    let mut text = String::new();
-    let mut logprobs = Vec::new();
-    let mut choices = Vec::new();
+    let mut choices: Vec<Choice> = Vec::new();
+    let choice = |choices: &mut Vec<Choice>, index: usize| {
+        while choices.len() <= index {
+            choices.push(Choice {
+                text: String::new(),
+                finish: FinishReason::Length,
+                logprobs: Vec::new(),
+            });
+        }
+        index
+    };
     while let Some((_, ev)) = rx.recv().await {
         match ev {
-            GenEvent::Text(t, lp) => {
-                text.push_str(&t);
-                logprobs.extend(lp);
+            GenEvent::Text {
+                index,
+                text,
+                logprobs,
+            } => {
+                let i = choice(&mut choices, index);
+                choices[i].text.push_str(&text);
+                choices[i].logprobs.extend(logprobs);
             }
-            GenEvent::Choices(c) => choices = c,
+            GenEvent::Finished { index, finish } => {
+                let i = choice(&mut choices, index);
+                choices[i].finish = finish;
+            }
             GenEvent::Done {
                 finish,
                 prompt_tokens,
                 completion_tokens,
             } => {
-                if choices.is_empty() {
-                    choices.push(Choice {
-                        text: std::mem::take(&mut text),
-                        finish,
-                        logprobs: std::mem::take(&mut logprobs),
-                    });
+                let i = choice(&mut choices, 0);
+                if choices.len() == 1 {
+                    choices[i].finish = finish;
                 }
                 return Ok(Completed {
                     choices,
@@ -194,40 +207,42 @@ pub(crate) async fn collect(rx: &mut Events) -> Result<Completed, ApiError> {
     Err(ApiError::internal("the worker stopped"))
 }
 
-/// What an OpenAI stream frame carries: a piece of text (with its tokens' log-probabilities
-/// when asked for), or the end.
+/// What an OpenAI stream frame carries: a piece of choice `index`'s text (with its tokens'
+/// log-probabilities when asked for), the end of a choice, or (with `include_usage`) the
+/// final usage chunk, whose `choices` are empty.
 pub(crate) enum Frame {
-    Text(String, Vec<TokenLogprobs>),
-    End(FinishReason),
+    Text(usize, String, Vec<TokenLogprobs>),
+    End(usize, FinishReason),
+    Usage,
 }
 
-/// A job's events as OpenAI's SSE stream: `first` (if any), one frame per piece of text and
-/// one for the end, built by `frame` (the end frame gets `usage` when `include_usage`), an
-/// error frame if the worker fails, then `data: [DONE]`. A client that leaves drops the
-/// receiver, which stops the worker.
+/// A job's events as OpenAI's SSE stream: `first` (the opening frames, if any), one frame per
+/// piece of text and one per choice's end, built by `frame`, a usage frame when
+/// `include_usage`, an error frame if the worker fails, then `data: [DONE]`. A client that
+/// leaves drops the receiver, which stops the worker.
 pub(crate) fn openai_stream(
-    first: Option<Value>,
+    first: Vec<Value>,
     rx: Events,
     include_usage: bool,
     mut frame: impl FnMut(Frame) -> Value + Send + 'static,
 ) -> Response {
-    let frames = UnboundedReceiverStream::new(rx).map(move |(_, ev)| match ev {
-        GenEvent::Text(t, lp) => frame(Frame::Text(t, lp)),
+    let frames = UnboundedReceiverStream::new(rx).filter_map(move |(_, ev)| match ev {
+        GenEvent::Text {
+            index,
+            text,
+            logprobs,
+        } => Some(frame(Frame::Text(index, text, logprobs))),
+        GenEvent::Finished { index, finish } => Some(frame(Frame::End(index, finish))),
         GenEvent::Done {
-            finish,
             prompt_tokens,
             completion_tokens,
-        } => {
-            let mut last = frame(Frame::End(finish));
-            if include_usage {
-                last["usage"] = usage(prompt_tokens, completion_tokens);
-            }
+            ..
+        } => include_usage.then(|| {
+            let mut last = frame(Frame::Usage);
+            last["usage"] = usage(prompt_tokens, completion_tokens);
             last
-        }
-        GenEvent::Error(e) => json!({"error": {"message": e, "type": "server_error"}}),
-        GenEvent::Choices(_) => {
-            json!({"error": {"message": "n > 1 does not stream", "type": "server_error"}})
-        }
+        }),
+        GenEvent::Error(e) => Some(json!({"error": {"message": e, "type": "server_error"}})),
     });
     let stream = tokio_stream::iter(first)
         .chain(frames)

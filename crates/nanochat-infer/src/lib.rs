@@ -14,6 +14,7 @@
 
 pub mod api;
 mod auth;
+mod batcher;
 pub mod calculator;
 pub mod chat;
 mod completions;

@@ -45,7 +45,7 @@ pub use crate::jobs::AppState;
 use crate::jobs::{Frame, collect, openai_stream, start_job};
 use crate::tool_text::ToolText;
 use crate::workers::GenEvent;
-pub use crate::workers::{Stats, WorkerPool};
+pub use crate::workers::{DEFAULT_MAX_BATCH, Stats, WorkerPool};
 
 /// The bundled chat page.
 pub const UI_HTML: &str = include_str!("ui.html");
@@ -73,14 +73,14 @@ async fn upstream_chat(
         ));
     }
     let rx = start_job(&state, format!("chat-{}", state.next_id()), prompt, params)?;
-    let stream = UnboundedReceiverStream::new(rx).map(|(gpu, ev)| {
+    let stream = UnboundedReceiverStream::new(rx).filter_map(|(gpu, ev)| {
         let data = match ev {
-            GenEvent::Text(t, _) => json!({"token": t, "gpu": gpu}),
+            GenEvent::Text { text, .. } => json!({"token": text, "gpu": gpu}),
+            GenEvent::Finished { .. } => return None,
             GenEvent::Done { .. } => json!({"done": true}),
             GenEvent::Error(e) => json!({"error": e, "done": true}),
-            GenEvent::Choices(_) => json!({"error": "n > 1 does not stream", "done": true}),
         };
-        Ok::<_, Infallible>(Event::default().data(data.to_string()))
+        Some(Ok::<_, Infallible>(Event::default().data(data.to_string())))
     });
     Ok(Sse::new(stream).into_response())
 }
@@ -90,43 +90,50 @@ async fn openai_chat(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (req, prompt, params) = prepare(&state, &body, false)?;
-    let asked = params.logprobs.is_some();
+    let (asked, n) = (params.logprobs.is_some(), params.num_samples.max(1));
     let tokenizer = state.tokenizer.clone();
     let id = format!("chatcmpl-{}", state.next_id());
     let mut rx = start_job(&state, id.clone(), prompt, params)?;
     let created = unix_now();
     let model = state.model_id.clone();
     if req.stream.unwrap_or(false) {
-        let chunk = move |delta: Value, logprobs: Value, finish: Option<&str>| {
+        let chunk = move |choices: Value| {
             json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                   "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
-                                "finish_reason": finish}]})
+                   "choices": choices})
         };
-        let first = chunk(
-            json!({"role": "assistant", "content": ""}),
-            Value::Null,
-            None,
-        );
-        // Tool calls are rewritten as readable text (`ToolText`); what it held back rides on
-        // the last chunk.
-        let mut tool_text = ToolText::default();
+        let choice = |index: usize, delta: Value, logprobs: Value, finish: Option<&str>| json!([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]);
+        let first = (0..n)
+            .map(|i| {
+                chunk(choice(
+                    i,
+                    json!({"role": "assistant", "content": ""}),
+                    Value::Null,
+                    None,
+                ))
+            })
+            .collect();
+        // Tool calls are rewritten as readable text (`ToolText`, one per choice); what it held
+        // back rides on the choice's last chunk.
+        let mut tool_text: Vec<ToolText> = (0..n).map(|_| ToolText::default()).collect();
         let frame = move |f: Frame| match f {
-            Frame::Text(t, lp) => chunk(
-                json!({"content": tool_text.push(&t)}),
+            Frame::Text(i, t, lp) => chunk(choice(
+                i,
+                json!({"content": tool_text[i].push(&t)}),
                 chat_logprobs(&tokenizer, asked, &lp),
                 None,
-            ),
-            Frame::End(finish) => {
-                let rest = tool_text.finish();
+            )),
+            Frame::End(i, finish) => {
+                let rest = tool_text[i].finish();
                 let delta = if rest.is_empty() {
                     json!({})
                 } else {
                     json!({ "content": rest })
                 };
-                chunk(delta, Value::Null, Some(finish_str(finish)))
+                chunk(choice(i, delta, Value::Null, Some(finish_str(finish))))
             }
+            Frame::Usage => chunk(json!([])),
         };
-        return Ok(openai_stream(Some(first), rx, req.include_usage(), frame));
+        return Ok(openai_stream(first, rx, req.include_usage(), frame));
     }
     let done = collect(&mut rx).await?;
     let (p, c) = (done.prompt_tokens, done.completion_tokens);
@@ -170,7 +177,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-fn snapshot(s: &Stats) -> [(&'static str, &'static str, f64); 7] {
+fn snapshot(s: &Stats) -> [(&'static str, &'static str, f64); 10] {
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
     let (ttft_n, completion) = (get(&s.ttft_count), get(&s.completion_tokens));
     let decode_s = get(&s.decode_micros) / 1e6;
@@ -185,6 +192,12 @@ fn snapshot(s: &Stats) -> [(&'static str, &'static str, f64); 7] {
         0.0
     };
     let queue = s.queue_depth.load(Ordering::Relaxed) as f64;
+    let steps = get(&s.decode_steps);
+    let batch = if steps > 0.0 {
+        get(&s.decode_rows) / steps
+    } else {
+        0.0
+    };
     [
         ("nanochat_requests_total", "counter", get(&s.requests)),
         ("nanochat_request_errors_total", "counter", get(&s.errors)),
@@ -197,6 +210,13 @@ fn snapshot(s: &Stats) -> [(&'static str, &'static str, f64); 7] {
         ("nanochat_queue_depth", "gauge", queue),
         ("nanochat_time_to_first_token_seconds_avg", "gauge", ttft),
         ("nanochat_generation_tokens_per_second", "gauge", speed),
+        ("nanochat_decode_steps_total", "counter", steps),
+        ("nanochat_decode_batch_rows_avg", "gauge", batch),
+        (
+            "nanochat_running_sequences",
+            "gauge",
+            s.running.load(Ordering::Relaxed) as f64,
+        ),
     ]
 }
 

@@ -83,8 +83,11 @@ fn endpoints_over_real_http() {
         text,
         v["choices"][0]["message"]["content"].as_str().unwrap()
     );
+    // The choice's end, then (include_usage) a last chunk with no choices and the usage.
+    let end = &chunks[chunks.len() - 2];
+    assert!(["stop", "length"].contains(&end["choices"][0]["finish_reason"].as_str().unwrap()));
     let last = chunks.last().unwrap();
-    assert!(["stop", "length"].contains(&last["choices"][0]["finish_reason"].as_str().unwrap()));
+    assert_eq!(last["choices"], json!([]));
     assert!(last["usage"]["completion_tokens"].is_u64());
 
     // Upstream's endpoint.
@@ -125,10 +128,6 @@ fn endpoints_over_real_http() {
             "presence_penalty",
         ),
         (r#"{"messages":[{"role":"user","content":"x"}],"n":9}"#, "n"),
-        (
-            r#"{"messages":[{"role":"user","content":"x"}],"n":2,"stream":true}"#,
-            "n",
-        ),
         (
             r#"{"messages":[{"role":"user","content":"x"}],"logit_bias":{"99999":1}}"#,
             "logit_bias",
@@ -405,13 +404,23 @@ fn raw_completions_answer_in_openai_text_completion_shape() {
         (json!({"prompt": "a", "echo": true}), "echo"),
         (json!({"prompt": "a", "temperature": 5}), "temperature"),
         (json!({"prompt": "a", "n": 9}), "n"),
-        (json!({"prompt": "a", "n": 2, "stream": true}), "n"),
     ] {
         let (status, text) = ask(body.clone());
         assert_eq!(status, 400, "{body}: {text}");
         let e: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(e["error"]["param"], field, "{body}: {text}");
     }
+    // n > 1 streams too: every chunk names its choice, each choice ends once.
+    let (status, text) = ask(json!({"prompt": "a", "n": 2, "stream": true, "max_tokens": 3}));
+    assert_eq!(status, 200, "{text}");
+    let frames = sse_data(&text);
+    let ends: Vec<u64> = frames[..frames.len() - 1]
+        .iter()
+        .map(|f| serde_json::from_str::<Value>(f).unwrap())
+        .filter(|c| c["choices"][0]["finish_reason"].is_string())
+        .map(|c| c["choices"][0]["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ends, [0, 1], "{text}");
 }
 
 /// `logprobs` on both OpenAI endpoints, streamed and not: one entry per generated token, each

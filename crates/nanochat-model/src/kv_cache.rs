@@ -195,6 +195,28 @@ impl<B: Backend> KvCache<B> {
         }
     }
 
+    /// Adds empty rows up to `rows` in all (a copy of the cache; continuous batching grows
+    /// its cache by doubling as more requests run at once).
+    pub fn grow_rows(&mut self, rows: usize) {
+        let have = self.batch();
+        if rows <= have {
+            return;
+        }
+        let extra = |t: &Tensor<B, 4>| {
+            let [_, l, h, d] = t.dims();
+            let zeros = Tensor::<B, 4>::zeros([rows - have, l, h, d], &t.device()).cast(self.dtype);
+            Tensor::cat(vec![t.clone(), zeros], 0)
+        };
+        self.k = self.k.iter().map(extra).collect();
+        self.v = self.v.iter().map(extra).collect();
+        self.lens.resize(rows, 0);
+        if let Some(p) = self.prev_embedding.take() {
+            let [_, _, c] = p.dims();
+            let zeros = Tensor::<B, 3>::zeros([rows - have, 1, c], &p.device()).cast(self.dtype);
+            self.prev_embedding = Some(Tensor::cat(vec![p, zeros], 0));
+        }
+    }
+
     /// Empties row `row` (its slot is free for another request).
     pub fn clear_row(&mut self, row: usize) {
         self.lens[row] = 0;

@@ -2,7 +2,8 @@
 model and by `cargo xtask api-test` on a real one).
 
 Streams and non-streams the same greedy request and requires the same text; checks `usage`,
-`finish_reason`, `/v1/models`, `n` (several choices, each with its index), `logprobs` (one
+`finish_reason`, `/v1/models`, `n` (several choices, each with its index, whole and streamed,
+with the usage chunk last), `logprobs` (one
 entry per generated token, streamed and not), the text completions endpoint, and that bad
 parameters are a 400 naming the field (`param`).
 """
@@ -36,6 +37,20 @@ n = client.chat.completions.create(**greedy, n=3)
 assert [c.index for c in n.choices] == [0, 1, 2], n
 assert all(c.message.content == text for c in n.choices), ("greedy choices differ", n)
 
+texts, finishes, usage = {}, {}, None
+for chunk in client.chat.completions.create(**greedy, n=3, stream=True,
+                                            stream_options={"include_usage": True}):
+    for ch in chunk.choices:
+        texts[ch.index] = texts.get(ch.index, "") + (ch.delta.content or "")
+        if ch.finish_reason:
+            finishes[ch.index] = ch.finish_reason
+    if chunk.usage:
+        assert not chunk.choices, chunk
+        usage = chunk.usage
+assert texts == {0: text, 1: text, 2: text}, ("streamed choices differ", texts)
+assert sorted(finishes) == [0, 1, 2], finishes
+assert usage.completion_tokens == 3 * r.usage.completion_tokens, usage
+
 lp = client.chat.completions.create(**greedy, logprobs=True, top_logprobs=2)
 content = lp.choices[0].logprobs.content
 assert len(content) == lp.usage.completion_tokens, (len(content), lp.usage)
@@ -59,5 +74,5 @@ for bad, field in [(dict(temperature=7), "temperature"), (dict(n=99), "n"),
     except openai.BadRequestError as e:
         assert e.param == field, (bad, e.param, e)
 print(f"openai {openai.__version__}: models {models}, {len(pieces)} streamed pieces equal the "
-      f"non-streamed text {text!r}; n=3; {len(content)} logprobs (stream = whole); "
+      f"non-streamed text {text!r}; n=3 (whole and streamed); {len(content)} logprobs (stream = whole); "
       f"text completion; bad temperature / n / top_logprobs -> 400 naming the field")

@@ -8,18 +8,39 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::backend::Flex;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor};
 use nanochat_core::ModelConfig;
 use nanochat_core::tokenizer_config::Vocabulary;
 use nanochat_infer::Engine;
-use nanochat_infer::server::{AppState, WorkerPool, serve};
+use nanochat_infer::server::{AppState, DEFAULT_MAX_BATCH, WorkerPool, serve};
 use nanochat_model::Gpt;
 use nanochat_tokenizer::{SPLIT_PATTERN, Tokenizer};
 use serde_json::Value;
 
 type B = Flex;
 
+/// Every weight of a model plus N(0, σ) noise: a random init's output projections are zero
+/// (upstream's init), so attention would not affect the logits at all.
+struct Noise(f64);
+
+impl<B: Backend> ModuleMapper<B> for Noise {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, t, mapper) = param.consume();
+        let noise = Tensor::random(t.shape(), Distribution::Normal(0.0, self.0), &t.device());
+        Param::from_mapped_value(id, t + noise, mapper)
+    }
+}
+
+/// A server on a small random model, decoding up to [`DEFAULT_MAX_BATCH`] sequences at once.
 pub fn start() -> (String, Arc<AppState>) {
+    start_with(None, "L")
+}
+
+/// A server whose model has noisy weights (`sigma`: attention and every layer matter) and
+/// the given window pattern.
+pub fn start_with(sigma: Option<f64>, window_pattern: &str) -> (String, Arc<AppState>) {
     let tok = Arc::new(
         Tokenizer::from_vocab(Vocabulary::from_merges(&[]).unwrap(), SPLIT_PATTERN).unwrap(),
     );
@@ -30,7 +51,7 @@ pub fn start() -> (String, Arc<AppState>) {
         n_head: 2,
         n_kv_head: 1,
         n_embd: 64,
-        window_pattern: "L".into(),
+        window_pattern: window_pattern.into(),
         ..ModelConfig::from_depth(2).unwrap()
     };
     let state = AppState::new("nanochat-test".into(), tok.clone(), config.sequence_len);
@@ -57,10 +78,18 @@ pub fn start() -> (String, Arc<AppState>) {
     let model = {
         let _one_at_a_time = INIT.lock().unwrap_or_else(|e| e.into_inner());
         B::seed(&Default::default(), 1);
-        Gpt::<B>::init(&config, &Default::default()).unwrap()
+        let model = Gpt::<B>::init(&config, &Default::default()).unwrap();
+        match sigma {
+            Some(s) => model.map(&mut Noise(s)),
+            None => model,
+        }
     };
     let engine = Engine::new(model, tok).unwrap();
-    state.set_pool(WorkerPool::start(vec![engine], state.stats.clone()));
+    state.set_pool(WorkerPool::start(
+        vec![engine],
+        state.stats.clone(),
+        DEFAULT_MAX_BATCH,
+    ));
     (url, state)
 }
 
