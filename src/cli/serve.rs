@@ -29,7 +29,7 @@ pub struct Args {
     num_workers: usize,
     /// Sequences each worker decodes together (continuous batching; requests join and leave
     /// between steps). 1 turns batching off: one request at a time per worker.
-    #[arg(long, default_value_t = DEFAULT_MAX_BATCH, value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from))]
+    #[arg(long, default_value_t = DEFAULT_MAX_BATCH, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     max_batch: usize,
     /// Device: auto, cpu, wgpu[:N], cuda[:N].
     #[arg(long, default_value = "auto")]
