@@ -174,7 +174,8 @@ impl<B: FusedOps> CausalSelfAttention<B> {
         let mut v = linear(&self.c_v, x.clone(), ctx.dtype).reshape([b, t, hkv, d]);
         if let (Some(ve), Some(gate)) = (ve, &self.ve_gate) {
             let g = sigmoid(linear(gate, x.narrow(2, 0, VE_GATE_CHANNELS), ctx.dtype)) * 3.0;
-            v = v + g.unsqueeze_dim::<4>(3) * ve.reshape([b, t, hkv, d]);
+            // The full-size operand first: burn-flex's broadcast fast paths want it on the left.
+            v = v + ve.reshape([b, t, hkv, d]) * g.unsqueeze_dim::<4>(3);
         }
         // A ragged step rotates row i by table row i: the rows as one sequence's time steps.
         let rotary = |x: Tensor<B, 4>, heads: usize| match ctx.ragged {
@@ -337,15 +338,17 @@ impl<B: FusedOps> Gpt<B> {
         let [rows, t] = idx.dims();
         let device = idx.device();
         let eps = self.compute.norm_eps();
+        // Decoding one token per row: each row at its own position (rows of a continuous batch
+        // have different lengths), through the decode attention kernel whether they do or not,
+        // so that a row's numbers never depend on the other rows.
         let ragged = match cache.as_deref() {
             Some(kv) => {
                 kv.check_room(rows, t);
-                let ragged = !kv.is_aligned(rows);
                 assert!(
-                    !ragged || t == 1,
+                    t == 1 || kv.is_aligned(rows),
                     "rows of different lengths take one token each"
                 );
-                ragged.then(|| kv.lens(rows).to_vec())
+                (t == 1).then(|| kv.lens(rows).to_vec())
             }
             None => None,
         };
@@ -424,7 +427,7 @@ impl<B: FusedOps> Gpt<B> {
             let prevs = Tensor::cat(shifted, 1);
             let n = prevs.dims()[1];
             let tail = x.clone().narrow(1, t - n, n);
-            let mixed = tail.clone() + gate_of(tail) * prevs;
+            let mixed = tail.clone() + prevs * gate_of(tail);
             x = if n == t {
                 mixed
             } else {

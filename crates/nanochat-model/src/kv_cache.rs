@@ -16,6 +16,8 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Tensor};
 
+use crate::ops::{self, FusedOps};
+
 /// Key/value cache of one model for a batch of rows.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
@@ -98,26 +100,18 @@ impl<B: Backend> KvCache<B> {
         layer: usize,
         k: Tensor<B, 4>,
         v: Tensor<B, 4>,
-    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    ) -> (Tensor<B, 4>, Tensor<B, 4>)
+    where
+        B: FusedOps,
+    {
         let [b, t, h, d] = k.dims();
+        let at: Vec<(usize, usize)> = self.lens[..b].iter().copied().enumerate().collect();
         let device = k.device();
-        let mut ck = std::mem::replace(&mut self.k[layer], Tensor::empty([0, 0, 0, 0], &device));
-        let mut cv = std::mem::replace(&mut self.v[layer], Tensor::empty([0, 0, 0, 0], &device));
-        if self.is_aligned(b) {
-            let pos = self.pos();
-            ck = ck.slice_assign([0..b, pos..pos + t, 0..h, 0..d], k);
-            cv = cv.slice_assign([0..b, pos..pos + t, 0..h, 0..d], v);
-        } else {
-            // One write per row, each at its own length (in place: the cache is not shared).
-            for (r, &pos) in self.lens[..b].iter().enumerate() {
-                let at = [r..r + 1, pos..pos + t, 0..h, 0..d];
-                ck = ck.slice_assign(at.clone(), k.clone().slice([r..r + 1, 0..t, 0..h, 0..d]));
-                cv = cv.slice_assign(at, v.clone().slice([r..r + 1, 0..t, 0..h, 0..d]));
-            }
-        }
+        let ck = std::mem::replace(&mut self.k[layer], Tensor::empty([0, 0, 0, 0], &device));
+        let cv = std::mem::replace(&mut self.v[layer], Tensor::empty([0, 0, 0, 0], &device));
+        self.k[layer] = ops::kv_write(ck, k, &at);
+        self.v[layer] = ops::kv_write(cv, v, &at);
         let end = self.lens[..b].iter().max().map_or(t, |&l| l + t);
-        self.k[layer] = ck;
-        self.v[layer] = cv;
         (
             self.k[layer].clone().slice([0..b, 0..end, 0..h, 0..d]),
             self.v[layer].clone().slice([0..b, 0..end, 0..h, 0..d]),
@@ -167,7 +161,10 @@ impl<B: Backend> KvCache<B> {
 
     /// Copies row `src_row` of `src` (a request prefilled in a cache of its own) into row
     /// `row`, which then holds its tokens (and its last embedding, for smear).
-    pub fn load_row(&mut self, row: usize, src: &KvCache<B>, src_row: usize) {
+    pub fn load_row(&mut self, row: usize, src: &KvCache<B>, src_row: usize)
+    where
+        B: FusedOps,
+    {
         let n = src.lens[src_row];
         assert!(
             n <= self.max_len,
@@ -180,7 +177,7 @@ impl<B: Backend> KvCache<B> {
                     let [_, _, h, hd] = s.dims();
                     let piece = s.clone().slice([src_row..src_row + 1, 0..n, 0..h, 0..hd]);
                     let full = std::mem::replace(d, Tensor::empty([0, 0, 0, 0], &piece.device()));
-                    *d = full.slice_assign([row..row + 1, 0..n, 0..h, 0..hd], piece);
+                    *d = ops::kv_write(full, piece, &[(row, 0)]);
                 }
             }
         }

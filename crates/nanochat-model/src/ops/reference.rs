@@ -200,6 +200,22 @@ pub fn ragged_attention_prim<B: Backend>(
     prim(ragged_window_attention(t(q), t(k), t(v), positions, window).swap_dims(1, 2))
 }
 
+/// [`crate::ops::kv_write`] by `slice_assign`, one per value row.
+pub fn kv_write_prim<B: Backend>(
+    cache: FloatTensor<B>,
+    value: FloatTensor<B>,
+    at: &[(usize, usize)],
+) -> FloatTensor<B> {
+    let mut cache = tensor::<B, 4>(cache);
+    let value = tensor::<B, 4>(value);
+    let [_, t, h, d] = value.dims();
+    for (r, &(row, pos)) in at.iter().enumerate() {
+        let piece = value.clone().slice([r..r + 1, 0..t, 0..h, 0..d]);
+        cache = cache.slice_assign([row..row + 1, pos..pos + t, 0..h, 0..d], piece);
+    }
+    prim(cache)
+}
+
 /// `(dq, dk, dv)` of [`attention`] for the output gradient `dout`, by autodiff.
 pub fn attention_vjp<B: Backend>(
     q: FloatTensor<B>,

@@ -179,9 +179,11 @@ pub fn forward(
         });
 }
 
-/// A ragged decode step (`sh.tq` = 1): row `b`'s query sits at position `positions[b]` and
-/// is its own batch-1 problem over that row's first `positions[b] + 1` keys, so a row's output
-/// is bit-identical to decoding it alone.
+/// A decode step (`sh.tq` = 1), every row at its own position: row `b`'s query sits at
+/// `positions[b]` and sees that row's keys `[positions[b] − window, positions[b]]`. One query
+/// against a few hundred keys is dot products and a weighted sum, not a matrix product: done
+/// directly (the gemm crate's dispatch and packing cost more than the arithmetic here), in the
+/// same order for every row, so a row's output does not depend on the other rows.
 pub fn forward_ragged(
     sh: &Shape,
     q: &[f32],
@@ -189,7 +191,7 @@ pub fn forward_ragged(
     positions: &[usize],
     o: &mut [f32],
 ) {
-    let hd = sh.h * sh.d;
+    let (hd, d, groups, scale) = (sh.h * sh.d, sh.d, sh.groups(), sh.scale());
     assert!(
         sh.tq == 1 && positions.len() == sh.b && positions.iter().all(|&p| p < sh.tk),
         "ragged attention: one query per row, within the {} keys",
@@ -198,24 +200,53 @@ pub fn forward_ragged(
     if hd == 0 {
         return;
     }
-    o.par_chunks_mut(hd)
-        .zip(positions.par_iter())
-        .enumerate()
-        .for_each(|(b, (ob, &p))| {
-            let row = Shape {
-                b: 1,
-                tq: 1,
-                tk: p + 1,
-                ..*sh
-            };
-            let at = |at: KvAt| KvAt {
-                offset: at.offset + b * at.bstride,
-                bstride: 0,
-            };
-            let (k, v) = ((k.0, at(k.1)), (v.0, at(v.1)));
-            let mut lse = vec![0.0f32; sh.h];
-            forward(&row, &q[b * hd..(b + 1) * hd], (k, v), ob, &mut lse);
-        });
+    let row = |(b, (ob, &p)): (usize, (&mut [f32], &usize))| {
+        let lo = p.saturating_sub(sh.window);
+        let n = p + 1 - lo;
+        let mut w = vec![0.0f32; n];
+        vectorized(
+            #[inline(always)]
+            || {
+                for h in 0..sh.h {
+                    let g = h / groups;
+                    let at = |kv: &KvAt, j: usize| {
+                        let off = kv.offset + b * kv.bstride + ((lo + j) * sh.hkv + g) * d;
+                        off..off + d
+                    };
+                    let qh = &q[b * hd + h * d..b * hd + (h + 1) * d];
+                    for (j, wj) in w.iter_mut().enumerate() {
+                        *wj = simd::dot(qh, &k.0[at(&k.1, j)]) * scale;
+                    }
+                    let m = simd::max(&w);
+                    let mut sum = 0.0;
+                    for x in w.iter_mut() {
+                        *x = simd::exp(*x - m);
+                        sum += *x;
+                    }
+                    let inv = 1.0 / sum;
+                    let oh = &mut ob[h * d..(h + 1) * d];
+                    oh.fill(0.0);
+                    for (j, &wj) in w.iter().enumerate() {
+                        let pj = wj * inv;
+                        for (o, &x) in oh.iter_mut().zip(&v.0[at(&v.1, j)]) {
+                            *o += pj * x;
+                        }
+                    }
+                }
+            },
+        );
+    };
+    let rows = o.chunks_mut(hd).zip(positions.iter()).enumerate();
+    // Parallel only when the rows hold enough work to pay for waking the other threads.
+    let work: usize = positions.iter().map(|&p| (p.min(sh.window) + 1) * hd).sum();
+    if work >= 1 << 16 {
+        o.par_chunks_mut(hd)
+            .zip(positions.par_iter())
+            .enumerate()
+            .for_each(row);
+    } else {
+        rows.for_each(row);
+    }
 }
 
 /// One (batch, kv head)'s gradients: `dq` for its query heads `[groups, tq, d]`, `dk`, `dv`

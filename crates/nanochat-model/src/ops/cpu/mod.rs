@@ -88,6 +88,10 @@ fn storage_mut(t: &mut FlexTensor) -> &mut [f32] {
 impl FusedOps for Flex {
     const FUSED: bool = true;
 
+    fn run_ops<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+        rayon::scope(|_| f())
+    }
+
     fn linear_forward(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         if !is_f32(&[&x, &w]) || dims(&w).len() != 2 {
             return <Self as ModuleOps<Self>>::linear(x, w, None);
@@ -331,6 +335,35 @@ impl FusedOps for Flex {
             &mut o,
         );
         from_vec(o, &dims(&q))
+    }
+
+    fn kv_write(
+        cache: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        at: &[(usize, usize)],
+    ) -> FloatTensor<Self> {
+        if !is_f32(&[&cache, &value]) {
+            return reference::kv_write_prim::<Self>(cache, value, at);
+        }
+        let (cs, vs) = (dims(&cache), dims(&value));
+        let (len, row) = (cs[1], vs[1] * vs[2] * vs[3]);
+        assert!(
+            cs.len() == 4 && vs.len() == 4 && cs[2..] == vs[2..] && at.len() == vs[0],
+            "kv_write: cache {cs:?}, value {vs:?}, {} rows",
+            at.len()
+        );
+        let mut cache = owned_f32(cache);
+        let value = contiguous(value);
+        let (src, dst) = (f32s(&value), storage_mut(&mut cache));
+        for (r, &(b, pos)) in at.iter().enumerate() {
+            assert!(
+                b < cs[0] && pos + vs[1] <= len,
+                "kv_write: row {b} at {pos} outside {cs:?}"
+            );
+            let off = (b * len + pos) * cs[2] * cs[3];
+            dst[off..off + row].copy_from_slice(&src[r * row..(r + 1) * row]);
+        }
+        cache
     }
 
     fn attention_backward(
