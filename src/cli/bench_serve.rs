@@ -1,9 +1,11 @@
 //! `nanochat bench serve`: what a server gives concurrent clients. It starts `nanochat serve`
 //! on a checkpoint (or uses `--url`), then for each client count (default 1, 8, 32) runs that
 //! many clients at once, each sending `--requests` streaming chat completions one after the
-//! other (greedy, `--max-tokens`, usage in the last chunk). It reports the aggregate generated
-//! tokens per second (all clients' completion tokens over the wall time of the level) and the
-//! p50 / p99 time to first token, as a table and one JSON line per level.
+//! other (greedy, `--max-tokens`, usage in the last chunk; client `i` asks about its own
+//! topic, so prompts and answers differ in length). It reports the aggregate generated tokens
+//! per second (all clients' completion tokens over the wall time of the level) and the p50 /
+//! p99 time to first token, as a table and one JSON line per level. `--vs-unbatched` measures
+//! the same binary again with batching off (`serve --max-batch 1`) and prints the ratios.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -37,7 +39,26 @@ pub struct ServeBenchArgs {
     /// Tokens per answer (an answer may stop earlier at <|assistant_end|>).
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
+    /// `serve --max-batch` of the started server.
+    #[arg(long)]
+    max_batch: Option<usize>,
+    /// Also measure a server started with batching off (`--max-batch 1`), and print the
+    /// batched / unbatched ratio per level.
+    #[arg(long, conflicts_with = "url")]
+    vs_unbatched: bool,
 }
+
+/// What the clients ask, one topic per client (cycled).
+const TOPICS: [&str; 8] = [
+    "a dragon",
+    "the sea",
+    "a very small robot who wants to become a gardener",
+    "rain",
+    "two friends who build a boat and sail around the world",
+    "the moon",
+    "a library at night",
+    "a cat",
+];
 
 struct Killed(Child);
 
@@ -49,7 +70,10 @@ impl Drop for Killed {
 }
 
 /// Starts `nanochat serve --port 0` and returns it with its address once it is ready.
-fn start_server(args: &ServeBenchArgs) -> anyhow::Result<(Killed, String)> {
+fn start_server(
+    args: &ServeBenchArgs,
+    max_batch: Option<usize>,
+) -> anyhow::Result<(Killed, String)> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["serve", "-i", &args.source, "--port", "0"])
         .args(["--device", &args.device])
@@ -57,6 +81,9 @@ fn start_server(args: &ServeBenchArgs) -> anyhow::Result<(Killed, String)> {
         .stdout(Stdio::piped());
     if let Some(tag) = &args.model_tag {
         cmd.args(["-g", tag]);
+    }
+    if let Some(b) = max_batch {
+        cmd.args(["--max-batch", &b.to_string()]);
     }
     let mut child = cmd.spawn().context("starting nanochat serve")?;
     let stdout = child.stdout.take().context("serve's stdout")?;
@@ -130,35 +157,58 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e3
 }
 
-pub fn run(args: ServeBenchArgs) -> anyhow::Result<()> {
-    let (_server, url) = match &args.url {
-        Some(u) => (None, u.trim_end_matches('/').to_string()),
-        None => {
-            let (s, u) = start_server(&args)?;
-            (Some(s), u)
-        }
-    };
-    let body = json!({"messages": [{"role": "user", "content": "Tell me a story about a dragon."}],
-                      "max_tokens": args.max_tokens, "temperature": 0, "stream": true,
-                      "stream_options": {"include_usage": true}})
-    .to_string();
+/// One level's result.
+struct Level {
+    clients: usize,
+    requests: usize,
+    tokens: u64,
+    seconds: f64,
+    ttft: Vec<Duration>,
+}
+
+impl Level {
+    fn tok_per_s(&self) -> f64 {
+        self.tokens as f64 / self.seconds
+    }
+
+    fn json(&self, batching: &str) -> Value {
+        json!({"batching": batching, "clients": self.clients, "requests": self.requests,
+               "tokens": self.tokens, "seconds": self.seconds,
+               "aggregate_tok_per_s": self.tok_per_s(),
+               "ttft_p50_ms": percentile(&self.ttft, 0.5),
+               "ttft_p99_ms": percentile(&self.ttft, 0.99)})
+    }
+}
+
+fn body(args: &ServeBenchArgs, client: usize) -> String {
+    let topic = TOPICS[client % TOPICS.len()];
+    json!({"messages": [{"role": "user", "content": format!("Tell me a story about {topic}.")}],
+           "max_tokens": args.max_tokens, "temperature": 0, "stream": true,
+           "stream_options": {"include_usage": true}})
+    .to_string()
+}
+
+/// Every level against the server at `url`, printed as a table.
+fn measure(args: &ServeBenchArgs, url: &str, label: &str) -> anyhow::Result<Vec<Level>> {
     // Warm-up: one request, not counted.
-    one_request(&agent(), &url, &body)?;
+    one_request(&agent(), url, &body(args, 0))?;
+    println!("{label}");
     println!(
         "{:>7} {:>9} {:>8} {:>12} {:>10} {:>10}",
         "clients", "requests", "tokens", "agg tok/s", "TTFT p50", "TTFT p99"
     );
-    let mut lines = Vec::new();
+    let mut levels = Vec::new();
     for &clients in &args.clients {
         let results: Mutex<Vec<(Duration, u64)>> = Mutex::new(Vec::new());
         let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
         let start = Instant::now();
         std::thread::scope(|s| {
-            for _ in 0..clients {
-                s.spawn(|| {
-                    let agent = agent();
+            for client in 0..clients {
+                let (results, failures) = (&results, &failures);
+                s.spawn(move || {
+                    let (agent, body) = (agent(), body(args, client));
                     for _ in 0..args.requests {
-                        match one_request(&agent, &url, &body) {
+                        match one_request(&agent, url, &body) {
                             Ok(r) => results.lock().expect("results").push(r),
                             Err(e) => failures.lock().expect("failures").push(e.to_string()),
                         }
@@ -166,28 +216,70 @@ pub fn run(args: ServeBenchArgs) -> anyhow::Result<()> {
                 });
             }
         });
-        let wall = start.elapsed().as_secs_f64();
+        let seconds = start.elapsed().as_secs_f64();
         let failures = failures.into_inner().expect("failures");
         if let Some(f) = failures.first() {
             bail!("{} of the requests failed, e.g. {f}", failures.len());
         }
         let results = results.into_inner().expect("results");
-        let tokens: u64 = results.iter().map(|r| r.1).sum();
         let mut ttft: Vec<Duration> = results.iter().map(|r| r.0).collect();
         ttft.sort();
-        let line = json!({"clients": clients, "requests": results.len(), "tokens": tokens,
-                          "seconds": wall, "aggregate_tok_per_s": tokens as f64 / wall,
-                          "ttft_p50_ms": percentile(&ttft, 0.5), "ttft_p99_ms": percentile(&ttft, 0.99)});
+        let level = Level {
+            clients,
+            requests: results.len(),
+            tokens: results.iter().map(|r| r.1).sum(),
+            seconds,
+            ttft,
+        };
         println!(
             "{:>7} {:>9} {:>8} {:>12.1} {:>8.0}ms {:>8.0}ms",
             clients,
-            results.len(),
-            tokens,
-            tokens as f64 / wall,
-            percentile(&ttft, 0.5),
-            percentile(&ttft, 0.99)
+            level.requests,
+            level.tokens,
+            level.tok_per_s(),
+            percentile(&level.ttft, 0.5),
+            percentile(&level.ttft, 0.99)
         );
-        lines.push(line);
+        levels.push(level);
+    }
+    Ok(levels)
+}
+
+pub fn run(args: ServeBenchArgs) -> anyhow::Result<()> {
+    let batched = match &args.url {
+        Some(u) => measure(&args, u.trim_end_matches('/'), &format!("server at {u}"))?,
+        None => {
+            let (_server, url) = start_server(&args, args.max_batch)?;
+            let label = match args.max_batch {
+                Some(b) => format!("serve --max-batch {b}"),
+                None => "serve (continuous batching, default --max-batch)".to_string(),
+            };
+            measure(&args, &url, &label)?
+        }
+    };
+    if let Some((base, rest)) = batched.split_first() {
+        for l in rest {
+            println!(
+                "{} clients: {:.2}x the aggregate tok/s of {}",
+                l.clients,
+                l.tok_per_s() / base.tok_per_s(),
+                base.clients
+            );
+        }
+    }
+    let mut lines: Vec<Value> = batched.iter().map(|l| l.json("on")).collect();
+    if args.vs_unbatched {
+        let (_server, url) = start_server(&args, Some(1))?;
+        let off = measure(&args, &url, "serve --max-batch 1 (batching off)")?;
+        println!("{:>7} {:>22}", "clients", "batched / unbatched");
+        for (on, off) in batched.iter().zip(&off) {
+            println!(
+                "{:>7} {:>21.2}x",
+                on.clients,
+                on.tok_per_s() / off.tok_per_s()
+            );
+        }
+        lines.extend(off.iter().map(|l| l.json("off")));
     }
     for l in lines {
         println!("{l}");

@@ -214,15 +214,16 @@ impl<'e, B: FusedOps> Batcher<'e, B> {
             if p.first.is_none() {
                 let prompt = &running.job.prompt;
                 let take = (prompt.len() - p.done).min(budget);
-                let device = self.engine.model().device();
-                let ids = to_ids::<B>(&prompt[p.done..p.done + take], 1, &device);
-                let logits = self.engine.model().forward_last(ids, Some(&mut p.cache));
+                let model = self.engine.model();
+                let ids = to_ids::<B>(&prompt[p.done..p.done + take], 1, &model.device());
+                let cache = &mut p.cache;
+                let logits = B::run_ops(|| last_logits(model.forward_last(ids, Some(cache))));
                 p.done += take;
                 budget -= take;
                 if p.done < prompt.len() {
                     continue;
                 }
-                p.first = last_logits(logits).into_iter().next();
+                p.first = logits.into_iter().next();
             }
             // Room for its rows: alone if it needs more than max_batch.
             let busy = self.rows.iter().filter(|r| r.is_some()).count();
@@ -333,11 +334,9 @@ impl<'e, B: FusedOps> Batcher<'e, B> {
         for &(r, t) in inputs {
             column[r] = t;
         }
-        let device = self.engine.model().device();
-        let logits = self
-            .engine
-            .model()
-            .forward(to_ids::<B>(&column, rows, &device), Some(cache));
+        let model = self.engine.model();
+        let ids = to_ids::<B>(&column, rows, &model.device());
+        let logits = B::run_ops(|| last_logits(model.forward(ids, Some(cache))));
         self.stats.decode_steps.fetch_add(1, Ordering::Relaxed);
         self.stats
             .decode_rows
@@ -347,7 +346,7 @@ impl<'e, B: FusedOps> Batcher<'e, B> {
                 cache.clear_row(r); // a free row's dummy token
             }
         }
-        for (r, l) in last_logits(logits).into_iter().enumerate() {
+        for (r, l) in logits.into_iter().enumerate() {
             if let Some(row) = self.rows[r].as_mut() {
                 row.logits = l;
             }

@@ -195,10 +195,10 @@ impl<B: FusedOps> Engine<B> {
 
         // Prefill once at batch 1, then replicate the cache to n rows.
         let mut prefill = self.model.new_kv_cache(1, prompt.len());
-        let logits = self
-            .model
-            .forward_last(to_ids::<B>(prompt, 1, &device), Some(&mut prefill));
-        let first = last_logits(logits).remove(0);
+        let ids = to_ids::<B>(prompt, 1, &device);
+        let model = &self.model;
+        let first =
+            B::run_ops(|| last_logits(model.forward_last(ids, Some(&mut prefill)))).remove(0);
         let mut cache = prefill.replicate(n, prompt.len() + params.max_tokens);
         drop(prefill);
         let mut logits: Vec<Vec<f32>> = vec![first; n];
@@ -225,10 +225,8 @@ impl<B: FusedOps> Engine<B> {
             if !on_step(&step) || rows.iter().all(Sequence::is_finished) {
                 break;
             }
-            let out = self
-                .model
-                .forward(to_ids::<B>(&step.tokens, n, &device), Some(&mut cache));
-            logits = last_logits(out);
+            let ids = to_ids::<B>(&step.tokens, n, &device);
+            logits = B::run_ops(|| last_logits(model.forward(ids, Some(&mut cache))));
         }
         Ok(rows.into_iter().map(Sequence::into_output).collect())
     }

@@ -75,7 +75,9 @@ pub fn bench_inference<B: FusedOps>(
         tokens = read_last(model.forward(to_ids::<B>(&tokens, b, &device), Some(&mut cache)));
         let t = Instant::now();
         for _ in 1..decode_tokens {
-            tokens = read_last(model.forward(to_ids::<B>(&tokens, b, &device), Some(&mut cache)));
+            tokens = B::run_ops(|| {
+                read_last(model.forward(to_ids::<B>(&tokens, b, &device), Some(&mut cache)))
+            });
         }
         let secs = t.elapsed().as_secs_f64();
         let steps = decode_tokens.saturating_sub(1).max(1) as f64;
