@@ -1,6 +1,6 @@
 //! The model workers behind the HTTP server (upstream v0 `chat_web.py`'s `WorkerPool`): one
 //! thread per engine (one per device), all fed from one queue. Each worker decodes many
-//! requests at once ([`crate::batcher`]); each job streams its text pieces back to the
+//! requests at once (the `batcher` module); each job streams its text pieces back to the
 //! request that submitted it, and the counters behind `/stats` and `/metrics` are updated as
 //! it goes.
 
@@ -81,7 +81,7 @@ pub struct Stats {
 pub const DEFAULT_MAX_BATCH: usize = 32;
 
 /// A pool of engines, one thread each, sharing one queue; each runs a continuous batch of up
-/// to `max_batch` sequences ([`crate::batcher`]).
+/// to `max_batch` sequences (the `batcher` module).
 pub struct WorkerPool {
     tx: Mutex<std_mpsc::Sender<Job>>,
     pub(crate) workers: usize,
