@@ -82,6 +82,14 @@ fn linear<B: FusedOps, const D: usize>(
         ComputeDtype::BF16 => ops::linear(x, l.weight.val().cast(FloatDType::BF16)),
     }
 }
+/// `x * s` for a one-element `s` (a per-layer lambda), through a flat view of `x`: broadcast
+/// against `[n]` every stride of `s` is 0, which the CPU backend runs as one SIMD scalar
+/// multiply; broadcast against `[b, t, c]` it walked element by element (≈ 10× slower).
+fn scale<B: Backend>(x: Tensor<B, 3>, s: Tensor<B, 1>) -> Tensor<B, 3> {
+    let dims = x.dims();
+    (x.reshape([-1]) * s).reshape(dims)
+}
+
 
 /// The ReLU² MLP.
 #[derive(Module, Debug)]
@@ -375,9 +383,8 @@ impl<B: FusedOps> Gpt<B> {
         let mut backout = None;
         for (i, block) in self.transformer.h.iter().enumerate() {
             if let (Some(r), Some(x0l)) = (&self.resid_lambdas, &self.x0_lambdas) {
-                let ri = r.val().narrow(0, i, 1).cast(dt).reshape([1, 1, 1]);
-                let xi = x0l.val().narrow(0, i, 1).cast(dt).reshape([1, 1, 1]);
-                x = x * ri + x0.clone() * xi;
+                let (ri, xi) = (r.val().narrow(0, i, 1), x0l.val().narrow(0, i, 1));
+                x = scale(x, ri.cast(dt)) + scale(x0.clone(), xi.cast(dt));
             }
             let ve = self
                 .value_embeds
@@ -394,7 +401,7 @@ impl<B: FusedOps> Gpt<B> {
             kv.advance(rows, t);
         }
         if let (Some(xb), Some(l)) = (backout, &self.backout_lambda) {
-            x = x - xb * l.val().cast(dt).reshape([1, 1, 1]);
+            x = x - scale(xb, l.val().cast(dt));
         }
         rms_norm(x, eps)
     }
