@@ -51,6 +51,21 @@ pub struct GenerationParams {
     /// before temperature, penalties and filters) with this many most likely alternatives,
     /// 0–[`MAX_TOP_LOGPROBS`] (OpenAI's `logprobs` / `top_logprobs`); `None`: off.
     pub logprobs: Option<usize>,
+    /// Constrain the completion to JSON (OpenAI's `response_format`); `None`: free text.
+    pub response_format: Option<ResponseFormat>,
+}
+
+/// A shape the completion's text must have (OpenAI's `response_format`, less `text`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ResponseFormat {
+    /// Any JSON object.
+    JsonObject,
+    /// JSON valid under this JSON Schema.
+    JsonSchema {
+        /// The schema (a JSON object).
+        schema: serde_json::Value,
+    },
 }
 
 /// The most alternatives `logprobs` reports per token (OpenAI's limit for `top_logprobs`).
@@ -74,6 +89,7 @@ impl Default for GenerationParams {
             stop: Vec::new(),
             num_samples: 1,
             logprobs: None,
+            response_format: None,
         }
     }
 }

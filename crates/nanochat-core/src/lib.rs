@@ -71,7 +71,7 @@ pub use device::DeviceSpec;
 pub use distributed::{DEFAULT_COLLECTIVE_TIMEOUT_S, DistributedConfig};
 pub use evaluation::{EvaluationResult, Measure};
 pub use evaluation_config::EvaluationConfig;
-pub use generation::{GenerationParams, MAX_TOP_LOGPROBS};
+pub use generation::{GenerationParams, MAX_TOP_LOGPROBS, ResponseFormat};
 pub use lifecycle::{
     CheckpointState, InferenceState, Lifecycle, LifecycleError, LifecycleState, TokenizerState,
     TrainingState,

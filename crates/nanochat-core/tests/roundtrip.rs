@@ -229,6 +229,7 @@ fn generation() -> impl Strategy<Value = GenerationParams> {
                     stop,
                     num_samples: n,
                     logprobs,
+                    response_format: None,
                 }
             },
         )

@@ -11,8 +11,8 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use nanochat_core::GenerationParams;
 use nanochat_core::conversation::{Conversation, Message, MessageRole};
+use nanochat_core::{GenerationParams, ResponseFormat};
 use nanochat_tokenizer::Tokenizer;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -178,6 +178,7 @@ pub(crate) struct ChatRequest {
     logprobs: Option<Value>,
     top_logprobs: Option<usize>,
     pub(crate) stream_options: Option<Value>,
+    response_format: Option<Value>,
 }
 
 /// Checks sampling knobs against upstream's limits; the error names the offending field.
@@ -249,6 +250,31 @@ impl ChatRequest {
         Ok(Some(n))
     }
 
+    /// OpenAI's `response_format`: `{"type": "text"}` (the default), `{"type":
+    /// "json_object"}`, or `{"type": "json_schema", "json_schema": {"name", "schema",
+    /// "strict"}}`. Chat only: a text completion with one is refused.
+    fn response_format(&self, legacy: bool) -> Result<Option<ResponseFormat>, ApiError> {
+        let Some(v) = self.response_format.as_ref().filter(|v| !v.is_null()) else {
+            return Ok(None);
+        };
+        let bad = |m: &str| Err(ApiError::bad("response_format", m));
+        if legacy {
+            return bad("response_format is for chat completions (/v1/chat/completions)");
+        }
+        match v.get("type").and_then(Value::as_str) {
+            Some("text") => Ok(None),
+            Some("json_object") => Ok(Some(ResponseFormat::JsonObject)),
+            Some("json_schema") => match v.get("json_schema").map(|j| j.get("schema")) {
+                Some(Some(schema)) if schema.is_object() => Ok(Some(ResponseFormat::JsonSchema {
+                    schema: schema.clone(),
+                })),
+                Some(Some(_)) => bad("response_format.json_schema.schema must be a JSON object"),
+                _ => bad("response_format.json_schema.schema is required"),
+            },
+            _ => bad(r#"response_format.type must be "text", "json_object" or "json_schema""#),
+        }
+    }
+
     /// The checked sampling parameters for a reply with `room` tokens left in the context,
     /// from a model of `vocab_size` tokens; `temperature` is the endpoint's default, `legacy`
     /// says the request is a text completion (its `logprobs` is a number). Errors name the
@@ -287,6 +313,7 @@ impl ChatRequest {
             stop: self.stop.as_ref().map_or_else(Vec::new, Stop::to_vec),
             num_samples: n,
             logprobs: self.logprobs(legacy)?,
+            response_format: self.response_format(legacy)?,
             ..GenerationParams::default()
         };
         params.validate_for(vocab_size, room).map_err(|e| {

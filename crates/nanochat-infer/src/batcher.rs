@@ -241,10 +241,15 @@ impl<'e, B: FusedOps> Batcher<'e, B> {
         let Some(running) = self.jobs[p.job].as_ref() else {
             return;
         };
-        let (prompt, seed) = (
-            running.job.prompt.clone(),
-            running.job.params.seed.unwrap_or(42),
-        );
+        let (prompt, params) = (&running.job.prompt, &running.job.params);
+        let seed = params.seed.unwrap_or(42);
+        let seqs: Result<Vec<Sequence>, _> = (0..n as u64)
+            .map(|i| Sequence::new(self.engine, prompt, params, seed.wrapping_add(i)))
+            .collect();
+        let seqs = match seqs {
+            Ok(seqs) => seqs,
+            Err(e) => return self.fail_job(p.job, &e.to_string()),
+        };
         let mut free: Vec<usize> = (0..self.rows.len())
             .filter(|&r| self.rows[r].is_none())
             .take(n)
@@ -263,12 +268,12 @@ impl<'e, B: FusedOps> Batcher<'e, B> {
             cache.grow_rows(want);
         }
         self.stats.running.fetch_add(n, Ordering::Relaxed);
-        for (i, &r) in free.iter().enumerate() {
+        for ((i, &r), seq) in free.iter().enumerate().zip(seqs) {
             cache.load_row(r, &p.cache, 0);
             self.rows[r] = Some(Row {
                 job: p.job,
                 index: i,
-                seq: Sequence::new(&prompt, seed.wrapping_add(i as u64)),
+                seq,
                 logits: first.clone(),
             });
         }
@@ -292,7 +297,14 @@ impl<'e, B: FusedOps> Batcher<'e, B> {
                 continue;
             }
             let params = &running.job.params;
-            let chosen = row.seq.choose(&row.logits, params);
+            let chosen = match row.seq.choose(&row.logits, params) {
+                Ok(chosen) => chosen,
+                Err(e) => {
+                    let job = row.job;
+                    self.fail_job(job, &e.to_string());
+                    continue;
+                }
+            };
             let token = chosen.token;
             if let Err(e) = row.seq.accept(self.engine, chosen, params) {
                 let job = row.job;

@@ -18,6 +18,7 @@ use nanochat_model::Gpt;
 use nanochat_tokenizer::{Tokenizer, TokenizerError};
 
 use crate::calculator::use_calculator;
+use crate::grammar::{GrammarError, Grammars};
 use crate::sampling::TokenLogprobs;
 use crate::sequence::Sequence;
 
@@ -33,6 +34,9 @@ pub enum EngineError {
     /// Empty prompt.
     #[error("the prompt has no tokens")]
     EmptyPrompt,
+    /// An unusable `response_format`, or its constraint failing.
+    #[error(transparent)]
+    Grammar(#[from] GrammarError),
 }
 
 /// Why a row stopped.
@@ -90,6 +94,7 @@ pub struct Engine<B: FusedOps> {
     model: Gpt<B>,
     tokenizer: Arc<Tokenizer>,
     specials: Specials,
+    grammars: Grammars,
 }
 
 /// Token ids as a `[rows, len / rows]` int tensor.
@@ -125,6 +130,7 @@ impl<B: FusedOps> Engine<B> {
         };
         Ok(Self {
             model,
+            grammars: Grammars::new(tokenizer.clone()),
             tokenizer,
             specials,
         })
@@ -138,6 +144,11 @@ impl<B: FusedOps> Engine<B> {
     /// The tokenizer.
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
         &self.tokenizer
+    }
+
+    /// The `response_format` compiler for this engine's tokenizer.
+    pub fn grammars(&self) -> &Grammars {
+        &self.grammars
     }
 
     pub(crate) fn specials(&self) -> Specials {
@@ -159,6 +170,9 @@ impl<B: FusedOps> Engine<B> {
             .sequence_len
             .saturating_sub(prompt.len());
         params.validate_for(self.tokenizer.vocab_size(), remaining)?;
+        if let Some(format) = &params.response_format {
+            self.grammars.compile(format)?;
+        }
         Ok(())
     }
 
@@ -205,8 +219,8 @@ impl<B: FusedOps> Engine<B> {
 
         let seed = params.seed.unwrap_or(42);
         let mut rows: Vec<Sequence> = (0..n as u64)
-            .map(|i| Sequence::new(prompt, seed.wrapping_add(i)))
-            .collect();
+            .map(|i| Sequence::new(self, prompt, params, seed.wrapping_add(i)))
+            .collect::<Result<_, _>>()?;
         loop {
             let mut step = Step {
                 tokens: Vec::with_capacity(n),
@@ -215,7 +229,7 @@ impl<B: FusedOps> Engine<B> {
                 pieces: Vec::with_capacity(n),
             };
             for (row, logits) in rows.iter_mut().zip(&logits) {
-                let chosen = row.choose(logits, params);
+                let chosen = row.choose(logits, params)?;
                 step.tokens.push(chosen.token);
                 step.masks.push(chosen.mask);
                 step.logprobs.push(chosen.logprobs.clone());

@@ -26,6 +26,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::api::{ApiError, usage};
 use crate::engine::FinishReason;
+use crate::grammar::Grammars;
 use crate::requests::{Requests, ServerState};
 use crate::sampling::TokenLogprobs;
 use crate::session_store::Sessions;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub server: ServerState,
     /// Every request's lifecycle: those in flight and the last finished ones.
     pub requests: Arc<Requests>,
+    /// Compiles `response_format`s (a bad schema is a 400 before the request is queued).
+    pub grammars: Grammars,
     api_key: OnceLock<String>,
     ids: AtomicU64,
 }
@@ -60,6 +63,7 @@ impl AppState {
     pub fn new(model_id: String, tokenizer: Arc<Tokenizer>, sequence_len: usize) -> Arc<Self> {
         Arc::new(Self {
             model_id,
+            grammars: Grammars::new(tokenizer.clone()),
             tokenizer,
             sequence_len,
             pool: OnceLock::new(),

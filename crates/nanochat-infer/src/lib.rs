@@ -3,7 +3,7 @@
 //! nanochat's inference: the [`engine::Engine`] (upstream `nanochat/engine.py`: KV-cache
 //! prefill and replicated decoding, the tool-use state machine, sampling), the safe
 //! [`calculator`] tool, [`sampling`] (temperature, top-k, top-p, min-p, repetition penalty,
-//! seeds), a token-level [`chat::Chat`] used by `nanochat chat-cli`, and the HTTP
+//! seeds), structured output ([`grammar`]: `response_format` through llguidance), a token-level [`chat::Chat`] used by `nanochat chat-cli`, and the HTTP
 //! [`server`] (web chat page, upstream's streaming endpoint, OpenAI-compatible API, health,
 //! stats and Prometheus metrics) used by `nanochat serve`, over the OpenAI-compatible request
 //! types in [`api`], the job plumbing in `jobs`, the [`workers`], the [`sessions`] and the
@@ -19,6 +19,7 @@ pub mod calculator;
 pub mod chat;
 mod completions;
 pub mod engine;
+pub mod grammar;
 pub mod infer_bench;
 mod jobs;
 pub mod requests;

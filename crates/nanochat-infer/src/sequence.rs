@@ -9,6 +9,9 @@
 //! stop string. [`Sequence::take_piece`] hands out the text that is safe to show: whole
 //! characters, never a tail that could still become a stop string.
 //!
+//! With a `response_format`, each sampled token is drawn from the logits masked by the row's
+//! [`Constraint`] (what the JSON grammar allows next), and accepted tokens advance it.
+//!
 //! The engine's batch of samples and the server's continuous batching both step sequences;
 //! a sequence's tokens depend only on its prompt, parameters, seed and logits, never on which
 //! other rows it was decoded with.
@@ -20,6 +23,7 @@ use nanochat_model::FusedOps;
 use nanochat_tokenizer::StreamDecoder;
 
 use crate::engine::{Engine, EngineError, FinishReason, RowOutput};
+use crate::grammar::Constraint;
 use crate::sampling::{Sampler, TokenLogprobs, token_logprobs};
 
 /// A token chosen for a sequence: the id, 1 if sampled or 0 if forced, and its
@@ -51,12 +55,24 @@ pub struct Sequence {
     /// Bytes of `text` already handed out by `take_piece`, and the log-probabilities since.
     sent: usize,
     unsent_logprobs: Vec<TokenLogprobs>,
+    constraint: Option<Constraint>,
 }
 
 impl Sequence {
-    /// A sequence continuing `prompt`, sampling with `seed`.
-    pub fn new(prompt: &[u32], seed: u64) -> Self {
-        Self {
+    /// A sequence continuing `prompt`, sampling with `seed`, constrained by
+    /// `params.response_format` (compiled here: an unusable schema is an error).
+    pub fn new<B: FusedOps>(
+        engine: &Engine<B>,
+        prompt: &[u32],
+        params: &GenerationParams,
+        seed: u64,
+    ) -> Result<Self, EngineError> {
+        let constraint = params
+            .response_format
+            .as_ref()
+            .map(|f| engine.grammars().compile(f))
+            .transpose()?;
+        Ok(Self {
             sampler: Sampler::new(seed),
             forced: VecDeque::new(),
             in_python: false,
@@ -71,7 +87,8 @@ impl Sequence {
             steps: 0,
             sent: 0,
             unsent_logprobs: Vec::new(),
-        }
+            constraint,
+        })
     }
 
     /// Whether the sequence has ended (its last token accepted, or `max_tokens` reached).
@@ -84,21 +101,34 @@ impl Sequence {
         self.out.len()
     }
 
-    /// The next token: a forced one if queued, else sampled from `logits`.
-    pub fn choose(&mut self, logits: &[f32], params: &GenerationParams) -> Chosen {
-        let (token, mask) = match self.forced.pop_front() {
-            Some(t) => (t, 0),
-            None => (
+    /// The next token: a forced one if queued, else sampled from `logits` (masked by the
+    /// constraint, if any; log-probabilities stay the model's own).
+    pub fn choose(
+        &mut self,
+        logits: &[f32],
+        params: &GenerationParams,
+    ) -> Result<Chosen, EngineError> {
+        let (token, mask) = match (self.forced.pop_front(), &mut self.constraint) {
+            (Some(t), _) => (t, 0),
+            (None, None) => (
                 self.sampler.sample(logits, &self.recent, &self.out, params),
                 1,
             ),
+            (None, Some(c)) => {
+                let mut masked = logits.to_vec();
+                c.mask(&mut masked)?;
+                let t = self
+                    .sampler
+                    .sample(&masked, &self.recent, &self.out, params);
+                (t, 1)
+            }
         };
         let logprobs = params.logprobs.map(|k| token_logprobs(logits, token, k));
-        Chosen {
+        Ok(Chosen {
             token,
             mask,
             logprobs,
-        }
+        })
     }
 
     /// Runs the state machine on the chosen token. After it the sequence may be finished.
@@ -113,6 +143,9 @@ impl Sequence {
         }
         let sp = engine.specials();
         let token = chosen.token;
+        if let Some(c) = &mut self.constraint {
+            c.consume(token)?;
+        }
         self.steps += 1;
         self.recent.push(token);
         if token == sp.assistant_end || token == sp.bos {

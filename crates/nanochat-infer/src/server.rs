@@ -58,6 +58,12 @@ fn prepare(
 ) -> Result<(ChatRequest, Vec<u32>, nanochat_core::GenerationParams), ApiError> {
     let req: ChatRequest = parse(body)?;
     let (prompt, params) = req.prepare(&state.tokenizer, state.sequence_len, web_defaults)?;
+    if let Some(format) = &params.response_format {
+        state
+            .grammars
+            .compile(format)
+            .map_err(|e| ApiError::bad("response_format", e.to_string()))?;
+    }
     Ok((req, prompt, params))
 }
 

@@ -66,7 +66,15 @@ fn check_params(state: &AppState, p: &GenerationParams, prefix: &str) -> Result<
     })?;
     // The context is checked per message (the reply is clamped to the room left).
     p.validate_for(state.tokenizer.vocab_size(), usize::MAX)
-        .map_err(|e| ApiError::bad(&format!("{prefix}{}", e.field), e.to_string()))
+        .map_err(|e| ApiError::bad(&format!("{prefix}{}", e.field), e.to_string()))?;
+    if let Some(format) = &p.response_format {
+        let field = format!("{prefix}response_format");
+        state
+            .grammars
+            .compile(format)
+            .map_err(|e| ApiError::bad(&field, e.to_string()))?;
+    }
+    Ok(())
 }
 
 async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {

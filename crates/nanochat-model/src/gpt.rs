@@ -90,7 +90,6 @@ fn scale<B: Backend>(x: Tensor<B, 3>, s: Tensor<B, 1>) -> Tensor<B, 3> {
     (x.reshape([-1]) * s).reshape(dims)
 }
 
-
 /// The ReLU² MLP.
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {

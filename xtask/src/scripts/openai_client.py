@@ -4,9 +4,11 @@ model and by `cargo xtask api-test` on a real one).
 Streams and non-streams the same greedy request and requires the same text; checks `usage`,
 `finish_reason`, `/v1/models`, `n` (several choices, each with its index, whole and streamed,
 with the usage chunk last), `logprobs` (one
-entry per generated token, streamed and not), the text completions endpoint, and that bad
+entry per generated token, streamed and not), `response_format` `json_schema` (every sampled
+answer parses and follows the schema), the text completions endpoint, and that bad
 parameters are a 400 naming the field (`param`).
 """
+import json
 import sys
 
 import openai
@@ -61,13 +63,29 @@ for chunk in client.chat.completions.create(**greedy, logprobs=True, top_logprob
         streamed.extend(chunk.choices[0].logprobs.content)
 assert [e.logprob for e in streamed] == [e.logprob for e in content], "streamed logprobs differ"
 
+schema = {"type": "object", "additionalProperties": False, "required": ["answer", "sure"],
+          "properties": {"answer": {"type": "integer", "minimum": 0, "maximum": 99},
+                         "sure": {"type": "boolean"}}}
+js = client.chat.completions.create(
+    model=model, messages=msgs, max_tokens=60, temperature=1.0, seed=3, n=3,
+    response_format={"type": "json_schema",
+                     "json_schema": {"name": "answer", "schema": schema, "strict": True}})
+answers = []
+for ch in js.choices:
+    assert ch.finish_reason == "stop", ch
+    v = json.loads(ch.message.content)
+    assert set(v) == {"answer", "sure"} and 0 <= v["answer"] <= 99, v
+    assert isinstance(v["sure"], bool), v
+    answers.append(v)
+
 c = client.completions.create(model=model, prompt="The capital of France is", max_tokens=5,
                               temperature=0, logprobs=1)
 assert c.choices[0].finish_reason in ("stop", "length"), c
 assert len(c.choices[0].logprobs.tokens) == c.usage.completion_tokens, c
 
 for bad, field in [(dict(temperature=7), "temperature"), (dict(n=99), "n"),
-                   (dict(logprobs=True, top_logprobs=50), "top_logprobs")]:
+                   (dict(logprobs=True, top_logprobs=50), "top_logprobs"),
+                   (dict(response_format={"type": "xml"}), "response_format")]:
     try:
         client.chat.completions.create(**{**greedy, **bad})
         raise SystemExit(f"{bad} was accepted")
@@ -75,4 +93,5 @@ for bad, field in [(dict(temperature=7), "temperature"), (dict(n=99), "n"),
         assert e.param == field, (bad, e.param, e)
 print(f"openai {openai.__version__}: models {models}, {len(pieces)} streamed pieces equal the "
       f"non-streamed text {text!r}; n=3 (whole and streamed); {len(content)} logprobs (stream = whole); "
-      f"text completion; bad temperature / n / top_logprobs -> 400 naming the field")
+      f"json_schema answers {answers}; text completion; "
+      f"bad temperature / n / top_logprobs / response_format -> 400 naming the field")
