@@ -217,7 +217,12 @@ impl<'e, B: FusedOps> Batcher<'e, B> {
                 let model = self.engine.model();
                 let ids = to_ids::<B>(&prompt[p.done..p.done + take], 1, &model.device());
                 let cache = &mut p.cache;
+                let t = Instant::now();
                 let logits = B::run_ops(|| last_logits(model.forward_last(ids, Some(cache))));
+                let micros = t.elapsed().as_micros() as u64;
+                self.stats
+                    .prefill_micros
+                    .fetch_add(micros, Ordering::Relaxed);
                 p.done += take;
                 budget -= take;
                 if p.done < prompt.len() {
@@ -348,7 +353,10 @@ impl<'e, B: FusedOps> Batcher<'e, B> {
         }
         let model = self.engine.model();
         let ids = to_ids::<B>(&column, rows, &model.device());
+        let t = Instant::now();
         let logits = B::run_ops(|| last_logits(model.forward(ids, Some(cache))));
+        let micros = t.elapsed().as_micros() as u64;
+        self.stats.step_micros.fetch_add(micros, Ordering::Relaxed);
         self.stats.decode_steps.fetch_add(1, Ordering::Relaxed);
         self.stats
             .decode_rows

@@ -183,7 +183,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-fn snapshot(s: &Stats) -> [(&'static str, &'static str, f64); 10] {
+fn snapshot(s: &Stats) -> [(&'static str, &'static str, f64); 12] {
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
     let (ttft_n, completion) = (get(&s.ttft_count), get(&s.completion_tokens));
     let decode_s = get(&s.decode_micros) / 1e6;
@@ -218,6 +218,16 @@ fn snapshot(s: &Stats) -> [(&'static str, &'static str, f64); 10] {
         ("nanochat_generation_tokens_per_second", "gauge", speed),
         ("nanochat_decode_steps_total", "counter", steps),
         ("nanochat_decode_batch_rows_avg", "gauge", batch),
+        (
+            "nanochat_prefill_seconds_total",
+            "counter",
+            get(&s.prefill_micros) / 1e6,
+        ),
+        (
+            "nanochat_decode_seconds_total",
+            "counter",
+            get(&s.step_micros) / 1e6,
+        ),
         (
             "nanochat_running_sequences",
             "gauge",

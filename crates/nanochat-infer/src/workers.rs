@@ -72,6 +72,9 @@ pub struct Stats {
     /// Batched decode steps, and the rows they decoded (mean batch = rows / steps).
     pub(crate) decode_steps: AtomicU64,
     pub(crate) decode_rows: AtomicU64,
+    /// Time inside prefill forwards and inside decode forwards (where a worker's time goes).
+    pub(crate) prefill_micros: AtomicU64,
+    pub(crate) step_micros: AtomicU64,
     /// Sequences decoding now, over all workers.
     pub(crate) running: AtomicUsize,
 }

@@ -49,7 +49,8 @@ pub trait FusedOps: Backend {
     /// The CPU backend runs it on a thread of its compute pool: each parallel kernel inside
     /// then shares the work with the other threads directly, instead of handing it over from
     /// the caller's thread and sleeping until it is done (two context switches per op, a fifth
-    /// of a batch-32 decode step on 2 cores).
+    /// of a batch-32 decode step on 2 cores), while the pool's other threads wait for that work
+    /// spinning rather than asleep (the `cpu::pool` module).
     fn run_ops<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         f()
     }

@@ -7,6 +7,7 @@ mod gemm;
 mod loss;
 mod norm;
 mod optim;
+mod pool;
 mod simd;
 
 use burn::backend::Flex;
@@ -89,7 +90,7 @@ impl FusedOps for Flex {
     const FUSED: bool = true;
 
     fn run_ops<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-        rayon::scope(|_| f())
+        pool::run_awake(f)
     }
 
     fn linear_forward(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
