@@ -66,6 +66,51 @@ fn serve_answers(base: &Path, args: &[&str]) {
     );
 }
 
+/// `bench serve --vs-unbatched` on the model in `base`: each level (batched, then batching
+/// off) sends `clients × --requests` requests, every one answered.
+fn bench_serve_sends_every_level_its_pool(base: &Path) {
+    let args = [
+        "bench",
+        "serve",
+        "-i",
+        "rl",
+        "-g",
+        "d1",
+        "--clients",
+        "1,3",
+        "--requests",
+        "2",
+        "--max-tokens",
+        "4",
+        "--vs-unbatched",
+    ];
+    let out = ok(&nanochat(base, &args), "bench serve");
+    let levels: Vec<serde_json::Value> = out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<(String, u64, u64)> = levels
+        .iter()
+        .map(|l| {
+            let s = |k: &str| l[k].as_str().unwrap_or_default().to_string();
+            (
+                s("batching"),
+                l["clients"].as_u64().unwrap(),
+                l["requests"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want = [("on", 1, 2), ("on", 3, 6), ("off", 1, 2), ("off", 3, 6)];
+    let want: Vec<(String, u64, u64)> = want.iter().map(|&(b, c, r)| (b.into(), c, r)).collect();
+    assert_eq!(got, want, "{out}");
+    for l in &levels {
+        assert!(l["tokens"].as_u64().unwrap() > 0, "{l}");
+        assert!(l["aggregate_tok_per_s"].as_f64().unwrap() > 0.0, "{l}");
+    }
+    assert!(out.contains("batched / unbatched"), "{out}");
+}
+
 #[test]
 fn chat_cli_answers_on_a_model_with_a_short_context() {
     let base = tempfile::tempdir().unwrap();
@@ -113,6 +158,7 @@ fn chat_cli_answers_on_a_model_with_a_short_context() {
     ok(&chat, "chat-cli with the default --max-tokens");
     assert!(String::from_utf8_lossy(&chat.stderr).contains("answers are capped at"));
     serve_answers(b, &["serve", "-i", "rl", "-g", "d1", "--port", "0"]);
+    bench_serve_sends_every_level_its_pool(b);
     // What the user asks for explicitly is checked as given.
     let too_long = nanochat(
         b,

@@ -1,15 +1,19 @@
 //! `nanochat bench serve`: what a server gives concurrent clients. It starts `nanochat serve`
-//! on a checkpoint (or uses `--url`), then for each client count (default 1, 8, 32) runs that
-//! many clients at once, each sending `--requests` streaming chat completions one after the
-//! other (greedy, `--max-tokens`, usage in the last chunk; client `i` asks about its own
-//! topic, so prompts and answers differ in length). It reports the aggregate generated tokens
-//! per second (all clients' completion tokens over the wall time of the level) and the p50 /
-//! p99 time to first token, as a table and one JSON line per level. `--vs-unbatched` measures
-//! the same binary again with batching off (`serve --max-batch 1`) and prints the ratios.
+//! on a checkpoint (or uses `--url`), then for each client count `c` (default 1, 8, 32) sends
+//! `c × --requests` streaming chat completions (greedy, `--max-tokens`, usage in the last
+//! chunk) through `c` clients at once: each client takes the next request of the level's pool
+//! as soon as its previous answer is complete (vLLM's `benchmark_serving --max-concurrency`),
+//! so the server sees `c` requests in flight until the pool runs dry. Request `i` asks about
+//! topic `i mod 8`, so every level has the same mix of prompt and answer lengths. It reports
+//! the aggregate generated tokens per second (all completion tokens over the wall time of the
+//! level) and the p50 / p99 time to first token, as a table and one JSON line per level.
+//! `--vs-unbatched` measures the same binary again with batching off (`serve --max-batch 1`)
+//! and prints the ratios.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -33,8 +37,9 @@ pub struct ServeBenchArgs {
     /// Client counts to measure, in order.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     clients: Vec<usize>,
-    /// Requests each client sends, one after the other.
-    #[arg(long, default_value_t = 2)]
+    /// Requests per client: a level with `c` clients sends `c ×` this many, each client taking
+    /// the next one when its previous answer is complete.
+    #[arg(long, default_value_t = 4)]
     requests: usize,
     /// Tokens per answer (an answer may stop earlier at <|assistant_end|>).
     #[arg(long, default_value_t = 64)]
@@ -48,7 +53,7 @@ pub struct ServeBenchArgs {
     vs_unbatched: bool,
 }
 
-/// What the clients ask, one topic per client (cycled).
+/// What the clients ask: request `i` takes topic `i mod 8`.
 const TOPICS: [&str; 8] = [
     "a dragon",
     "the sea",
@@ -180,8 +185,8 @@ impl Level {
     }
 }
 
-fn body(args: &ServeBenchArgs, client: usize) -> String {
-    let topic = TOPICS[client % TOPICS.len()];
+fn body(args: &ServeBenchArgs, request: usize) -> String {
+    let topic = TOPICS[request % TOPICS.len()];
     json!({"messages": [{"role": "user", "content": format!("Tell me a story about {topic}.")}],
            "max_tokens": args.max_tokens, "temperature": 0, "stream": true,
            "stream_options": {"include_usage": true}})
@@ -202,13 +207,18 @@ fn measure(args: &ServeBenchArgs, url: &str, label: &str) -> anyhow::Result<Vec<
         let results: Mutex<Vec<(Duration, u64)>> = Mutex::new(Vec::new());
         let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
         let start = Instant::now();
+        let (total, next) = (clients * args.requests, AtomicUsize::new(0));
         std::thread::scope(|s| {
-            for client in 0..clients {
-                let (results, failures) = (&results, &failures);
+            for _ in 0..clients {
+                let (results, failures, next) = (&results, &failures, &next);
                 s.spawn(move || {
-                    let (agent, body) = (agent(), body(args, client));
-                    for _ in 0..args.requests {
-                        match one_request(&agent, url, &body) {
+                    let agent = agent();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= total {
+                            break;
+                        }
+                        match one_request(&agent, url, &body(args, i)) {
                             Ok(r) => results.lock().expect("results").push(r),
                             Err(e) => failures.lock().expect("failures").push(e.to_string()),
                         }
