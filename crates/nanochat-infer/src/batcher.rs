@@ -20,7 +20,7 @@
 
 use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Mutex, TryLockError};
 use std::time::Instant;
@@ -61,6 +61,14 @@ struct Prefill<B: FusedOps> {
     done: usize,
     /// The logits after the whole prompt, once it is done.
     first: Option<Vec<f32>>,
+}
+
+/// Runs `f`, adding its duration in µs to `counter`.
+fn timed<R>(counter: &AtomicU64, f: impl FnOnce() -> R) -> R {
+    let start = Instant::now();
+    let r = f();
+    counter.fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+    r
 }
 
 /// One worker's batch.
@@ -217,12 +225,9 @@ impl<'e, B: FusedOps> Batcher<'e, B> {
                 let model = self.engine.model();
                 let ids = to_ids::<B>(&prompt[p.done..p.done + take], 1, &model.device());
                 let cache = &mut p.cache;
-                let t = Instant::now();
-                let logits = B::run_ops(|| last_logits(model.forward_last(ids, Some(cache))));
-                let micros = t.elapsed().as_micros() as u64;
-                self.stats
-                    .prefill_micros
-                    .fetch_add(micros, Ordering::Relaxed);
+                let logits = timed(&self.stats.prefill_micros, || {
+                    B::run_ops(|| last_logits(model.forward_last(ids, Some(cache))))
+                });
                 p.done += take;
                 budget -= take;
                 if p.done < prompt.len() {
@@ -353,10 +358,9 @@ impl<'e, B: FusedOps> Batcher<'e, B> {
         }
         let model = self.engine.model();
         let ids = to_ids::<B>(&column, rows, &model.device());
-        let t = Instant::now();
-        let logits = B::run_ops(|| last_logits(model.forward(ids, Some(cache))));
-        let micros = t.elapsed().as_micros() as u64;
-        self.stats.step_micros.fetch_add(micros, Ordering::Relaxed);
+        let logits = timed(&self.stats.decode_forward_micros, || {
+            B::run_ops(|| last_logits(model.forward(ids, Some(cache))))
+        });
         self.stats.decode_steps.fetch_add(1, Ordering::Relaxed);
         self.stats
             .decode_rows

@@ -226,7 +226,7 @@ fn snapshot(s: &Stats) -> [(&'static str, &'static str, f64); 12] {
         (
             "nanochat_decode_seconds_total",
             "counter",
-            get(&s.step_micros) / 1e6,
+            get(&s.decode_forward_micros) / 1e6,
         ),
         (
             "nanochat_running_sequences",

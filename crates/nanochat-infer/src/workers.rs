@@ -74,7 +74,7 @@ pub struct Stats {
     pub(crate) decode_rows: AtomicU64,
     /// Time inside prefill forwards and inside decode forwards (where a worker's time goes).
     pub(crate) prefill_micros: AtomicU64,
-    pub(crate) step_micros: AtomicU64,
+    pub(crate) decode_forward_micros: AtomicU64,
     /// Sequences decoding now, over all workers.
     pub(crate) running: AtomicUsize,
 }

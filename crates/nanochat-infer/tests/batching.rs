@@ -84,6 +84,11 @@ fn answers_are_the_same_alone_and_batched_with_31_others() {
             mean > 4.0,
             "the requests were not batched: {mean:.2} rows per step"
         );
+        // Where the worker's time went: both kinds of forward were counted.
+        let s = get_json(&format!("{url}/stats"));
+        for k in ["prefill_seconds_total", "decode_seconds_total"] {
+            assert!(s[k].as_f64().unwrap() > 0.0, "{k}: {}", s[k]);
+        }
     }
 }
 
