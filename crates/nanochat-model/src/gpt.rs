@@ -67,7 +67,11 @@ impl ComputeDtype {
 pub enum Reduction {
     /// Mean over the targets that are not −1.
     Mean,
-    /// One loss per position (0 where the target is −1).
+    /// Sum over the targets that are not −1 (`[1]`).
+    Sum,
+    /// One loss per position (0 where the target is −1): the whole logits exist at once, for
+    /// evaluation; training takes [`Reduction::Mean`], [`Reduction::Sum`] or
+    /// [`Gpt::forward_loss_weighted`], whose logits exist one block of rows at a time.
     None,
 }
 
@@ -475,8 +479,10 @@ impl<B: FusedOps> Gpt<B> {
         }
     }
 
-    /// Cross-entropy of next-token `targets` (`[batch, t]`, −1 = ignored) through the fused
-    /// soft-capped loss ([`ops::cross_entropy`]): the logits are not kept beyond it.
+    /// Cross-entropy of next-token `targets` (`[batch, t]`, −1 = ignored) under the soft-capped
+    /// logits. [`Reduction::Mean`] and [`Reduction::Sum`] go through the blocked loss head
+    /// ([`ops::linear_cross_entropy`]: the logits never exist whole); [`Reduction::None`]
+    /// through `lm_head` and the fused loss ([`ops::cross_entropy`]).
     pub fn forward_loss(
         &self,
         idx: Tensor<B, 2, Int>,
@@ -485,19 +491,55 @@ impl<B: FusedOps> Gpt<B> {
     ) -> Tensor<B, 1> {
         let x = self.hidden(idx, None);
         let [b, t, _] = x.dims();
-        let logits = linear(&self.lm_head, x, self.compute);
-        let v_padded = logits.dims()[2];
-        let mut logits = logits.reshape([b * t, v_padded]);
-        if self.compute != ComputeDtype::F32 {
-            logits = logits.cast(FloatDType::F32);
-        }
         let targets = targets.reshape([b * t]);
-        let c = &self.config;
-        let losses = ops::cross_entropy(logits, targets.clone(), c.vocab_size, c.logit_softcap);
         match reduction {
-            Reduction::None => losses,
-            Reduction::Mean => losses.sum() / targets.greater_equal_elem(0).float().sum(),
+            Reduction::Sum => self.loss_head(x, targets, None),
+            Reduction::Mean => {
+                let kept = targets.clone().greater_equal_elem(0).float().sum();
+                self.loss_head(x, targets, None) / kept
+            }
+            Reduction::None => {
+                let logits = linear(&self.lm_head, x, self.compute);
+                let v_padded = logits.dims()[2];
+                let logits = logits.reshape([b * t, v_padded]).cast(FloatDType::F32);
+                let c = &self.config;
+                ops::cross_entropy(logits, targets, c.vocab_size, c.logit_softcap)
+            }
         }
+    }
+
+    /// `Σ weight · loss` over the positions (`[1]`) of next-token `targets` (`[batch, t]`, −1 =
+    /// ignored), `weights` `[batch · t]` being constants (chat RL's advantages), through the
+    /// blocked loss head.
+    pub fn forward_loss_weighted(
+        &self,
+        idx: Tensor<B, 2, Int>,
+        targets: Tensor<B, 2, Int>,
+        weights: Tensor<B, 1>,
+    ) -> Tensor<B, 1> {
+        let x = self.hidden(idx, None);
+        let [b, t, _] = x.dims();
+        self.loss_head(x, targets.reshape([b * t]), Some(weights))
+    }
+
+    /// `lm_head` and the summed (weighted) loss of the hidden states `x`.
+    fn loss_head(
+        &self,
+        x: Tensor<B, 3>,
+        targets: Tensor<B, 1, Int>,
+        weights: Option<Tensor<B, 1>>,
+    ) -> Tensor<B, 1> {
+        let [b, t, c] = x.dims();
+        let w = self.lm_head.weight.val();
+        let w = match self.compute {
+            ComputeDtype::F32 => w,
+            ComputeDtype::BF16 => w.cast(FloatDType::BF16),
+        };
+        let head = ops::LossHead {
+            vocab: self.config.vocab_size,
+            softcap: self.config.logit_softcap,
+        };
+        ops::linear_cross_entropy(x.reshape([b * t, c]), w, targets, weights, head)
     }
 }
 
@@ -515,6 +557,7 @@ pub fn cross_entropy<B: Backend>(
     match reduction {
         Reduction::None => losses,
         Reduction::Mean => losses.sum() / targets.greater_equal_elem(0).float().sum(),
+        Reduction::Sum => losses.sum(),
     }
 }
 

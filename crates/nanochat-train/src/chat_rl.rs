@@ -24,7 +24,7 @@ use nanochat_core::{CheckpointMetadata, GenerationParams, Source};
 use nanochat_data::tasks::{Gsm8k, Task};
 use nanochat_infer::Engine;
 use nanochat_model::distributed::{Rank, run_replicated};
-use nanochat_model::{ComputeDtype, Gpt, Reduction};
+use nanochat_model::{ComputeDtype, Gpt};
 use nanochat_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 
@@ -261,7 +261,7 @@ pub fn policy_gradient<B: TrainBackend>(
         let y = Tensor::from_data(TensorData::new(y, shape), device);
         let w = Tensor::<B, 1>::from_data(TensorData::new(w, [chunk.len() * t]), device);
         // CE = −logp, so minimising Σ CE·A·w maximises Σ logp·A·w.
-        let loss = (model.forward_loss(x, y, Reduction::None) * w).sum();
+        let loss = model.forward_loss_weighted(x, y, w);
         loss_sum += loss.clone().into_scalar().elem_f64();
         let grads = loss.backward();
         accum.accumulate(model, GradientsParams::from_grads(grads, model));

@@ -131,7 +131,7 @@ pub fn token_weighted_grads_over<B: TrainBackend>(
     let mut loss_sum = 0.0;
     for mb in micro {
         let (x, y) = mb.to_tensors::<B>(device);
-        let loss = model.forward_loss(x, y, Reduction::None).sum() / n_valid.max(1) as f64;
+        let loss = model.forward_loss(x, y, Reduction::Sum) / n_valid.max(1) as f64;
         loss_sum += loss.clone().into_scalar().elem::<f64>();
         let grads = loss.backward();
         accum.accumulate(model, GradientsParams::from_grads(grads, model));

@@ -8,9 +8,9 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::tensor::ops::{FloatTensor, IntTensor, ModuleOps};
-use burn::tensor::{Int, Tensor, TensorPrimitive};
+use burn::tensor::{FloatDType, Int, Tensor, TensorPrimitive};
 
-use super::{FusedOps, reference};
+use super::{FusedOps, LossHead, reference};
 
 type Ad<B, C> = Autodiff<B, C>;
 
@@ -103,6 +103,64 @@ pub(super) fn cross_entropy<B: FusedOps, C: CheckpointStrategy>(
         }
         OpsKind::UnTracked(prep) => prep
             .finish(B::cross_entropy_forward(logits.primitive, targets, vocab, softcap, false).0),
+    }
+}
+
+/// One node for `lm_head` and the loss, on every backend (the blocked composition has no
+/// graph to fall back to): the forward computes the gradients of the sum, the backward scales
+/// them by the incoming scalar.
+pub(super) fn linear_cross_entropy<B: FusedOps, C: CheckpointStrategy>(
+    x: FloatTensor<Ad<B, C>>,
+    w: FloatTensor<Ad<B, C>>,
+    targets: IntTensor<Ad<B, C>>,
+    weights: Option<FloatTensor<Ad<B, C>>>,
+    head: LossHead,
+) -> FloatTensor<Ad<B, C>> {
+    #[derive(Debug)]
+    struct LinearCrossEntropy;
+
+    impl<B: FusedOps> Backward<B, 2> for LinearCrossEntropy {
+        type State = [Option<FloatTensor<B>>; 2];
+
+        fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let g = tensor::<B, 1>(grads.consume::<B>(&ops.node)).reshape([1, 1]);
+            for (parent, unit) in ops.parents.into_iter().zip(ops.state) {
+                if let (Some(node), Some(unit)) = (parent, unit) {
+                    let unit = tensor::<B, 2>(unit);
+                    let g = g.clone().cast(FloatDType::from(unit.dtype()));
+                    grads.register::<B>(node.id, prim(unit * g));
+                }
+            }
+        }
+    }
+
+    let need = [!x.node.requirement.is_none(), !w.node.requirement.is_none()];
+    let weights = weights.map(|w| w.primitive);
+    match LinearCrossEntropy
+        .prepare::<C>([x.node.clone(), w.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (sum, grads) = B::linear_cross_entropy_forward(
+                (x.primitive, w.primitive),
+                targets,
+                weights,
+                head,
+                need,
+            );
+            prep.finish(grads, sum)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(
+            B::linear_cross_entropy_forward(
+                (x.primitive, w.primitive),
+                targets,
+                weights,
+                head,
+                [false; 2],
+            )
+            .0,
+        ),
     }
 }
 

@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | [`linear`] | `nn.Linear` without bias | burn-flex's batched matmul: a copied zero buffer per output, transposed weight copies |
 //! | [`cross_entropy`] | soft cap + log-softmax + pick (upstream `F.cross_entropy` on `15·tanh(z/15)`) | ~15 passes over the `[B·T, V]` logits and their gradient |
+//! | [`linear_cross_entropy`] | `lm_head` + the above, summed: the training loss | the whole `[B·T, V]` float32 logits (8.6 GB for d12 at 32 × 2048) and their gradient |
 //! | [`rms_norm`] | `F.rms_norm` | 5 ops forward, more backward |
 //! | [`rotary_norm`] | `norm(apply_rotary_emb(q)) · 1.2` on queries and keys | narrows, a cat and the norm, each a copy |
 //! | [`attention`] | causal, sliding-window, grouped-query SDPA | `B·H·T·T` scores, mask, softmax, their gradients |
@@ -32,11 +33,13 @@ use burn::tensor::ops::{FloatTensor, IntTensor, ModuleOps};
 use burn::tensor::{Int, Tensor, TensorPrimitive};
 
 mod autodiff;
+pub mod chunked_loss;
 #[cfg(feature = "flex")]
 mod cpu;
 pub mod optim;
 pub mod reference;
 
+pub use chunked_loss::LossHead;
 pub use optim::{AdamScalars, MuonHyper};
 
 /// A backend extended with nanochat's fused operations. Every method has a default: the
@@ -107,6 +110,31 @@ pub trait FusedOps: Backend {
         grad: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         reference::scale_rows::<Self>(unit_grad, grad)
+    }
+
+    /// The weighted sum of the loss head's row losses on `x · w`, see [`linear_cross_entropy`].
+    fn linear_cross_entropy(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        weights: Option<FloatTensor<Self>>,
+        head: LossHead,
+    ) -> FloatTensor<Self> {
+        Self::linear_cross_entropy_forward((x, w), targets, weights, head, [false; 2]).0
+    }
+
+    /// The sum (`[1]`) and the gradients of `x` and `w` asked for in `need`, computed in blocks
+    /// of rows ([`chunked_loss`]).
+    fn linear_cross_entropy_forward(
+        xw: (FloatTensor<Self>, FloatTensor<Self>),
+        targets: IntTensor<Self>,
+        weights: Option<FloatTensor<Self>>,
+        head: LossHead,
+        need: [bool; 2],
+    ) -> (FloatTensor<Self>, [Option<FloatTensor<Self>>; 2]) {
+        use burn::tensor::TensorMetadata;
+        let rows = chunked_loss::block_rows(xw.1.shape().dims::<2>()[1]);
+        chunked_loss::forward::<Self>(xw, targets, weights, head, need, rows)
     }
 
     /// RMSNorm over the last dimension of `x` (`[N, C]`), see [`rms_norm`].
@@ -302,6 +330,16 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         autodiff::cross_entropy::<B, C>(logits, targets, vocab, softcap)
     }
 
+    fn linear_cross_entropy(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        weights: Option<FloatTensor<Self>>,
+        head: LossHead,
+    ) -> FloatTensor<Self> {
+        autodiff::linear_cross_entropy::<B, C>(x, w, targets, weights, head)
+    }
+
     fn rms_norm(x: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         autodiff::rms_norm::<B, C>(x, eps)
     }
@@ -370,6 +408,27 @@ pub fn cross_entropy<B: FusedOps>(
         targets.into_primitive(),
         vocab,
         softcap,
+    ))
+}
+
+/// The training loss from the last hidden states: `Σ_r weight_r · CE_r` (`[1]`), `CE_r` the
+/// [`cross_entropy`] of row `r` of `x · w` (`x` `[N, K]`, `w` `[K, V_padded]`: `lm_head`) for
+/// `targets` (`[N]`, −1 ignored) under `head`; `weights` (`[N]`, constants: no gradient flows
+/// to them) are 1 when absent. The logits exist one block of rows at a time, and the gradients
+/// of `x` and `w` are computed with them ([`chunked_loss`]).
+pub fn linear_cross_entropy<B: FusedOps>(
+    x: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+    weights: Option<Tensor<B, 1>>,
+    head: LossHead,
+) -> Tensor<B, 1> {
+    tensor(B::linear_cross_entropy(
+        prim(x),
+        prim(w),
+        targets.into_primitive(),
+        weights.map(prim),
+        head,
     ))
 }
 

@@ -94,13 +94,18 @@ pub fn matmul(dst: MatMut<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>, alpha: f32, acc
 
 /// [`matmul`] on every core (through rayon) when the product is large enough to pay for it.
 pub fn matmul_parallel(dst: MatMut<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>) {
+    matmul_parallel_into(dst, lhs, rhs, false);
+}
+
+/// [`matmul_parallel`], added to `dst` when `accumulate`.
+pub fn matmul_parallel_into(dst: MatMut<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>, accumulate: bool) {
     let work = dst.rows * dst.cols * lhs.cols;
     let par = if work >= 1 << 18 {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
     };
-    product(dst, lhs, rhs, 1.0, false, par);
+    product(dst, lhs, rhs, 1.0, accumulate, par);
 }
 
 fn product(

@@ -4,10 +4,15 @@
 //! `t = tanh(z/c)`, `s = c·t`, `loss = logsumexp(s) − s[target]`, and
 //! `d loss / d z = (softmax(s) − onehot(target)) · (1 − t²)`; zero in the padding and on
 //! ignored rows (target −1). Without a soft cap `t = z` and the factor is 1.
+//!
+//! [`linear_losses`] is the whole loss head (`lm_head` included) over blocks of rows, as in
+//! [`crate::ops::chunked_loss`]: one block of logits in a buffer reused from block to block.
 
 use rayon::prelude::*;
 
+use super::gemm::{self, MatMut, MatRef};
 use super::simd::{self, vectorized};
+use crate::ops::LossHead;
 
 /// Rows per parallel task (amortises dispatch and the scratch row).
 const ROWS_PER_TASK: usize = 8;
@@ -122,4 +127,75 @@ pub fn scale_rows(unit: &mut [f32], v: usize, grad: &[f32]) {
                 },
             )
         });
+}
+
+/// The loss head over blocks of `rows` rows: `Σ_r weight_r · loss_r` of `x` (`[n, k]`) through
+/// `w` (`[k, v_padded]`), and `dx` (`[n, k]`), `dw` (`[k, v_padded]`) of that sum for those
+/// asked for in `need`. Per block: the logits (one matrix product into the reused buffer),
+/// [`losses_and_grad`] over them, then `dx` of the block's rows and `dw += xᵀ · grad`.
+pub fn linear_losses(
+    (x, w): (&[f32], &[f32]),
+    (k, v_padded): (usize, usize),
+    targets: &[i64],
+    weights: Option<&[f32]>,
+    head: LossHead,
+    (need, rows): ([bool; 2], usize),
+) -> (f32, [Option<Vec<f32>>; 2]) {
+    let n = targets.len();
+    assert_eq!(x.len(), n * k, "x shape");
+    assert_eq!(w.len(), k * v_padded, "w shape");
+    assert!(weights.is_none_or(|wt| wt.len() == n), "one weight per row");
+    let (cap, rows) = (head.softcap as f32, rows.max(1));
+    let mut dx = need[0].then(|| vec![0.0f32; n * k]);
+    let mut dw = need[1].then(|| vec![0.0f32; k * v_padded]);
+    let mut block = vec![0.0f32; rows.min(n) * v_padded];
+    let mut total = 0.0f64;
+    for r0 in (0..n).step_by(rows) {
+        let r = rows.min(n - r0);
+        let logits = &mut block[..r * v_padded];
+        let xb = MatRef::new(x, r0 * k, (r, k), (k, 1));
+        gemm::matmul_parallel(
+            MatMut::new(logits, 0, (r, v_padded), v_padded),
+            xb,
+            MatRef::new(w, 0, (k, v_padded), (v_padded, 1)),
+        );
+        let targets = &targets[r0..r0 + r];
+        let losses = if need.contains(&true) {
+            losses_and_grad(logits, v_padded, head.vocab, targets, cap)
+        } else {
+            losses(logits, v_padded, head.vocab, targets, cap)
+        };
+        match weights.map(|wt| &wt[r0..r0 + r]) {
+            Some(wt) => {
+                total += losses
+                    .iter()
+                    .zip(wt)
+                    .map(|(&l, &w)| f64::from(l * w))
+                    .sum::<f64>();
+                if need.contains(&true) {
+                    scale_rows(logits, v_padded, wt);
+                }
+            }
+            None => total += losses.iter().map(|&l| f64::from(l)).sum::<f64>(),
+        }
+        let grad = MatRef::new(logits, 0, (r, v_padded), (v_padded, 1));
+        if let Some(dx) = dx.as_mut() {
+            // dx = grad · wᵀ for the block's rows.
+            gemm::matmul_parallel(
+                MatMut::new(dx, r0 * k, (r, k), k),
+                grad,
+                MatRef::new(w, 0, (k, v_padded), (v_padded, 1)).t(),
+            );
+        }
+        if let Some(dw) = dw.as_mut() {
+            // dw += xᵀ · grad.
+            gemm::matmul_parallel_into(
+                MatMut::new(dw, 0, (k, v_padded), v_padded),
+                xb.t(),
+                grad,
+                r0 > 0,
+            );
+        }
+    }
+    (total as f32, [dx, dw])
 }

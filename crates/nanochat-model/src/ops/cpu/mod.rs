@@ -16,7 +16,7 @@ use burn::tensor::ops::{FloatTensor, IntTensor, ModuleOps};
 use burn::tensor::{Bytes, DType, Shape};
 
 use super::optim as optim_ref;
-use super::{AdamScalars, FusedOps, MuonHyper, reference};
+use super::{AdamScalars, FusedOps, LossHead, MuonHyper, chunked_loss, reference};
 
 /// A new float32 tensor of `shape` holding `data`.
 fn from_vec(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
@@ -180,6 +180,45 @@ impl FusedOps for Flex {
             let losses = loss::losses(f32s(&logits), v_padded, vocab, &targets, cap);
             (from_vec(losses, &[n]), None)
         }
+    }
+
+    fn linear_cross_entropy_forward(
+        (x, w): (FloatTensor<Self>, FloatTensor<Self>),
+        targets: IntTensor<Self>,
+        weights: Option<FloatTensor<Self>>,
+        head: LossHead,
+        need: [bool; 2],
+    ) -> (FloatTensor<Self>, [Option<FloatTensor<Self>>; 2]) {
+        let weights_f32 = weights.as_ref().is_none_or(|wt| is_f32(&[wt]));
+        if !is_f32(&[&x, &w]) || !weights_f32 || dims(&x).len() != 2 || dims(&w).len() != 2 {
+            let rows = chunked_loss::block_rows(dims(&w).last().copied().unwrap_or(1));
+            return chunked_loss::forward::<Self>((x, w), targets, weights, head, need, rows);
+        }
+        let (xs, ws) = (dims(&x), dims(&w));
+        assert_eq!(xs[1], ws[0], "linear cross-entropy: x {xs:?} · w {ws:?}");
+        assert!(
+            head.vocab <= ws[1],
+            "vocab {} > lm_head width {}",
+            head.vocab,
+            ws[1]
+        );
+        let (x, w) = (contiguous(x), contiguous(w));
+        let weights = weights.map(contiguous);
+        let targets = ints(targets);
+        assert_eq!(targets.len(), xs[0], "one target per row");
+        let rows = chunked_loss::block_rows(ws[1]);
+        let (sum, [dx, dw]) = loss::linear_losses(
+            (f32s(&x), f32s(&w)),
+            (ws[0], ws[1]),
+            &targets,
+            weights.as_ref().map(f32s),
+            head,
+            (need, rows),
+        );
+        (
+            from_vec(vec![sum], &[1]),
+            [dx.map(|d| from_vec(d, &xs)), dw.map(|d| from_vec(d, &ws))],
+        )
     }
 
     fn cross_entropy_backward(

@@ -77,6 +77,143 @@ fn cross_entropy_matches_reference_with_padding_ignores_and_without_cap() {
     }
 }
 
+/// Targets of `n` rows over `vocab`, every fifth ignored.
+fn some_targets(n: usize, vocab: usize) -> Tensor<Ad, 1, Int> {
+    let t: Vec<i64> = (0..n as i64)
+        .map(|i| {
+            if i % 5 == 3 {
+                -1
+            } else {
+                (i * 7) % vocab as i64
+            }
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(t, [n]), &Default::default())
+}
+
+#[test]
+fn linear_cross_entropy_matches_the_unfused_loss_in_blocks_and_weighted() {
+    // 37 rows in blocks of 8 (a partial last block), padding columns, ignored targets,
+    // with and without the cap and row weights: the CPU kernel, the backend-generic blocked
+    // composition and the op through autodiff against lm_head + the reference loss.
+    let (n, k, vp, vocab) = (37, 24, 70, 65);
+    let targets = some_targets(n, vocab);
+    let x = randn([n, k], 11);
+    let w = randn([k, vp], 12) * 0.5;
+    for (cap, weighted) in [(15.0, false), (15.0, true), (0.0, true)] {
+        let weights = weighted.then(|| randn([n], 13));
+        let head = ops::LossHead {
+            vocab,
+            softcap: cap,
+        };
+        let (xr, wr) = (x.clone().require_grad(), w.clone().require_grad());
+        let losses = reference::cross_entropy_losses(
+            xr.clone().matmul(wr.clone()),
+            targets.clone(),
+            vocab,
+            cap,
+        );
+        let want = match &weights {
+            Some(wt) => (losses * wt.clone()).sum(),
+            None => losses.sum(),
+        };
+        let gr = want.clone().backward();
+        let (want_dx, want_dw) = (grad(&xr, &gr), grad(&wr, &gr));
+
+        let (xf, wf) = (x.clone().require_grad(), w.clone().require_grad());
+        let got = ops::linear_cross_entropy(
+            xf.clone(),
+            wf.clone(),
+            targets.clone(),
+            weights.clone(),
+            head,
+        );
+        let gf = (got.clone() * 3.0).backward();
+        let tag = format!("cap {cap}, weighted {weighted}");
+        assert!(rel(got, want.clone()) < 1e-5, "{tag}: op sum");
+        assert!(
+            rel(grad(&xf, &gf), want_dx.clone() * 3.0) < 1e-5,
+            "{tag}: op dx"
+        );
+        assert!(
+            rel(grad(&wf, &gf), want_dw.clone() * 3.0) < 1e-5,
+            "{tag}: op dw"
+        );
+
+        let (xv, wv) = (x.clone().inner().into_data(), w.clone().inner().into_data());
+        let tv: Vec<i64> = targets
+            .clone()
+            .inner()
+            .into_data()
+            .convert::<i64>()
+            .to_vec()
+            .unwrap();
+        let wtv = weights
+            .as_ref()
+            .map(|wt| wt.clone().inner().into_data().to_vec::<f32>().unwrap());
+        let (xv, wv) = (xv.to_vec::<f32>().unwrap(), wv.to_vec::<f32>().unwrap());
+        let (sum, [dx, dw]) = super::loss::linear_losses(
+            (&xv, &wv),
+            (k, vp),
+            &tv,
+            wtv.as_deref(),
+            head,
+            ([true, true], 8),
+        );
+        let back = |v: Vec<f32>, shape: [usize; 2]| {
+            Tensor::<Ad, 2>::from_data(TensorData::new(v, shape), &Default::default())
+        };
+        assert!(
+            rel(
+                Tensor::<Ad, 1>::from_data([sum], &Default::default()),
+                want.clone()
+            ) < 1e-5,
+            "{tag}: kernel sum"
+        );
+        assert!(
+            rel(back(dx.expect("dx"), [n, k]), want_dx.clone()) < 1e-5,
+            "{tag}: kernel dx"
+        );
+        assert!(
+            rel(back(dw.expect("dw"), [k, vp]), want_dw.clone()) < 1e-5,
+            "{tag}: kernel dw"
+        );
+        // Padding columns of lm_head get no gradient.
+        let dwv = want_dw.clone().inner().into_data().to_vec::<f32>().unwrap();
+        assert!(
+            dwv.chunks(vp)
+                .all(|row| row[vocab..].iter().all(|&g| g == 0.0))
+        );
+
+        let (sum, [dx, dw]) = ops::chunked_loss::forward::<Flex>(
+            (
+                x.clone().inner().into_primitive().tensor(),
+                w.clone().inner().into_primitive().tensor(),
+            ),
+            targets.clone().inner().into_primitive(),
+            weights
+                .clone()
+                .map(|wt| wt.inner().into_primitive().tensor()),
+            head,
+            [true, false],
+            5,
+        );
+        assert!(dw.is_none(), "only what was asked for");
+        let sum = Tensor::<Flex, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(sum));
+        let dx = Tensor::<Flex, 2>::from_primitive(burn::tensor::TensorPrimitive::Float(
+            dx.expect("dx"),
+        ));
+        assert!(
+            rel(Tensor::from_inner(sum), want) < 1e-5,
+            "{tag}: blocked composition sum"
+        );
+        assert!(
+            rel(Tensor::from_inner(dx), want_dx) < 1e-5,
+            "{tag}: blocked composition dx"
+        );
+    }
+}
+
 #[test]
 fn rms_norm_matches_reference() {
     let x = randn([5, 3, 48], 3).require_grad();
