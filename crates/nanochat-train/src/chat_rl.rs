@@ -235,7 +235,8 @@ pub fn policy_gradient<B: TrainBackend>(
     device: &B::Device,
 ) -> (f64, GradientsParams) {
     let mut accum = GradientsAccumulator::<Gpt<B>>::new();
-    let mut loss_sum = 0.0;
+    // Read once at the end (each read waits for the device).
+    let mut loss_sum = Vec::new();
     for chunk in rollouts.chunks(batch.max(1)) {
         let t = chunk.iter().map(|r| r.ids.len() - 1).max().unwrap_or(1);
         let mut x = Vec::with_capacity(chunk.len() * t);
@@ -262,10 +263,14 @@ pub fn policy_gradient<B: TrainBackend>(
         let w = Tensor::<B, 1>::from_data(TensorData::new(w, [chunk.len() * t]), device);
         // CE = −logp, so minimising Σ CE·A·w maximises Σ logp·A·w.
         let loss = model.forward_loss_weighted(x, y, w);
-        loss_sum += loss.clone().into_scalar().elem_f64();
+        loss_sum.push(loss.clone().inner());
         let grads = loss.backward();
         accum.accumulate(model, GradientsParams::from_grads(grads, model));
     }
+    let loss_sum = match loss_sum.len() {
+        0 => 0.0,
+        _ => Tensor::cat(loss_sum, 0).sum().into_scalar().elem_f64(),
+    };
     (loss_sum, accum.grads())
 }
 

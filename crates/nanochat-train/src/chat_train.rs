@@ -128,14 +128,19 @@ pub fn token_weighted_grads_over<B: TrainBackend>(
     device: &B::Device,
 ) -> (f64, GradientsParams) {
     let mut accum = GradientsAccumulator::<Gpt<B>>::new();
-    let mut loss_sum = 0.0;
+    // Read once at the end (each read waits for the device).
+    let mut loss_sum = Vec::new();
     for mb in micro {
         let (x, y) = mb.to_tensors::<B>(device);
         let loss = model.forward_loss(x, y, Reduction::Sum) / n_valid.max(1) as f64;
-        loss_sum += loss.clone().into_scalar().elem::<f64>();
+        loss_sum.push(loss.clone().inner());
         let grads = loss.backward();
         accum.accumulate(model, GradientsParams::from_grads(grads, model));
     }
+    let loss_sum = match loss_sum.len() {
+        0 => 0.0,
+        _ => Tensor::cat(loss_sum, 0).sum().into_scalar().elem::<f64>(),
+    };
     (loss_sum, accum.grads())
 }
 

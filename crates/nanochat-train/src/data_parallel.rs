@@ -41,11 +41,13 @@ pub fn train_step<B: TrainBackend>(
     fail: Option<u64>,
 ) -> Result<(Gpt<B>, f64), TrainError> {
     let mut accum = GradientsAccumulator::<Gpt<B>>::new();
-    let mut loss_value = 0.0;
+    // The loss is read once, after the update is queued: on a GPU every read waits for the
+    // device, and a read per micro-batch would stall the host between forward and backward.
+    let mut last_loss = None;
     for _ in 0..grad_accum {
         let (x, y) = next_batch()?;
         let loss = model.forward_loss(x, y, Reduction::Mean);
-        loss_value = loss.clone().into_scalar().elem::<f64>();
+        last_loss = Some(loss.clone().inner());
         let grads = (loss / grad_accum as f64).backward();
         accum.accumulate(&model, GradientsParams::from_grads(grads, &model));
     }
@@ -54,6 +56,7 @@ pub fn train_step<B: TrainBackend>(
     }
     let grads = rank.all_reduce_grads(&model, accum.grads())?;
     let model = opt.step(model, grads, scalars)?;
+    let loss_value = last_loss.map_or(0.0, |l| l.into_scalar().elem::<f64>());
     Ok((model, loss_value))
 }
 

@@ -133,7 +133,7 @@ pub trait FusedOps: Backend {
         need: [bool; 2],
     ) -> (FloatTensor<Self>, [Option<FloatTensor<Self>>; 2]) {
         use burn::tensor::TensorMetadata;
-        let rows = chunked_loss::block_rows(xw.1.shape().dims::<2>()[1]);
+        let rows = chunked_loss::block_rows(xw.1.shape().dims::<2>()[1], chunked_loss::BLOCK_ELEMS);
         chunked_loss::forward::<Self>(xw, targets, weights, head, need, rows)
     }
 

@@ -17,6 +17,9 @@ use crate::ops::LossHead;
 /// Rows per parallel task (amortises dispatch and the scratch row).
 const ROWS_PER_TASK: usize = 8;
 
+/// Float32 elements of [`linear_losses`]' block of logits: 64 MiB, reused block to block.
+pub const BLOCK_ELEMS: usize = 1 << 24;
+
 /// The row's soft-capped logits `c·t` and the normalisation: `(t, max s, Σ e^{s − max})`.
 #[inline(always)]
 fn capped_row(z: &[f32], t: &mut [f32], cap: f32) -> (f32, f32) {

@@ -191,7 +191,8 @@ impl FusedOps for Flex {
     ) -> (FloatTensor<Self>, [Option<FloatTensor<Self>>; 2]) {
         let weights_f32 = weights.as_ref().is_none_or(|wt| is_f32(&[wt]));
         if !is_f32(&[&x, &w]) || !weights_f32 || dims(&x).len() != 2 || dims(&w).len() != 2 {
-            let rows = chunked_loss::block_rows(dims(&w).last().copied().unwrap_or(1));
+            let v_padded = dims(&w).last().copied().unwrap_or(1);
+            let rows = chunked_loss::block_rows(v_padded, chunked_loss::BLOCK_ELEMS);
             return chunked_loss::forward::<Self>((x, w), targets, weights, head, need, rows);
         }
         let (xs, ws) = (dims(&x), dims(&w));
@@ -206,7 +207,7 @@ impl FusedOps for Flex {
         let weights = weights.map(contiguous);
         let targets = ints(targets);
         assert_eq!(targets.len(), xs[0], "one target per row");
-        let rows = chunked_loss::block_rows(ws[1]);
+        let rows = chunked_loss::block_rows(ws[1], loss::BLOCK_ELEMS);
         let (sum, [dx, dw]) = loss::linear_losses(
             (f32s(&x), f32s(&w)),
             (ws[0], ws[1]),
