@@ -86,7 +86,7 @@ pub fn build_model<B: Backend>(
     checkpoint.validate(&[&name], |c, files| {
         let bytes = files.first().map(Vec::as_slice).unwrap_or_default();
         let mut model =
-            Gpt::<B>::init(&c.meta().model_config, device).map_err(|e| ModelError::Config {
+            Gpt::<B>::skeleton(&c.meta().model_config, device).map_err(|e| ModelError::Config {
                 path: c.meta_path(),
                 source: Box::new(e),
             })?;
@@ -264,7 +264,7 @@ pub fn import_upstream<B: Backend>(
     if !has(&tensors, "x0_lambdas") {
         tensors.push(("x0_lambdas".into(), TensorData::new(vec![0f32; l], [l])));
     }
-    let mut model = Gpt::<B>::init(config, device).map_err(|e| ModelError::Config {
+    let mut model = Gpt::<B>::skeleton(config, device).map_err(|e| ModelError::Config {
         path: pt.clone(),
         source: Box::new(e),
     })?;

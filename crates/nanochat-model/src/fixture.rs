@@ -102,10 +102,11 @@ impl Fixture {
 
     /// The fixture's model with its parameters on `device`.
     pub fn model<B: FusedOps>(&self, device: &B::Device) -> Result<Gpt<B>, ModelError> {
-        let mut model = Gpt::<B>::init(&self.config, device).map_err(|e| ModelError::Config {
-            path: self.path.clone(),
-            source: Box::new(e),
-        })?;
+        let mut model =
+            Gpt::<B>::skeleton(&self.config, device).map_err(|e| ModelError::Config {
+                path: self.path.clone(),
+                source: Box::new(e),
+            })?;
         load_named(&mut model, self.prefixed("param."), &self.path)?;
         Ok(model)
     }

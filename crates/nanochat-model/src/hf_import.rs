@@ -246,7 +246,7 @@ pub fn import_hf<B: Backend>(
 ) -> Result<(Gpt<B>, HfFormat), HfImportError> {
     let (config, format) = hf_model_config(dir)?;
     let tensors = read_weights(dir, format)?;
-    let mut model = Gpt::<B>::init(&config, device).map_err(|e| HfImportError::Field {
+    let mut model = Gpt::<B>::skeleton(&config, device).map_err(|e| HfImportError::Field {
         path: dir.join("config.json"),
         field: e.field.clone(),
         value: String::new(),

@@ -70,7 +70,24 @@ fn vector<B: Backend>(values: Vec<f32>, device: &B::Device) -> Param<Tensor<B, 1
 impl<B: Backend> Gpt<B> {
     /// A freshly initialised model (call `B::seed` first for a reproducible draw).
     pub fn init(config: &ModelConfig, device: &B::Device) -> Result<Self, ValidationError> {
+        Self::build(config, device, true)
+    }
+
+    /// The model's structure with every weight zero, to load a checkpoint into (PyTorch's
+    /// `meta` device in upstream's `build_model`): drawing every weight at random only to
+    /// overwrite it was a fifth of `bench infer`'s start-up in `perf`. Loading is strict
+    /// (every tensor must be in the file), so no zero survives.
+    pub fn skeleton(config: &ModelConfig, device: &B::Device) -> Result<Self, ValidationError> {
+        Self::build(config, device, false)
+    }
+
+    fn build(
+        config: &ModelConfig,
+        device: &B::Device,
+        draw: bool,
+    ) -> Result<Self, ValidationError> {
         config.validate()?;
+        let r = |init: Init| if draw { init } else { Init::Zeros };
         let c = config.n_embd;
         let kv = config.kv_dim();
         let v = config.padded_vocab_size();
@@ -85,7 +102,7 @@ impl<B: Backend> Gpt<B> {
                     linear(
                         VE_GATE_CHANNELS,
                         config.n_kv_head,
-                        Init::Uniform(0.0, 0.02),
+                        r(Init::Uniform(0.0, 0.02)),
                         scheme,
                         device,
                     )
@@ -95,29 +112,35 @@ impl<B: Backend> Gpt<B> {
                         linear(
                             c,
                             config.n_head * config.head_dim(),
-                            Init::Uniform(-s, s),
+                            r(Init::Uniform(-s, s)),
                             scheme,
                             device,
                         ),
-                        linear(c, kv, Init::Uniform(-s, s), scheme, device),
-                        linear(c, kv, Init::Uniform(-s, s), scheme, device),
+                        linear(c, kv, r(Init::Uniform(-s, s)), scheme, device),
+                        linear(c, kv, r(Init::Uniform(-s, s)), scheme, device),
                         linear(c, c, Init::Zeros, scheme, device),
                         ve_gate,
                         shape,
                     ),
                     mlp: Mlp {
-                        c_fc: linear(c, 4 * c, Init::Uniform(-0.4 * s, 0.4 * s), scheme, device),
+                        c_fc: linear(
+                            c,
+                            4 * c,
+                            r(Init::Uniform(-0.4 * s, 0.4 * s)),
+                            scheme,
+                            device,
+                        ),
                         c_proj: linear(4 * c, c, Init::Zeros, scheme, device),
                     },
                 }
             })
             .collect();
-        let wte = embedding(v, c, Init::Normal(if head { 0.8 } else { 1.0 }), device);
+        let wte = embedding(v, c, r(Init::Normal(if head { 0.8 } else { 1.0 })), device);
         let lm_head = linear(
             c,
             v,
             if head {
-                Init::Normal(0.001)
+                r(Init::Normal(0.001))
             } else {
                 Init::Zeros
             },
@@ -142,7 +165,7 @@ impl<B: Backend> Gpt<B> {
                 linear(
                     SMEAR_GATE_CHANNELS,
                     1,
-                    Init::Uniform(0.0, 0.02),
+                    r(Init::Uniform(0.0, 0.02)),
                     InitScheme::Head,
                     device,
                 ),
@@ -154,7 +177,7 @@ impl<B: Backend> Gpt<B> {
             .map(|i| {
                 config
                     .has_value_embed(i)
-                    .then(|| embedding(v, kv, Init::Uniform(-s, s), device))
+                    .then(|| embedding(v, kv, r(Init::Uniform(-s, s)), device))
             })
             .collect();
         Ok(Gpt::assemble(

@@ -45,6 +45,39 @@ fn tokens(n: usize) -> Tensor<B, 2, Int> {
 }
 
 #[test]
+fn skeleton_has_inits_parameters_all_zero() {
+    // What checkpoints are loaded into: the same names and shapes as a drawn model (loading
+    // is strict, so every one is overwritten), and no random draw.
+    for config in [
+        small(3),
+        ModelConfig {
+            init: nanochat_core::InitScheme::V0,
+            ..small(2)
+        },
+    ] {
+        let device = Default::default();
+        let (drawn, skeleton) = (
+            Gpt::<B>::init(&config, &device).unwrap(),
+            Gpt::<B>::skeleton(&config, &device).unwrap(),
+        );
+        let shapes = |m: &Gpt<B>| {
+            nanochat_model::weights::param_infos(m)
+                .into_iter()
+                .map(|p| (p.name, p.shape))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(shapes(&drawn), shapes(&skeleton));
+        for (name, data) in named_tensors(&skeleton).unwrap() {
+            let v = data.to_vec::<f32>().unwrap();
+            assert!(
+                v.iter().all(|&x| x == 0.0) || name.contains("lambda"),
+                "{name} not zero"
+            );
+        }
+    }
+}
+
+#[test]
 fn save_load_round_trips_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let model = Gpt::<B>::init(&small(3), &Default::default()).unwrap();
