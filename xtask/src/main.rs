@@ -164,7 +164,8 @@ fn ci(skip_backends: bool) -> Result<()> {
             env: &[],
         });
         // The WGPU path for real: one fixture forward through Mesa's software Vulkan driver
-        // (lavapipe; `.ci/run` installs it), compared with the CPU logits.
+        // (lavapipe; `.ci/run` installs it), compared with the CPU logits, and the blocked
+        // training loss with its gradients (the path CUDA takes too) against the CPU kernel.
         steps.push(Step {
             name: "wgpu forward",
             args: &[
@@ -175,6 +176,8 @@ fn ci(skip_backends: bool) -> Result<()> {
                 "wgpu",
                 "--test",
                 "wgpu_forward",
+                "--test",
+                "wgpu_loss",
             ],
             env: &[],
         });

@@ -1,0 +1,130 @@
+//! The blocked training loss (`ops::linear_cross_entropy`) on a backend without fused kernels:
+//! on WGPU (in CI, Mesa's lavapipe) the backend-generic composition and its autodiff node must
+//! give the CPU kernel's sum and gradients. This is the path CUDA takes too. Runs only with
+//! `--features wgpu`, in a process of its own (the forward test checks that a second process
+//! tunes no kernel, so nothing else may tune beside it).
+#![cfg(feature = "wgpu")]
+
+use std::time::Duration;
+
+use burn::backend::wgpu::WgpuDevice;
+use burn::backend::{Autodiff, Flex, Wgpu};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData, TensorPrimitive};
+use nanochat_model::ops::{self, LossHead, chunked_loss};
+
+const LIMIT: Duration = Duration::from_secs(600);
+
+/// The inputs: x `[37, 24]`, lm_head `[24, 70]` (vocab 65 + padding), every fifth target
+/// ignored, row weights.
+fn inputs() -> (Vec<f32>, Vec<f32>, Vec<i64>, Vec<f32>) {
+    let wave = |n: usize, f: f32| (0..n).map(|i| ((i as f32) * f).sin()).collect::<Vec<_>>();
+    let targets = (0..37i64)
+        .map(|i| if i % 5 == 3 { -1 } else { (i * 7) % 65 })
+        .collect();
+    (
+        wave(37 * 24, 0.37),
+        wave(24 * 70, 0.91),
+        targets,
+        wave(37, 1.3),
+    )
+}
+
+/// The op through `Autodiff<B>`: `(3 · sum, dx, dw)` as float vectors.
+fn through_autodiff<B: ops::FusedOps>(device: &B::Device) -> (f32, Vec<f32>, Vec<f32>) {
+    let (x, w, t, wt) = inputs();
+    let x =
+        Tensor::<Autodiff<B>, 2>::from_data(TensorData::new(x, [37, 24]), device).require_grad();
+    let w =
+        Tensor::<Autodiff<B>, 2>::from_data(TensorData::new(w, [24, 70]), device).require_grad();
+    let t = Tensor::<Autodiff<B>, 1, Int>::from_data(TensorData::new(t, [37]), device);
+    let wt = Tensor::<Autodiff<B>, 1>::from_data(TensorData::new(wt, [37]), device);
+    let head = LossHead {
+        vocab: 65,
+        softcap: 15.0,
+    };
+    let loss = ops::linear_cross_entropy(x.clone(), w.clone(), t, Some(wt), head) * 3.0;
+    let grads = loss.clone().backward();
+    let v = |t: Tensor<B, 2>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    (
+        loss.into_scalar().elem::<f32>(),
+        v(x.grad(&grads).unwrap()),
+        v(w.grad(&grads).unwrap()),
+    )
+}
+
+/// The composition itself in blocks of 8 rows (a partial last block): `(sum, dx, dw)`.
+fn blocked<B: ops::FusedOps>(device: &B::Device) -> (f32, Vec<f32>, Vec<f32>) {
+    let (x, w, t, wt) = inputs();
+    let p = |t: Tensor<B, 2>| t.into_primitive().tensor();
+    let (sum, [dx, dw]) = chunked_loss::forward::<B>(
+        (
+            p(Tensor::from_data(TensorData::new(x, [37, 24]), device)),
+            p(Tensor::from_data(TensorData::new(w, [24, 70]), device)),
+        ),
+        Tensor::<B, 1, Int>::from_data(TensorData::new(t, [37]), device).into_primitive(),
+        Some(
+            Tensor::<B, 1>::from_data(TensorData::new(wt, [37]), device)
+                .into_primitive()
+                .tensor(),
+        ),
+        LossHead {
+            vocab: 65,
+            softcap: 15.0,
+        },
+        [true, true],
+        8,
+    );
+    let v = |t: TensorPrimitive<B>| {
+        Tensor::<B, 2>::from_primitive(t)
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    let sum = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(sum)).into_scalar();
+    (
+        sum.elem::<f32>(),
+        v(TensorPrimitive::Float(dx.unwrap())),
+        v(TensorPrimitive::Float(dw.unwrap())),
+    )
+}
+
+fn close(what: &str, got: (f32, Vec<f32>, Vec<f32>), want: (f32, Vec<f32>, Vec<f32>)) {
+    let rel = |a: &[f32], b: &[f32]| {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    };
+    assert!(
+        rel(&[got.0], &[want.0]) < 1e-4,
+        "{what}: sum {} vs {}",
+        got.0,
+        want.0
+    );
+    assert!(rel(&got.1, &want.1) < 1e-4, "{what}: dx");
+    assert!(rel(&got.2, &want.2) < 1e-4, "{what}: dw");
+}
+
+#[test]
+fn wgpu_blocked_loss_matches_cpu() {
+    let watchdog = std::thread::spawn(|| {
+        std::thread::sleep(LIMIT);
+        eprintln!("wgpu loss did not finish within {LIMIT:?}: the WGPU driver is stuck");
+        std::process::exit(101);
+    });
+    let _ = watchdog;
+    let cpu = through_autodiff::<Flex>(&Default::default());
+    let gpu = WgpuDevice::DefaultDevice;
+    close(
+        "autodiff on wgpu",
+        through_autodiff::<Wgpu>(&gpu),
+        cpu.clone(),
+    );
+    let cpu_sum = cpu.0 / 3.0;
+    let blocked_cpu = blocked::<Flex>(&Default::default());
+    assert!(
+        (blocked_cpu.0 - cpu_sum).abs() <= 1e-4 * cpu_sum.abs(),
+        "blocked cpu sum"
+    );
+    close("blocked on wgpu", blocked::<Wgpu>(&gpu), blocked_cpu);
+}
