@@ -30,6 +30,8 @@ use burn::tensor::{FloatDType, Int, Tensor};
 use nanochat_core::model_config::{SMEAR_GATE_CHANNELS, VE_GATE_CHANNELS};
 use nanochat_core::{ModelConfig, ParamCounts, WindowSize};
 
+pub use crate::loss::{Reduction, cross_entropy};
+
 use crate::kv_cache::KvCache;
 use crate::ops::{self, FusedOps, rms_norm};
 use crate::rotary::{rope_tables, rope_tables_at};
@@ -62,21 +64,8 @@ impl ComputeDtype {
     }
 }
 
-/// Cross-entropy reduction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reduction {
-    /// Mean over the targets that are not −1.
-    Mean,
-    /// Sum over the targets that are not −1 (`[1]`).
-    Sum,
-    /// One loss per position (0 where the target is −1): the whole logits exist at once, for
-    /// evaluation; training takes [`Reduction::Mean`], [`Reduction::Sum`] or
-    /// [`Gpt::forward_loss_weighted`], whose logits exist one block of rows at a time.
-    None,
-}
-
 /// `x @ W` with the float32 master weight cast to `x`'s dtype (upstream's `Linear`).
-fn linear<B: FusedOps, const D: usize>(
+pub(crate) fn linear<B: FusedOps, const D: usize>(
     l: &Linear<B>,
     x: Tensor<B, D>,
     dtype: ComputeDtype,
@@ -477,87 +466,6 @@ impl<B: FusedOps> Gpt<B> {
         } else {
             logits
         }
-    }
-
-    /// Cross-entropy of next-token `targets` (`[batch, t]`, −1 = ignored) under the soft-capped
-    /// logits. [`Reduction::Mean`] and [`Reduction::Sum`] go through the blocked loss head
-    /// ([`ops::linear_cross_entropy`]: the logits never exist whole); [`Reduction::None`]
-    /// through `lm_head` and the fused loss ([`ops::cross_entropy`]).
-    pub fn forward_loss(
-        &self,
-        idx: Tensor<B, 2, Int>,
-        targets: Tensor<B, 2, Int>,
-        reduction: Reduction,
-    ) -> Tensor<B, 1> {
-        let x = self.hidden(idx, None);
-        let [b, t, _] = x.dims();
-        let targets = targets.reshape([b * t]);
-        match reduction {
-            Reduction::Sum => self.loss_head(x, targets, None),
-            Reduction::Mean => {
-                let kept = targets.clone().greater_equal_elem(0).float().sum();
-                self.loss_head(x, targets, None) / kept
-            }
-            Reduction::None => {
-                let logits = linear(&self.lm_head, x, self.compute);
-                let v_padded = logits.dims()[2];
-                let logits = logits.reshape([b * t, v_padded]).cast(FloatDType::F32);
-                let c = &self.config;
-                ops::cross_entropy(logits, targets, c.vocab_size, c.logit_softcap)
-            }
-        }
-    }
-
-    /// `Σ weight · loss` over the positions (`[1]`) of next-token `targets` (`[batch, t]`, −1 =
-    /// ignored), `weights` `[batch · t]` being constants (chat RL's advantages), through the
-    /// blocked loss head.
-    pub fn forward_loss_weighted(
-        &self,
-        idx: Tensor<B, 2, Int>,
-        targets: Tensor<B, 2, Int>,
-        weights: Tensor<B, 1>,
-    ) -> Tensor<B, 1> {
-        let x = self.hidden(idx, None);
-        let [b, t, _] = x.dims();
-        self.loss_head(x, targets.reshape([b * t]), Some(weights))
-    }
-
-    /// `lm_head` and the summed (weighted) loss of the hidden states `x`.
-    fn loss_head(
-        &self,
-        x: Tensor<B, 3>,
-        targets: Tensor<B, 1, Int>,
-        weights: Option<Tensor<B, 1>>,
-    ) -> Tensor<B, 1> {
-        let [b, t, c] = x.dims();
-        let w = self.lm_head.weight.val();
-        let w = match self.compute {
-            ComputeDtype::F32 => w,
-            ComputeDtype::BF16 => w.cast(FloatDType::BF16),
-        };
-        let head = ops::LossHead {
-            vocab: self.config.vocab_size,
-            softcap: self.config.logit_softcap,
-        };
-        ops::linear_cross_entropy(x.reshape([b * t, c]), w, targets, weights, head)
-    }
-}
-
-/// Cross-entropy with ignore index −1 of logits that are already final (soft-capped, cropped):
-/// mean over kept targets, or per position.
-pub fn cross_entropy<B: Backend>(
-    logits: Tensor<B, 3>,
-    targets: Tensor<B, 2, Int>,
-    reduction: Reduction,
-) -> Tensor<B, 1> {
-    let [b, t, v] = logits.dims();
-    let targets = targets.reshape([b * t]);
-    let losses =
-        ops::reference::cross_entropy_losses(logits.reshape([b * t, v]), targets.clone(), v, 0.0);
-    match reduction {
-        Reduction::None => losses,
-        Reduction::Mean => losses.sum() / targets.greater_equal_elem(0).float().sum(),
-        Reduction::Sum => losses.sum(),
     }
 }
 

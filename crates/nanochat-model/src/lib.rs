@@ -3,7 +3,7 @@
 //! nanochat's GPT (upstream `nanochat/gpt.py`) on burn 0.21, generic over `B: Backend`, so that
 //! one model code runs on the CPU (burn-flex), WGPU and CUDA.
 //!
-//! - [`gpt`]: the model and its forward pass, loss, counts;
+//! - [`gpt`]: the model and its forward pass, counts; [`loss`]: its losses;
 //! - [`init`]: upstream's weight initialisation;
 //! - [`kv_cache`]: the cache for incremental decoding;
 //! - [`ops`]: the fused operations (loss, norms, attention) with CPU kernels;
@@ -29,6 +29,7 @@ pub mod hf_import;
 pub mod init;
 pub mod kernel_cache;
 pub mod kv_cache;
+pub mod loss;
 pub mod microbench;
 pub mod ops;
 pub mod rotary;
