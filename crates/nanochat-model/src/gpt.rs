@@ -30,8 +30,6 @@ use burn::tensor::{FloatDType, Int, Tensor};
 use nanochat_core::model_config::{SMEAR_GATE_CHANNELS, VE_GATE_CHANNELS};
 use nanochat_core::{ModelConfig, ParamCounts, WindowSize};
 
-pub use crate::loss::{Reduction, cross_entropy};
-
 use crate::kv_cache::KvCache;
 use crate::ops::{self, FusedOps, rms_norm};
 use crate::rotary::{rope_tables, rope_tables_at};

@@ -38,8 +38,9 @@ pub mod weights;
 pub use backend::{BackendError, BackendTask, compiled_backends, dispatch};
 /// The burn version this crate is built on, for code that names backend types.
 pub use burn;
-pub use gpt::{ComputeDtype, Gpt, Reduction, cross_entropy};
+pub use gpt::{ComputeDtype, Gpt};
 pub use kv_cache::KvCache;
+pub use loss::{Reduction, cross_entropy};
 pub use ops::{FusedOps, TrainBackend};
 
 /// The CPU backend used by this crate's tests.
