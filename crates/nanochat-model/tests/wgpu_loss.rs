@@ -2,7 +2,8 @@
 //! on WGPU (in CI, Mesa's lavapipe) the backend-generic composition and its autodiff node must
 //! give the CPU kernel's sum and gradients. This is the path CUDA takes too. Runs only with
 //! `--features wgpu`, in a process of its own (the forward test checks that a second process
-//! tunes no kernel, so nothing else may tune beside it).
+//! tunes no kernel, so nothing else may tune beside it), with its kernel cache in a temporary
+//! folder (CubeCL's default is a `target/` beside the crate's `Cargo.toml`: the source tree).
 #![cfg(feature = "wgpu")]
 
 use std::time::Duration;
@@ -10,6 +11,9 @@ use std::time::Duration;
 use burn::backend::wgpu::WgpuDevice;
 use burn::backend::{Autodiff, Flex, Wgpu};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData, TensorPrimitive};
+use nanochat_core::DeviceSpec;
+use nanochat_model::backend::configure_kernel_cache;
+use nanochat_model::kernel_cache;
 use nanochat_model::ops::{self, LossHead, chunked_loss};
 
 const LIMIT: Duration = Duration::from_secs(600);
@@ -113,6 +117,9 @@ fn wgpu_blocked_loss_matches_cpu() {
         std::process::exit(101);
     });
     let _ = watchdog;
+    let tmp = tempfile::tempdir().unwrap();
+    kernel_cache::set_base_dir(tmp.path());
+    let _ = configure_kernel_cache(DeviceSpec::Wgpu(None));
     let cpu = through_autodiff::<Flex>(&Default::default());
     let gpu = WgpuDevice::DefaultDevice;
     close(
