@@ -9,6 +9,16 @@
 //! thread of the pool runs a job that keeps taking the call's work (`rayon::yield_now`) until
 //! the call returns.
 //!
+//! A waiting thread yields its core (`sched_yield`) between its looks for work rather than
+//! spinning in place. On an idle machine the call returns at once (a system call where a
+//! spin was a pause instruction); on a busy one (a server's network threads, its clients, other programs) the scheduler runs the
+//! other ready threads on the waiting thread's core in the step's serial stretches, instead
+//! of preempting whichever thread they land on, in the middle of a parallel kernel whose
+//! other half then waits for it. `nanochat bench serve` on the speedrun's d4 at 32 clients
+//! (2-core VM, 9 alternating pairs over two runs): yielding gave the higher tok/s in 6 pairs,
+//! medians +9 % and +11 %; `bench infer` alone was 0–7 % slower at batch 32 (three runs of
+//! 5–7 rounds).
+//!
 //! Deadlock freedom: a keeper never runs on the thread that runs the call (that thread may
 //! meet it while waiting inside a join, and would then wait for itself), nor inside another
 //! keeper; and a keeper that finds no work for [`IDLE_LIMIT`] ends early, so a keeper taken
@@ -52,8 +62,10 @@ fn keep_awake(done: &AtomicBool, owner: Option<usize>) {
     while !done.load(Ordering::Acquire) {
         match rayon::yield_now() {
             Some(rayon::Yield::Executed) => idle_since = Instant::now(),
+            // No work: give the core to any other thread that is ready to run (see the
+            // module docs); `sched_yield` returns at once when there is none.
             Some(rayon::Yield::Idle) if idle_since.elapsed() < IDLE_LIMIT => {
-                std::hint::spin_loop();
+                std::thread::yield_now();
             }
             _ => break,
         }
