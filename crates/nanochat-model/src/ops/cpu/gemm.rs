@@ -52,6 +52,16 @@ impl<'a> MatRef<'a> {
         }
     }
 
+    /// Columns `j0..j0 + cols` of the view (inside it, so inside `data`).
+    fn columns(self, j0: usize, cols: usize) -> Self {
+        assert!(j0 + cols <= self.cols, "column block out of the view");
+        Self {
+            offset: self.offset + j0 * self.cs,
+            cols,
+            ..self
+        }
+    }
+
     /// The transpose (a view of the same elements).
     pub fn t(self) -> Self {
         Self {
@@ -176,11 +186,9 @@ fn product(
     // its rows do not overlap, and the shapes agree (asserted above).
     unsafe {
         raw_gemm(
-            (m, n, k),
             dst.data.as_mut_ptr().add(dst.offset),
             dst.rs,
-            &lhs,
-            rhs.data.as_ptr().add(rhs.offset),
+            lhs,
             rhs,
             (alpha, accumulate),
             parallelism,
@@ -199,20 +207,17 @@ fn column_blocks(dst: MatMut<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>, accumulate: 
     // reference to `dst`'s elements exists while they do (`dst` is borrowed for the call).
     let dst_rs = dst.rs;
     let dst_at = dst.data.as_mut_ptr().wrapping_add(dst.offset) as usize;
-    let rhs_at = rhs.data.as_ptr().wrapping_add(rhs.offset) as usize;
     (0..n.div_ceil(COLUMN_BLOCK)).into_par_iter().for_each(|b| {
         let j0 = b * COLUMN_BLOCK;
-        let cols = COLUMN_BLOCK.min(n - j0);
-        // SAFETY: as in `product`, for the block's columns `j0..j0 + cols` (inside the checked
-        // views: `j0 + cols <= n`); blocks do not overlap, so each element of `dst` is written
-        // by one thread only.
+        let rhs = rhs.columns(j0, COLUMN_BLOCK.min(n - j0));
+        // SAFETY: as in `product`, for the block's columns of `dst`, those of the checked
+        // sub-view `rhs` (inside the first `n`); blocks do not overlap, so each element of
+        // `dst` is written by one thread only.
         unsafe {
             raw_gemm(
-                (m, cols, k),
                 (dst_at as *mut f32).add(j0),
                 dst_rs,
-                &lhs,
-                (rhs_at as *const f32).add(j0 * rhs.cs),
+                lhs,
                 rhs,
                 (1.0, accumulate),
                 gemm::Parallelism::None,
@@ -221,29 +226,26 @@ fn column_blocks(dst: MatMut<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>, accumulate: 
     });
 }
 
-/// `gemm::gemm` with the views' strides: `dst` (`m × n`, unit column stride, row stride
-/// `dst_rs`), `lhs`'s elements from its view, `rhs`'s from `rhs_ptr` with `rhs`'s strides.
+/// `gemm::gemm` of `lhs · rhs` (checked views whose shapes agree) into `dst`: `lhs.rows ×
+/// rhs.cols` elements, unit column stride, row stride `dst_rs`.
 ///
 /// # Safety
-/// `dst` and `rhs_ptr` must address `m × n` and `k × n` elements inside live allocations with
-/// the given strides, and no other thread may access `dst`'s elements during the call.
-#[allow(clippy::too_many_arguments)]
+/// `dst` must address those elements inside a live allocation, and no other thread may
+/// access them during the call.
 unsafe fn raw_gemm(
-    (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     dst_rs: usize,
-    lhs: &MatRef<'_>,
-    rhs_ptr: *const f32,
+    lhs: MatRef<'_>,
     rhs: MatRef<'_>,
     (alpha, accumulate): (f32, bool),
     parallelism: gemm::Parallelism,
 ) {
-    // SAFETY: the caller's contract, and `lhs` is a checked view.
+    // SAFETY: the caller's contract for `dst`; `lhs` and `rhs` are checked views.
     unsafe {
         gemm::gemm(
-            m,
-            n,
-            k,
+            lhs.rows,
+            rhs.cols,
+            lhs.cols,
             dst,
             1,
             dst_rs as isize,
@@ -251,7 +253,7 @@ unsafe fn raw_gemm(
             lhs.data.as_ptr().add(lhs.offset),
             lhs.cs as isize,
             lhs.rs as isize,
-            rhs_ptr,
+            rhs.data.as_ptr().add(rhs.offset),
             rhs.cs as isize,
             rhs.rs as isize,
             1.0,

@@ -11,10 +11,10 @@
 //!
 //! A waiting thread yields its core (`sched_yield`) between its looks for work rather than
 //! spinning in place. On an idle machine the call returns at once (a system call where a
-//! spin was a pause instruction); on a busy one (a server's network threads, its clients, other programs) the scheduler runs the
-//! other ready threads on the waiting thread's core in the step's serial stretches, instead
-//! of preempting whichever thread they land on, in the middle of a parallel kernel whose
-//! other half then waits for it. `nanochat bench serve` on the speedrun's d4 at 32 clients
+//! spin was a pause instruction); on a busy one (a server's network threads, its clients,
+//! other programs) the scheduler runs the other ready threads on the waiting thread's core in
+//! the step's serial stretches, instead of preempting whichever thread they land on, in the
+//! middle of a parallel kernel whose other half then waits for it. `nanochat bench serve` on the speedrun's d4 at 32 clients
 //! (2-core VM, 9 alternating pairs over two runs): yielding gave the higher tok/s in 6 pairs,
 //! medians +9 % and +11 %; `bench infer` alone was 0–7 % slower at batch 32 (three runs of
 //! 5–7 rounds).
