@@ -165,7 +165,8 @@ fn ci(skip_backends: bool) -> Result<()> {
         });
         // The WGPU path for real: one fixture forward through Mesa's software Vulkan driver
         // (lavapipe; `.ci/run` installs it), compared with the CPU logits, and the blocked
-        // training loss with its gradients (the path CUDA takes too) against the CPU kernel.
+        // training loss and attention with their gradients (the path CUDA takes too) against
+        // the CPU kernels.
         steps.push(Step {
             name: "wgpu forward",
             args: &[
@@ -177,7 +178,7 @@ fn ci(skip_backends: bool) -> Result<()> {
                 "--test",
                 "wgpu_forward",
                 "--test",
-                "wgpu_loss",
+                "wgpu_ops",
             ],
             env: &[],
         });

@@ -6,6 +6,8 @@
 //! Uses `burn::tensor::module::attention`, which backends may implement with fused kernels; when
 //! the window does not cut anything the mask is left out in favour of `is_causal`.
 
+use std::ops::Range;
+
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -30,13 +32,25 @@ pub fn window_mask<B: Backend>(
     window: usize,
     device: &B::Device,
 ) -> Tensor<B, 2, Bool> {
-    let offset = (tk - tq) as i64;
-    let rows = Tensor::<B, 1, Int>::arange(offset..offset + tq as i64, device)
-        .reshape([tq, 1])
-        .expand([tq, tk]);
-    let cols = Tensor::<B, 1, Int>::arange(0..tk as i64, device)
-        .reshape([1, tk])
-        .expand([tq, tk]);
+    block_mask::<B>(tk - tq..tk, 0..tk, window, device)
+}
+
+/// The boolean mask (true = masked) of the queries at absolute positions `rows` over the keys
+/// at positions `cols`: key `c` is masked for query `a` iff `c > a` or `a − c > window`. Built
+/// on the device from two ranges (no `rows × cols` upload).
+pub fn block_mask<B: Backend>(
+    rows: Range<usize>,
+    cols: Range<usize>,
+    window: usize,
+    device: &B::Device,
+) -> Tensor<B, 2, Bool> {
+    let (n, m) = (rows.len(), cols.len());
+    let rows = Tensor::<B, 1, Int>::arange(rows.start as i64..rows.end as i64, device)
+        .reshape([n, 1])
+        .expand([n, m]);
+    let cols = Tensor::<B, 1, Int>::arange(cols.start as i64..cols.end as i64, device)
+        .reshape([1, m])
+        .expand([n, m]);
     let future = cols.clone().greater(rows.clone());
     let too_old = (rows - cols).greater_elem(window as i64);
     future.bool_or(too_old)

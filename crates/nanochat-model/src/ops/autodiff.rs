@@ -1,6 +1,7 @@
 //! The fused ops on `Autodiff<B>`: one graph node per op whose backward calls `B`'s kernel when
 //! `B::FUSED`, else the reference composition recorded op by op (exactly the model's former
-//! graph). The nodes are compute-bound: what the backward needs is kept, never recomputed.
+//! graph); the loss and attention are one node on every backend. The nodes are compute-bound:
+//! what the backward needs is kept, never recomputed.
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -257,15 +258,8 @@ pub(super) fn attention<B: FusedOps, C: CheckpointStrategy>(
     v: FloatTensor<Ad<B, C>>,
     window: usize,
 ) -> FloatTensor<Ad<B, C>> {
-    if !B::FUSED {
-        return prim(reference::attention::<Ad<B, C>>(
-            tensor(q),
-            tensor(k),
-            tensor(v),
-            window,
-        ));
-    }
-
+    // One node on every backend: the reference composition would keep the `B·H·T·T` scores
+    // and probabilities; the default kernels are the blocked composition.
     #[derive(Debug)]
     struct Attention;
 

@@ -21,7 +21,10 @@
 //! against. A backend that sets [`FusedOps::FUSED`] gets one autodiff node per op whose backward
 //! calls its `*_backward` kernel; otherwise `Autodiff<B>` differentiates the reference
 //! composition exactly as before. The CPU backend (burn-flex) has fused kernels (`cpu`, with
-//! the `flex` feature); WGPU, CUDA and ndarray use the reference today.
+//! the `flex` feature); WGPU, CUDA and ndarray use the reference, except for two blocked
+//! compositions every backend gets: the training loss ([`chunked_loss`]) and the training
+//! attention ([`blocked_attention`]), each one autodiff node that never holds a `[B·T, V]` or
+//! `B·H·T·T` tensor.
 //!
 //! Layouts: attention and the rotary norm take `[batch, time, heads, head_dim]` (upstream's
 //! flash-attention layout, what the projections produce without a transpose).
@@ -30,9 +33,10 @@ use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::{FloatTensor, IntTensor, ModuleOps};
-use burn::tensor::{Int, Tensor, TensorPrimitive};
+use burn::tensor::{Int, Tensor, TensorMetadata, TensorPrimitive};
 
 mod autodiff;
+pub mod blocked_attention;
 pub mod chunked_loss;
 #[cfg(feature = "flex")]
 mod cpu;
@@ -132,7 +136,6 @@ pub trait FusedOps: Backend {
         head: LossHead,
         need: [bool; 2],
     ) -> (FloatTensor<Self>, [Option<FloatTensor<Self>>; 2]) {
-        use burn::tensor::TensorMetadata;
         let rows = chunked_loss::block_rows(xw.1.shape().dims::<2>()[1], chunked_loss::BLOCK_ELEMS);
         chunked_loss::forward::<Self>(xw, targets, weights, head, need, rows)
     }
@@ -201,27 +204,32 @@ pub trait FusedOps: Backend {
         reference::rotary_norm_vjp::<Self>(x, dy, (cos, sin), eps, scale)
     }
 
-    /// Causal sliding-window grouped-query attention, see [`attention`].
+    /// Causal sliding-window grouped-query attention without a gradient (inference), see
+    /// [`attention`]: burn's `attention`, which the GPU backends run as a fused kernel.
     fn causal_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         window: usize,
     ) -> FloatTensor<Self> {
-        Self::attention_forward(q, k, v, window).0
+        reference::attention_prim::<Self>(q, k, v, window)
     }
 
-    /// The output and what the backward keeps (the fused CPU kernel: the row log-sum-exps).
+    /// The training forward: the output and what the backward keeps (the rows' log-sum-exps,
+    /// `[B, Tq, H]` float32). By default the blocked composition ([`blocked_attention`]),
+    /// which never holds the `B·H·T·T` scores.
     fn attention_forward(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         window: usize,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
-        (reference::attention_prim::<Self>(q, k, v, window), None)
+        let (out, lse) = blocked_attention::forward_blocks::<Self>(q, k, v, window);
+        (out, Some(lse))
     }
 
-    /// `(dq, dk, dv)` from the inputs, the output, the saved tensor and `dout`.
+    /// `(dq, dk, dv)` from the inputs, the output, the saved tensor and `dout` (without a
+    /// saved tensor: by differentiating the reference).
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         q: FloatTensor<Self>,
@@ -232,8 +240,10 @@ pub trait FusedOps: Backend {
         dout: FloatTensor<Self>,
         window: usize,
     ) -> [FloatTensor<Self>; 3] {
-        let _ = (out, saved);
-        reference::attention_vjp::<Self>(q, k, v, dout, window)
+        let Some(lse) = saved else {
+            return reference::attention_vjp::<Self>(q, k, v, dout, window);
+        };
+        blocked_attention::backward_blocks::<Self>((q, k, v), out, lse, dout, window)
     }
 
     /// One query per row at its own position over a KV cache's rows, see

@@ -324,6 +324,15 @@ impl FusedOps for Flex {
         dy
     }
 
+    fn causal_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        window: usize,
+    ) -> FloatTensor<Self> {
+        Self::attention_forward(q, k, v, window).0
+    }
+
     fn attention_forward(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -331,7 +340,9 @@ impl FusedOps for Flex {
         window: usize,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
         if !is_f32(&[&q, &k, &v]) {
-            return (reference::attention_prim::<Self>(q, k, v, window), None);
+            // bf16 (the kernel is float32): the blocked composition, as on a GPU.
+            let (out, lse) = super::blocked_attention::forward_blocks::<Self>(q, k, v, window);
+            return (out, Some(lse));
         }
         let sh = attention_shape(&q, &k, window);
         // Keys and values are read where they are (a KV cache's prefix is a strided view).
@@ -416,9 +427,13 @@ impl FusedOps for Flex {
         dout: FloatTensor<Self>,
         window: usize,
     ) -> [FloatTensor<Self>; 3] {
-        let Some(lse) = saved.filter(|l| is_f32(&[&q, &k, &v, &out, l, &dout])) else {
+        let Some(lse) = saved else {
             return reference::attention_vjp::<Self>(q, k, v, dout, window);
         };
+        if !is_f32(&[&q, &k, &v, &out, &lse, &dout]) {
+            let qkv = (q, k, v);
+            return super::blocked_attention::backward_blocks::<Self>(qkv, out, lse, dout, window);
+        }
         let sh = attention_shape(&q, &k, window);
         let (qs, ks) = (dims(&q), dims(&k));
         let [q, k, v, out, lse, dout] = [q, k, v, out, lse, dout].map(contiguous);

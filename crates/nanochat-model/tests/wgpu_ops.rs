@@ -1,11 +1,13 @@
-//! The blocked training loss (`ops::linear_cross_entropy`) on a backend without fused kernels:
-//! on WGPU (in CI, Mesa's lavapipe) the backend-generic composition and its autodiff node must
-//! give the CPU kernel's sum and gradients. This is the path CUDA takes too. Runs only with
-//! `--features wgpu`, in a process of its own (the forward test checks that a second process
-//! tunes no kernel, so nothing else may tune beside it), with its kernel cache in a temporary
-//! folder (CubeCL's default is a `target/` beside the crate's `Cargo.toml`: the source tree).
+//! The blocked training ops on a backend without fused kernels, the path CUDA takes too: on
+//! WGPU (in CI, Mesa's lavapipe) the training loss (`ops::linear_cross_entropy`) and the
+//! training attention (`ops::attention` under autodiff: `ops::blocked_attention`) must give the
+//! CPU's values and gradients. Runs only with `--features wgpu`, in a process of its own (the
+//! forward test checks that a second process tunes no kernel, so nothing else may tune beside
+//! it), with its kernel cache in a temporary folder (CubeCL's default is a `target/` beside the
+//! crate's `Cargo.toml`: the source tree).
 #![cfg(feature = "wgpu")]
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use burn::backend::wgpu::WgpuDevice;
@@ -109,19 +111,28 @@ fn close(what: &str, got: (f32, Vec<f32>, Vec<f32>), want: (f32, Vec<f32>, Vec<f
     assert!(rel(&got.2, &want.2) < 1e-4, "{what}: dw");
 }
 
+/// Once per process: a watchdog (a stuck driver fails the test instead of hanging CI) and the
+/// kernel cache in a temporary folder, before the first device use.
+fn setup() -> WgpuDevice {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        std::thread::spawn(|| {
+            std::thread::sleep(LIMIT);
+            eprintln!("wgpu ops did not finish within {LIMIT:?}: the WGPU driver is stuck");
+            std::process::exit(101);
+        });
+        let tmp = tempfile::tempdir().unwrap();
+        kernel_cache::set_base_dir(tmp.path());
+        let _ = configure_kernel_cache(DeviceSpec::Wgpu(None));
+        tmp
+    });
+    WgpuDevice::DefaultDevice
+}
+
 #[test]
 fn wgpu_blocked_loss_matches_cpu() {
-    let watchdog = std::thread::spawn(|| {
-        std::thread::sleep(LIMIT);
-        eprintln!("wgpu loss did not finish within {LIMIT:?}: the WGPU driver is stuck");
-        std::process::exit(101);
-    });
-    let _ = watchdog;
-    let tmp = tempfile::tempdir().unwrap();
-    kernel_cache::set_base_dir(tmp.path());
-    let _ = configure_kernel_cache(DeviceSpec::Wgpu(None));
+    let gpu = setup();
     let cpu = through_autodiff::<Flex>(&Default::default());
-    let gpu = WgpuDevice::DefaultDevice;
     close(
         "autodiff on wgpu",
         through_autodiff::<Wgpu>(&gpu),
@@ -134,4 +145,47 @@ fn wgpu_blocked_loss_matches_cpu() {
         "blocked cpu sum"
     );
     close("blocked on wgpu", blocked::<Wgpu>(&gpu), blocked_cpu);
+}
+
+/// `ops::attention` through `Autodiff<B>` on q `[2, 45, 4, 16]`, k, v `[2, 45, 2, 16]`
+/// (grouped heads) with window `window`: the output and `(dq, dk, dv)` of `Σ out ∘ dy`.
+fn attention_through_autodiff<B: ops::FusedOps>(
+    device: &B::Device,
+    window: usize,
+) -> [Vec<f32>; 4] {
+    let wave = |n: usize, f: f32| (0..n).map(|i| ((i as f32) * f).sin()).collect::<Vec<_>>();
+    let x = |v: Vec<f32>, shape: [usize; 4]| {
+        Tensor::<Autodiff<B>, 4>::from_data(TensorData::new(v, shape), device)
+    };
+    let (qs, ks) = ([2, 45, 4, 16], [2, 45, 2, 16]);
+    let q = x(wave(2 * 45 * 64, 0.37), qs).require_grad();
+    let k = x(wave(2 * 45 * 32, 0.91), ks).require_grad();
+    let v = x(wave(2 * 45 * 32, 1.3), ks).require_grad();
+    let dy = x(wave(2 * 45 * 64, 0.53), qs);
+    let out = ops::attention(q.clone(), k.clone(), v.clone(), window);
+    let grads = (out.clone() * dy).sum().backward();
+    let f = |t: Tensor<B, 4>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    [
+        f(out.inner()),
+        f(q.grad(&grads).unwrap()),
+        f(k.grad(&grads).unwrap()),
+        f(v.grad(&grads).unwrap()),
+    ]
+}
+
+#[test]
+fn wgpu_blocked_attention_matches_cpu() {
+    let gpu = setup();
+    // A full window (the causal diagonal masked inside blocks) and a short one (blocks that
+    // skip the oldest keys).
+    for window in [1000, 7] {
+        let cpu = attention_through_autodiff::<Flex>(&Default::default(), window);
+        let wgpu = attention_through_autodiff::<Wgpu>(&gpu, window);
+        for ((name, a), b) in ["out", "dq", "dk", "dv"].iter().zip(&wgpu).zip(&cpu) {
+            assert_eq!(a.len(), b.len());
+            let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+            let e = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
+            assert!(e < 1e-4, "window {window}: {name} differs by {e}");
+        }
+    }
 }
