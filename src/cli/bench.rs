@@ -41,7 +41,8 @@ enum What {
     /// The model's causal attention, forward and forward + backward.
     Attention(Box<super::bench_kernels::AttentionArgs>),
     /// The forward of the PyTorch reference fixtures on this device, against the CPU backend
-    /// and PyTorch's logits (fails outside the dtype's tolerance).
+    /// and PyTorch's logits, and the training attention's output and gradients against the
+    /// CPU kernel on random inputs (fails outside the dtype's tolerance).
     Parity(Box<super::bench_kernels::ParityArgs>),
     /// A server under concurrent clients: aggregate generated tok/s and p50/p99 time to first
     /// token at 1, 8 and 32 clients (starts `serve` on a checkpoint, or measures `--url`).

@@ -1,15 +1,17 @@
 //! `nanochat bench matmul | attention | parity`: the kernels of a training step on one device,
-//! and the forward against the PyTorch reference fixtures: what the GPU profile
+//! the forward against the PyTorch reference fixtures and the training attention against the
+//! CPU kernel: what the GPU profile
 //! (`xtask/scripts/gpu_profile.sh`) runs beside `torch.matmul` and
 //! `scaled_dot_product_attention` on the same GPU.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
+use nanochat::model::backend::CpuBackend;
 use nanochat::model::burn::tensor::backend::AutodiffBackend;
 use nanochat::model::fixture::{Fixture, forward_parity};
-use nanochat::model::microbench;
 use nanochat::model::{BackendTask, ComputeDtype, TrainBackend, dispatch};
+use nanochat::model::{microbench, op_parity};
 use nanochat::train::bench_train::{BenchTrainArgs, bench_model};
 
 use super::run_args::DeviceArgs;
@@ -140,7 +142,7 @@ enum Kernel {
 
 struct KernelTask(Kernel, ComputeDtype);
 
-type Cpu = <nanochat::model::backend::CpuBackend as AutodiffBackend>::InnerBackend;
+type Cpu = <CpuBackend as AutodiffBackend>::InnerBackend;
 
 impl BackendTask for KernelTask {
     type Output = anyhow::Result<serde_json::Value>;
@@ -162,7 +164,8 @@ impl BackendTask for KernelTask {
                     .iter()
                     .map(|f| forward_parity::<B::InnerBackend, Cpu>(f, &device, dtype))
                     .collect::<Result<Vec<_>, _>>()?;
-                serde_json::json!({ "parity": r })
+                let ops = op_parity::attention_parity::<B, CpuBackend>(&device, dtype);
+                serde_json::json!({ "parity": r, "ops": ops })
             }
         })
     }
@@ -206,17 +209,20 @@ pub fn parity(a: ParityArgs) -> anyhow::Result<()> {
     let fixtures = Fixture::all(&dir)?;
     anyhow::ensure!(!fixtures.is_empty(), "no fixtures in {}", dir.display());
     let out = run_kernel(&a.on, Kernel::Parity(fixtures))?;
-    let failed: Vec<_> = out["parity"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["ok"] != true)
-        .map(|r| r["fixture"].to_string())
-        .collect();
+    let failed = |key: &str, name: &dyn Fn(&serde_json::Value) -> String| -> Vec<String> {
+        out[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["ok"] != true)
+            .map(name)
+            .collect()
+    };
+    let forward = failed("parity", &|r| r["fixture"].to_string());
+    let ops = failed("ops", &|r| format!("{} {}", r["op"], r["case"]));
     anyhow::ensure!(
-        failed.is_empty(),
-        "forward outside tolerance: {}",
-        failed.join(", ")
+        forward.is_empty() && ops.is_empty(),
+        "outside tolerance: forward {forward:?}, ops {ops:?}"
     );
     Ok(())
 }

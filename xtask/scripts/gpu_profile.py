@@ -139,8 +139,9 @@ if smi:
     mem = subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp,memory.used", "--format=csv,noheader,nounits",
                             "-lms", "250"], stdout=open(os.path.join(args.out, "mem.csv"), "w"))
 
-# 1. The forward against PyTorch's fixture (bf16 tolerance), cold: it also pays first compiles.
-run("parity", f"{nc} bench parity {dev} --fixture-dir {args.fixtures}", 120)
+# 1. The forward against PyTorch's fixture and the training attention against the CPU kernel
+#    (bf16 tolerance), cold: it also pays first compiles.
+run("parity", f"{nc} bench parity {dev} --fixture-dir {args.fixtures}", 180)
 # PyTorch's kernels at the same shapes (quick, and they leave our caches cold).
 torch_dev = "cuda" if args.device.startswith("cuda") else "cpu"
 run("torch_kernels", f"{args.python} {here}/gpu_torch_ref.py --device {torch_dev} {REF}", 120, optional=True)
@@ -225,6 +226,11 @@ rows.append(("SDPA fwd / fwd+bwd (ms)", f"{fmt(sdpa.get('forward_ms'), '.1f')} /
 par = get("parity", "result", "parity") or []
 for r in par:
     rows.append((f"forward vs PyTorch, {r['fixture']} ({r['dtype']})", f"{r['vs_torch']:.2e} (tol {r['tolerance']:.0e})", get("parity", "cmd")))
+for r in get("parity", "result", "ops") or []:
+    c = r["case"]
+    errs = " / ".join(f"{e:.1e}" for e in r["max_rel"])
+    rows.append((f"{r['op']} [B,T,H,Hkv,D]={c['shape']} window {c['window']} ({r['dtype']}) vs CPU: out / dq / dk / dv",
+                 f"{errs} (tol {r['tolerance']:.0e})", get("parity", "cmd")))
 if args.wgpu:
     rows.append(("d12 median step on WGPU (ms)", fmt((get("d12_wgpu", "result", "result", "median_step_s") or 0) * 1e3 or None, ".1f"), get("d12_wgpu", "cmd")))
 with open(os.path.join(args.out, "results.md"), "w") as f:

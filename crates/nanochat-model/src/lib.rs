@@ -31,6 +31,7 @@ pub mod kernel_cache;
 pub mod kv_cache;
 pub mod loss;
 pub mod microbench;
+pub mod op_parity;
 pub mod ops;
 pub mod rotary;
 pub mod weights;
