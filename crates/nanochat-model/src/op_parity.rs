@@ -57,8 +57,8 @@ pub struct OpParity {
     pub ok: bool,
 }
 
-/// Deterministic inputs in `[-1.5, 1.5)`.
-fn inputs(n: usize, seed: u64) -> Vec<f32> {
+/// `n` deterministic inputs in `[-1.5, 1.5)` (a xorshift stream from `seed`).
+pub(crate) fn inputs(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     (0..n)
         .map(|_| {
@@ -70,9 +70,9 @@ fn inputs(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// `ops::attention` through autodiff on `B`: the output and `(dq, dk, dv)` of `Σ out ∘ dy`,
-/// as float32 vectors.
-fn attention_run<B: AutodiffBackend + FusedOps>(
+/// `ops::attention` through autodiff on `B` for `case`, in `dtype`: the output and
+/// `(dq, dk, dv)` of `Σ out ∘ dy`, as float32 vectors (empty where a gradient is missing).
+pub fn attention_values<B: AutodiffBackend + FusedOps>(
     case: AttentionCase,
     dtype: ComputeDtype,
     device: &B::Device,
@@ -113,8 +113,8 @@ where
     ATTENTION_CASES
         .iter()
         .map(|&case| {
-            let ours = attention_run::<B>(case, dtype, device);
-            let cpu = attention_run::<Cpu>(case, ComputeDtype::F32, &Default::default());
+            let ours = attention_values::<B>(case, dtype, device);
+            let cpu = attention_values::<Cpu>(case, ComputeDtype::F32, &Default::default());
             let max_rel = [0, 1, 2, 3].map(|i| max_rel_diff(&ours[i], &cpu[i]));
             OpParity {
                 op: "attention",

@@ -91,9 +91,24 @@ impl Shape {
         if lo > 16 { 1 << lo.ilog2() } else { lo }
     }
 
+    /// The blocks of `rows` query rows (the last one partial): `(r0, n, keys)` for rows
+    /// `r0..r0 + n` and the [`keys`](Self::keys) they see.
+    fn blocks(&self, rows: usize) -> impl Iterator<Item = (usize, usize, Keys)> + '_ {
+        let rows = rows.max(1);
+        (0..self.tq).step_by(rows).map(move |r0| {
+            let n = rows.min(self.tq - r0);
+            (r0, n, self.keys(r0, n))
+        })
+    }
+
+    /// The softmax scale, `1/sqrt(D)`.
+    fn scale(&self) -> f64 {
+        1.0 / (self.d as f64).sqrt()
+    }
+
     /// The keys `lo..hi` rows `r0..r0 + rows` see, and whether some of them are masked for
     /// some of those rows.
-    fn keys(&self, r0: usize, rows: usize) -> (usize, usize, bool) {
+    fn keys(&self, r0: usize, rows: usize) -> Keys {
         // Row `a` sees `a − window ..= a`; consecutive rows see the union of theirs.
         let first = self.tk - self.tq + r0;
         let last = first + rows - 1;
@@ -125,6 +140,9 @@ pub fn backward_blocks<B: Backend>(
     backward::<B>(qkv, out, lse, dout, window, sh.block_rows(BLOCK_ELEMS))
 }
 
+/// The keys `lo..hi` a block reads, and whether a mask cuts inside them.
+type Keys = (usize, usize, bool);
+
 fn tensor<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
 }
@@ -150,12 +168,7 @@ fn ungrouped<B: Backend>(x: Tensor<B, 4>, sh: &Shape, rows: usize) -> Tensor<B, 
 
 /// Per-row statistics (`[B, T, H]`, rows `r0..r0 + rows`) as `[B, H_kv, G · rows, 1]`.
 fn grouped_stat<B: Backend>(x: &Tensor<B, 3>, sh: &Shape, r0: usize, rows: usize) -> Tensor<B, 4> {
-    x.clone().narrow(1, r0, rows).swap_dims(1, 2).reshape([
-        sh.b,
-        sh.h_kv,
-        (sh.h / sh.h_kv) * rows,
-        1,
-    ])
+    grouped(&x.clone().unsqueeze_dim(3), sh, r0, rows)
 }
 
 /// Float32 scores of one block (`q` grouped, keys `lo..hi`), masked to `−∞` where a row may
@@ -165,13 +178,12 @@ fn scores<B: Backend>(
     kb: Tensor<B, 4>,
     sh: &Shape,
     (r0, rows): (usize, usize),
-    (lo, hi, masked): (usize, usize, bool),
+    (lo, hi, masked): Keys,
 ) -> Tensor<B, 4> {
-    let scale = 1.0 / (sh.d as f64).sqrt();
     let s = qb
         .matmul(kb.transpose())
         .cast(FloatDType::F32)
-        .mul_scalar(scale);
+        .mul_scalar(sh.scale());
     if !masked {
         return s;
     }
@@ -200,14 +212,14 @@ pub fn forward<B: Backend>(
     let sh = Shape::of(q.dims(), k.dims(), window);
     let dtype = FloatDType::from(q.dtype());
     let (mut out, mut lse) = (Vec::new(), Vec::new());
-    for r0 in (0..sh.tq).step_by(rows.max(1)) {
-        let n = rows.max(1).min(sh.tq - r0);
-        let keys @ (lo, hi, _) = sh.keys(r0, n);
+    for (r0, n, keys @ (lo, hi, _)) in sh.blocks(rows) {
         let (kb, vb) = (k_rows(&k, lo, hi), k_rows(&v, lo, hi));
         let s = scores(grouped(&q, &sh, r0, n), kb, &sh, (r0, n), keys);
         let max = s.clone().max_dim(3);
-        let l = max.clone() + (s.clone() - max).exp().sum_dim(3).log();
-        let p = (s - l.clone()).exp().cast(dtype);
+        let e = (s - max.clone()).exp();
+        let sum = e.clone().sum_dim(3);
+        let l = max + sum.clone().log();
+        let p = (e / sum).cast(dtype);
         out.push(ungrouped(p.matmul(vb), &sh, n));
         lse.push(l.reshape([sh.b, sh.h, n]).swap_dims(1, 2));
     }
@@ -241,7 +253,6 @@ pub fn backward<B: Backend>(
         FloatDType::from(k.dtype()),
         FloatDType::from(v.dtype()),
     );
-    let scale = 1.0 / (sh.d as f64).sqrt();
     // D = rowsum(dO ∘ O): the softmax's backward term, one float per row and head.
     let delta = (dout.clone().cast(FloatDType::F32) * out.cast(FloatDType::F32))
         .sum_dim(3)
@@ -250,19 +261,14 @@ pub fn backward<B: Backend>(
     let mut dk = Tensor::<B, 4>::zeros([sh.b, sh.h_kv, sh.tk, sh.d], &device);
     let mut dv = Tensor::<B, 4>::zeros([sh.b, sh.h_kv, sh.tk, sh.d], &device);
     let mut dq = Vec::new();
-    for r0 in (0..sh.tq).step_by(rows.max(1)) {
-        let n = rows.max(1).min(sh.tq - r0);
-        let keys @ (lo, hi, _) = sh.keys(r0, n);
+    for (r0, n, keys @ (lo, hi, _)) in sh.blocks(rows) {
         let (qb, dob) = (grouped(&q, &sh, r0, n), grouped(&dout, &sh, r0, n));
         let (kb, vb) = (k_rows(&k, lo, hi), k_rows(&v, lo, hi));
         let s = scores(qb.clone(), kb.clone(), &sh, (r0, n), keys);
         let p = (s - grouped_stat(&lse, &sh, r0, n)).exp();
-        let dp = dob
-            .clone()
-            .matmul(vb.clone().transpose())
-            .cast(FloatDType::F32);
+        let dp = dob.clone().matmul(vb.transpose()).cast(FloatDType::F32);
         let ds = (p.clone() * (dp - grouped_stat(&delta, &sh, r0, n)))
-            .mul_scalar(scale)
+            .mul_scalar(sh.scale())
             .cast(q_dtype);
         let dvb = p.cast(q_dtype).transpose().matmul(dob);
         let dkb = ds.clone().transpose().matmul(qb);
@@ -285,19 +291,12 @@ pub fn backward<B: Backend>(
 mod tests {
     use super::*;
     use crate::TestBackend as B;
+    use crate::op_parity::inputs;
     use crate::ops::reference;
     use burn::tensor::TensorData;
 
     fn randn(shape: [usize; 4], seed: u64) -> Tensor<B, 4> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let v: Vec<f32> = (0..shape.iter().product::<usize>())
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0
-            })
-            .collect();
+        let v = inputs(shape.iter().product(), seed);
         Tensor::from_data(TensorData::new(v, shape), &Default::default())
     }
 
