@@ -1,5 +1,6 @@
 //! The `nanochat` binary's data and evaluation records, as a user runs them: `base-train`
-//! refuses an empty data folder before step 0 naming it and the rule; a tiny model trains and
+//! refuses an empty data folder before step 0 naming it and the rule; `--warmup-only` has
+//! nothing to do on the CPU and writes nothing; a tiny model trains and
 //! `doctor` shows the dataset its checkpoint recorded; `base-eval` writes its bits per byte as
 //! an `EvaluationResult` file, and `report generate` reads that file into the report card.
 
@@ -24,6 +25,13 @@ fn dataset_and_evaluation_results_reach_doctor_and_the_report() {
         "{err}"
     );
     assert!(!b.join("base_checkpoints/d1").exists());
+
+    // `--warmup-only` (the speedrun's kernel warm-up stage) has nothing to fill on the CPU:
+    // it says so, succeeds, and trains or writes nothing.
+    let warm = nanochat_args(b, &tiny_base_train("1", &["--warmup-only"]));
+    let warm = ok(&warm, "base-train --warmup-only");
+    assert!(warm.contains("nothing to warm up on cpu"), "{warm}");
+    assert!(!b.join("base_checkpoints").exists());
 
     ok(&nanochat_args(b, &tiny_base_train("1", &[])), "base-train");
     let doctor = ok(&nanochat(b, &["doctor"]), "doctor");

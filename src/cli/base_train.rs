@@ -11,7 +11,10 @@ use nanochat::model::{BackendTask, dispatch};
 use nanochat::tokenizer::Tokenizer;
 
 use super::run_args::RunArgs;
+use nanochat::model::backend::configure_kernel_cache;
+use nanochat::model::kernel_cache::{self, Configured};
 use nanochat::train::peak_flops::peak_flops;
+use nanochat::train::warmup::{WarmupPhase, warmup};
 use nanochat::train::{BaseTrainArgs, TrainSummary, base_train};
 
 /// Flags of `base-train` (unset flags keep the preset's or upstream's default).
@@ -112,6 +115,11 @@ pub struct Args {
     /// Stop after this step (with a checkpoint) without finishing the schedule.
     #[arg(long)]
     stop_after: Option<u64>,
+    /// Fill the GPU's kernel caches for this run's shapes and exit: one optimizer step on
+    /// random tokens, a validation forward and the samples, nothing trained or saved (the
+    /// minutes a cold cache costs, spent and shown ahead of the run; the CPU has no cache).
+    #[arg(long)]
+    warmup_only: bool,
 }
 
 fn opt_u64(v: i64) -> Option<u64> {
@@ -222,8 +230,73 @@ impl BackendTask for Task {
     }
 }
 
+struct WarmupTask {
+    config: TrainingConfiguration,
+    tokenizer: Tokenizer,
+    compute_dtype: nanochat::model::ComputeDtype,
+    cache: PathBuf,
+}
+
+impl BackendTask for WarmupTask {
+    type Output = Result<Vec<WarmupPhase>, nanochat::train::TrainError>;
+    fn run<B: nanochat::model::TrainBackend>(self, device: B::Device) -> Self::Output {
+        let tuned = || Some(kernel_cache::tuned_keys(&self.cache));
+        let (config, tokenizer) = (&self.config, &self.tokenizer);
+        warmup::<B>(
+            config,
+            tokenizer,
+            self.compute_dtype,
+            &device,
+            &tuned,
+            |p| {
+                println!(
+                    "warm-up: {:<14} {:>8.1} s  {} kernels tuned",
+                    p.name,
+                    p.seconds,
+                    p.tuned.unwrap_or(0)
+                );
+            },
+        )
+    }
+}
+
+/// `--warmup-only`: the run's first step, validation and samples on `device`, with the
+/// kernels each tuned, then where the cache is.
+fn warmup_only(args: &Args, config: TrainingConfiguration, base: &Path) -> anyhow::Result<()> {
+    let device = args.run_on.device();
+    let cache = match configure_kernel_cache(device) {
+        Configured::At(dir) | Configured::Kept(dir) => dir,
+        Configured::NoGpuBackend => {
+            println!(
+                "base-train --warmup-only: nothing to warm up on {device} (only the GPU \
+                 backends tune and compile kernels; the CPU's are built in)"
+            );
+            return Ok(());
+        }
+    };
+    let task = WarmupTask {
+        config,
+        tokenizer: super::load_tokenizer(base)?,
+        compute_dtype: args.run_on.compute_dtype(device),
+        cache: cache.clone(),
+    };
+    let phases = dispatch(device, task)??;
+    let seconds: f64 = phases.iter().map(|p| p.seconds).sum();
+    let tuned: u64 = phases.iter().filter_map(|p| p.tuned).sum();
+    println!(
+        "warm-up done in {seconds:.1} s: {tuned} kernels tuned now, {} in {} (base-train with \
+         the same flags starts from them)",
+        kernel_cache::tuned_keys(&cache),
+        cache.display()
+    );
+    Ok(())
+}
+
 pub fn run(args: Args, base: &Path) -> anyhow::Result<()> {
     let config = args.configuration()?;
+    if args.warmup_only {
+        return warmup_only(&args, config, base);
+    }
     let device = args.run_on.device();
     let compute_dtype = args.run_on.compute_dtype(device);
     let name = args

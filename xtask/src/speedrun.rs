@@ -3,9 +3,10 @@
 //! holding its wall time) so that rerunning continues where it stopped; an interrupted
 //! pretraining resumes from its last checkpoint.
 //!
-//! Stages (upstream v0 `speedrun.sh`): report reset → tok-train → tok-eval → base-train →
-//! base-eval → mid-train → chat-eval (mid) → chat-sft → chat-eval (sft) → chat-rl →
-//! chat-eval (rl) → report generate. The wall time of every stage is logged into the report
+//! Stages (upstream v0 `speedrun.sh`): report reset → tok-train → tok-eval → warmup (the GPU
+//! kernel caches filled for pretraining's shapes, `base-train --warmup-only`; instant on the
+//! CPU) → base-train → base-eval → mid-train → chat-eval (mid) → chat-sft → chat-eval (sft) →
+//! chat-rl → chat-eval (rl) → report generate. The wall time of every stage is logged into the report
 //! (section `speedrun`), which ends the run with its summary table.
 
 use std::path::{Path, PathBuf};
@@ -145,6 +146,15 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
             format!("tok-train --vocab-size {} --no-progress", p.vocab_size),
         ),
         ("tok-eval", "tok-eval".into()),
+        // The run's kernels tuned ahead of it, so that pretraining's first step is not
+        // minutes of silent tuning on a GPU with a cold cache (a no-op on the CPU).
+        (
+            "warmup",
+            format!(
+                "base-train --depth {d} --model-tag {tag} --device {dev} --no-progress {} --warmup-only",
+                p.train
+            ),
+        ),
         (
             "base-train",
             format!(
@@ -168,7 +178,7 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         .into_iter()
         .map(|(name, line)| {
             let mut v: Vec<String> = line.split_whitespace().map(String::from).collect();
-            let parallel = !matches!(name, "report-reset" | "tok-train" | "tok-eval");
+            let parallel = !matches!(name, "report-reset" | "tok-train" | "tok-eval" | "warmup");
             if let (true, Some(n)) = (parallel, &devices) {
                 v.extend(["--devices".to_string(), n.clone()]);
             }
@@ -254,10 +264,11 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     Ok(())
 }
 
-const STAGE_NAMES: [&str; 11] = [
+const STAGE_NAMES: [&str; 12] = [
     "report-reset",
     "tok-train",
     "tok-eval",
+    "warmup",
     "base-train",
     "base-eval",
     "mid-train",

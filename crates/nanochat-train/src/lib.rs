@@ -8,7 +8,8 @@
 //! Ported so far: [`optim::MuonAdamW`] ([`muon`], [`adamw`]), [`base_train()`](base_train::base_train) with
 //! [`schedule::RunPlan`], midtraining and SFT ([`chat_train`](mod@chat_train)),
 //! RL ([`chat_rl`](mod@chat_rl), [`pass_at_k`]); data parallelism on every stage ([`data_parallel`], over
-//! `nanochat_model::distributed`); training throughput on random tokens ([`bench_train`]).
+//! `nanochat_model::distributed`); training throughput on random tokens ([`bench_train`]);
+//! the GPU kernel caches filled for a run's shapes ahead of it ([`warmup`](mod@warmup)).
 
 #![warn(missing_docs)]
 
@@ -27,6 +28,7 @@ pub mod peak_flops;
 pub mod run;
 pub mod schedule;
 pub mod stage_meta;
+pub mod warmup;
 
 pub use base_train::{BaseTrainArgs, TrainSummary, base_train};
 pub use chat_rl::{ChatRlArgs, chat_rl};
