@@ -164,7 +164,8 @@ impl BackendTask for KernelTask {
                     .iter()
                     .map(|f| forward_parity::<B::InnerBackend, Cpu>(f, &device, dtype))
                     .collect::<Result<Vec<_>, _>>()?;
-                let ops = op_parity::attention_parity::<B, CpuBackend>(&device, dtype);
+                let mut ops = op_parity::attention_parity::<B, CpuBackend>(&device, dtype);
+                ops.extend(op_parity::linear_parity::<B, CpuBackend>(&device, dtype));
                 serde_json::json!({ "parity": r, "ops": ops })
             }
         })

@@ -68,9 +68,9 @@ def left():
     return args.budget - (time.time() - start)
 
 
-def run(name, cmd, limit, optional=False):
-    """Runs `cmd` (a string) with a time limit; records wall time, status and the last JSON
-    line it printed."""
+def run(name, cmd, limit, optional=False, extra_env=None):
+    """Runs `cmd` (a string) with a time limit (and `extra_env` on top of the profile's
+    environment); records wall time, status and the last JSON line it printed."""
     if optional and left() < limit:
         results["runs"][name] = {"skipped": f"{left():.0f} s left of the budget, needs {limit}"}
         return None
@@ -79,7 +79,8 @@ def run(name, cmd, limit, optional=False):
     log.flush()
     t0 = time.time()
     try:
-        proc = subprocess.run(shlex.split(cmd), env=env, capture_output=True, text=True, timeout=limit)
+        proc = subprocess.run(shlex.split(cmd), env=dict(env, **(extra_env or {})), capture_output=True,
+                              text=True, timeout=limit)
         out, err, code = proc.stdout, proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
@@ -100,7 +101,8 @@ def run(name, cmd, limit, optional=False):
             parsed = json.loads(out)
         except ValueError:
             pass
-    rec = {"cmd": cmd, "wall_s": round(wall, 2), "status": code, "result": parsed}
+    shown = " ".join(f"{k}={v}" for k, v in (extra_env or {}).items())
+    rec = {"cmd": f"{shown} {cmd}".strip(), "wall_s": round(wall, 2), "status": code, "result": parsed}
     if code != 0:
         rec["stderr_tail"] = err[-1500:]
     results["runs"][name] = rec
@@ -152,6 +154,15 @@ results["autotune_keys_of_first_step"] = tuned_keys() - keys_before
 # 3. The same again, with the caches of 2: the warm first step; then the steady state.
 run("d12_first_step_warm", f"{nc} bench train {D12} --window-pattern L {dev} --steps 1 --warmup 0", 90)
 run("d12", f"{nc} bench train {D12} --window-pattern L {dev} --steps 10 --warmup 2 --device-name H200", 120)
+# 3b. The linear layers through cuBLASLt (opt-in, NANOCHAT_CUBLASLT=1; #17): parity of the ops first,
+#     then the same steady-state step.
+if args.device.startswith("cuda"):
+    LT = {"NANOCHAT_CUBLASLT": "1"}
+    run("parity_cublaslt", f"{nc} bench parity {dev} --fixture-dir {args.fixtures}", 90, optional=True,
+        extra_env=LT)
+    run("d12_cublaslt", f"{nc} bench train {D12} --window-pattern L {dev} --steps 10 --warmup 2 "
+        f"--device-name H200", 150, optional=True, extra_env=LT)
+    run("matmul_cublaslt", f"{nc} bench matmul {MATMUL} {dev}", 60, optional=True, extra_env=LT)
 run("d12_phases", f"{nc} bench train {D12} --window-pattern L {dev} --steps 3 --warmup 1 --phases", 90, optional=True)
 # 4. Our kernels at the step's shapes.
 run("matmul", f"{nc} bench matmul {MATMUL} {dev}", 120, optional=True)
@@ -206,6 +217,9 @@ rows = [
     ("d12 median step (ms)", fmt((get("d12", "result", "result", "median_step_s") or 0) * 1e3 or None, ".1f"), get("d12", "cmd")),
     ("d12 tok/s", fmt(get("d12", "result", "result", "tok_per_sec"), ".0f"), get("d12", "cmd")),
     ("d12 MFU (%)", fmt(get("d12", "result", "result", "mfu"), ".1f"), get("d12", "cmd")),
+    ("d12 median step, linear layers through cuBLASLt (ms)",
+     fmt((get("d12_cublaslt", "result", "result", "median_step_s") or 0) * 1e3 or None, ".1f"), get("d12_cublaslt", "cmd")),
+    ("d12 tok/s, cuBLASLt", fmt(get("d12_cublaslt", "result", "result", "tok_per_sec"), ".0f"), get("d12_cublaslt", "cmd")),
     ("upstream d12 tok/s (PyTorch)", fmt(get("torch_d12", "result", "tok_per_sec"), ".0f"), get("torch_d12", "cmd")),
     ("upstream d12 peak memory (GB)", fmt(get("torch_d12", "result", "peak_memory_gb"), ".1f"), get("torch_d12", "cmd")),
     ("autotune keys the first step created", str(results.get("autotune_keys_of_first_step")), get("d12_first_step", "cmd")),
@@ -214,8 +228,9 @@ rows = [
 ph = get("d12_phases", "result", "result", "phases") or {}
 for k in ("forward_s", "backward_s", "optimizer_s"):
     rows.append((f"d12 {k[:-2]} (ms)", fmt(ph.get(k) and ph[k] * 1e3, ".1f"), get("d12_phases", "cmd")))
-for m in get("matmul", "result", "matmul") or []:
-    rows.append((f"ours matmul {m['m']}x{m['k']}x{m['n']} (TFLOP/s)", fmt(m["tflops"], ".1f"), get("matmul", "cmd")))
+for run_name, how in (("matmul", ""), ("matmul_cublaslt", ", cuBLASLt")):
+    for m in get(run_name, "result", "matmul") or []:
+        rows.append((f"ours matmul {m['m']}x{m['k']}x{m['n']}{how} (TFLOP/s)", fmt(m["tflops"], ".1f"), get(run_name, "cmd")))
 for m in (get("torch_kernels", "result", "matmul") or []):
     if isinstance(m, dict) and "tflops" in m:
         rows.append((f"torch.matmul {m['m']}x{m['k']}x{m['n']} (TFLOP/s)", fmt(m["tflops"], ".1f"), get("torch_kernels", "cmd")))
@@ -226,11 +241,14 @@ rows.append(("SDPA fwd / fwd+bwd (ms)", f"{fmt(sdpa.get('forward_ms'), '.1f')} /
 par = get("parity", "result", "parity") or []
 for r in par:
     rows.append((f"forward vs PyTorch, {r['fixture']} ({r['dtype']})", f"{r['vs_torch']:.2e} (tol {r['tolerance']:.0e})", get("parity", "cmd")))
-for r in get("parity", "result", "ops") or []:
-    c = r["case"]
-    errs = " / ".join(f"{e:.1e}" for e in r["max_rel"])
-    rows.append((f"{r['op']} [B,T,H,Hkv,D]={c['shape']} window {c['window']} ({r['dtype']}) vs CPU: out / dq / dk / dv",
-                 f"{errs} (tol {r['tolerance']:.0e})", get("parity", "cmd")))
+for run_name, how in (("parity", ""), ("parity_cublaslt", ", cuBLASLt")):
+    for r in get(run_name, "result", "ops") or []:
+        c = r["case"]
+        errs = " / ".join(f"{e:.1e}" for e in r["max_rel"])
+        what = (f"[B,T,H,Hkv,D]={c['shape']} window {c['window']}" if r["op"] == "attention"
+                else f"x {c['x']} · w [{c['x'][2]}, {c['n']}]")
+        rows.append((f"{r['op']} {what} ({r['dtype']}{how}) vs CPU: {' / '.join(r['values'])}",
+                     f"{errs} (tol {r['tolerance']:.0e})", get(run_name, "cmd")))
 if args.wgpu:
     rows.append(("d12 median step on WGPU (ms)", fmt((get("d12_wgpu", "result", "result", "median_step_s") or 0) * 1e3 or None, ".1f"), get("d12_wgpu", "cmd")))
 with open(os.path.join(args.out, "results.md"), "w") as f:

@@ -28,7 +28,8 @@ pub struct MatmulTiming {
     pub tflops: f64,
 }
 
-/// Times `[m, k] × [k, n]` in `dtype` on `device`.
+/// Times `[m, k] × [k, n]` in `dtype` on `device`, as the model's linear layers run it
+/// ([`crate::ops::linear`]: CUDA's cuBLASLt when `NANOCHAT_CUBLASLT=1`, the CPU's kernel).
 pub fn matmul<B: FusedOps>(
     (m, k, n): (usize, usize, usize),
     dtype: ComputeDtype,
@@ -42,7 +43,7 @@ pub fn matmul<B: FusedOps>(
     let run = |times: usize| {
         let mut acc = Tensor::<B, 1>::zeros([1], device);
         for _ in 0..times {
-            let c = a.clone().matmul(b.clone());
+            let c = crate::ops::linear(a.clone(), b.clone());
             acc = acc
                 + c.slice([0..1, 0..1])
                     .reshape([1])

@@ -27,7 +27,7 @@ pub(super) fn linear<B: FusedOps, C: CheckpointStrategy>(
     x: FloatTensor<Ad<B, C>>,
     w: FloatTensor<Ad<B, C>>,
 ) -> FloatTensor<Ad<B, C>> {
-    if !B::FUSED {
+    if !B::linear_node() {
         return <Ad<B, C> as ModuleOps<Ad<B, C>>>::linear(x, w, None);
     }
 

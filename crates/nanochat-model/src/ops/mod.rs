@@ -21,7 +21,8 @@
 //! against. A backend that sets [`FusedOps::FUSED`] gets one autodiff node per op whose backward
 //! calls its `*_backward` kernel; otherwise `Autodiff<B>` differentiates the reference
 //! composition exactly as before. The CPU backend (burn-flex) has fused kernels (`cpu`, with
-//! the `flex` feature); WGPU, CUDA and ndarray use the reference, except for two blocked
+//! the `flex` feature); CUDA can run [`linear`]'s products through cuBLASLt (`cuda`, opt-in:
+//! `NANOCHAT_CUBLASLT=1`); WGPU, CUDA and ndarray use the reference, except for two blocked
 //! compositions every backend gets: the training loss ([`chunked_loss`]) and the training
 //! attention ([`blocked_attention`]), each one autodiff node that never holds a `[B·T, V]` or
 //! `B·H·T·T` tensor.
@@ -40,6 +41,9 @@ pub mod blocked_attention;
 pub mod chunked_loss;
 #[cfg(feature = "flex")]
 mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod gemm_plan;
 pub mod optim;
 pub mod reference;
 
@@ -65,6 +69,13 @@ pub trait FusedOps: Backend {
     /// Whether `Autodiff<Self>` records each op as one node backed by the kernels below
     /// (`true`), or differentiates the reference composition (`false`).
     const FUSED: bool = false;
+
+    /// Whether `Autodiff<Self>` records [`linear`] as one node backed by `linear_forward` /
+    /// `linear_backward` (default: [`FusedOps::FUSED`]). CUDA says so when its products go
+    /// through cuBLASLt, its other ops keeping the reference composition.
+    fn linear_node() -> bool {
+        Self::FUSED
+    }
 
     /// `x · w` without bias (x `[.., K]`, w `[K, N]`), see [`linear`].
     fn fused_linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -386,8 +397,6 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
 impl FusedOps for burn::backend::NdArray {}
 #[cfg(feature = "wgpu")]
 impl FusedOps for burn::backend::Wgpu {}
-#[cfg(feature = "cuda")]
-impl FusedOps for burn::backend::Cuda {}
 
 fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
     t.into_primitive().tensor()
