@@ -187,6 +187,11 @@ fn product(
     Ok(out)
 }
 
+/// The largest power of two (at most 256) that divides the address `ptr`.
+fn alignment(ptr: u64) -> u32 {
+    1u32 << ptr.trailing_zeros().min(8)
+}
+
 /// Builds the descriptors of `g`, picks cuBLASLt's first algorithm and enqueues
 /// `D = A · B` (`[a, b, d]` device pointers, `C = D` with β = 0) on `stream`.
 ///
@@ -241,6 +246,19 @@ unsafe fn enqueue(
                 8,
             )
             .map_err(err("workspace preference"))?;
+            // cuBLASLt assumes 256-byte aligned operands unless told otherwise; a view into a
+            // pooled buffer may start anywhere, so each operand's real alignment is declared.
+            use sys::cublasLtMatmulPreferenceAttributes_t as P;
+            for (attr, ptr) in [
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, a),
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, b),
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, d),
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, d),
+            ] {
+                let align = alignment(ptr);
+                lt::set_matmul_pref_attribute(pref, attr, (&align as *const u32).cast(), 4)
+                    .map_err(err("alignment preference"))?;
+            }
             let heuristic = lt::get_matmul_algo_heuristic(lt.handle, desc, la, lb, lc, lc, pref)
                 .map_err(err("no cuBLASLt algorithm"))?;
             let (alpha, beta) = (1.0f32, 0.0f32);
