@@ -1,9 +1,10 @@
 //! The CUDA backend's kernels. burn's `Cuda` is `Fusion<CubeBackend<CudaRuntime>>`; CubeCL 0.10
 //! has no `wgmma` matmul, the instruction Hopper's full tensor-core rate needs
 //! (docs/performance.md), so with `NANOCHAT_CUBLASLT=1` the linear layer's three products
-//! (`x · w`, `dy · wᵀ`, `xᵀ · dy`) run through NVIDIA's cuBLASLt instead (`cublaslt`), as a
-//! custom op of the fusion graph (`fusion_op`) on CubeCL's own stream. Every other op is the
-//! reference composition (and the blocked loss and attention every backend gets).
+//! (`x · w`, `dy · wᵀ`, `xᵀ · dy`; `lm_head`'s too, which the blocked loss computes with the
+//! same two kernels) run through NVIDIA's cuBLASLt instead (`cublaslt`), as a custom op of the
+//! fusion graph (`fusion_op`) on CubeCL's own stream. Every other op is the reference
+//! composition (and the blocked loss and attention every backend gets).
 //!
 //! Off by default until a device run has measured it against CubeCL's kernels and checked its
 //! parity (`nanochat bench parity` and `xtask/scripts/gpu_profile.sh` run both); the switch is
