@@ -1,10 +1,11 @@
 //! The blocked training ops on a backend without fused kernels, the path CUDA takes too: on
 //! WGPU (in CI, Mesa's lavapipe) the training loss (`ops::linear_cross_entropy`) and the
 //! training attention (`ops::attention` under autodiff: `ops::blocked_attention`) must give the
-//! CPU's values and gradients. Runs only with `--features wgpu`, in a process of its own (the
-//! forward test checks that a second process tunes no kernel, so nothing else may tune beside
-//! it), with its kernel cache in a temporary folder (CubeCL's default is a `target/` beside the
-//! crate's `Cargo.toml`: the source tree).
+//! CPU's values and gradients, and the fusion graph's custom matmul node that CUDA's cuBLASLt
+//! products go through must give the CPU's product. Runs only with `--features wgpu`, in a
+//! process of its own (the forward test checks that a second process tunes no kernel, so
+//! nothing else may tune beside it), with its kernel cache in a temporary folder (CubeCL's
+//! default is a `target/` beside the crate's `Cargo.toml`: the source tree).
 #![cfg(feature = "wgpu")]
 
 use std::sync::OnceLock;
@@ -200,5 +201,53 @@ fn wgpu_blocked_attention_matches_cpu() {
     for (i, name) in ["out", "dq", "dk", "dv"].iter().enumerate() {
         let e = max_rel_diff(&wgpu[i], &cpu[i]);
         assert!(e < 1e-4, "blocks of 8: {name} differs by {e}");
+    }
+}
+
+/// `op(l) · op(r) + 1` for `l = 2 · rows[3..]` of `lhs` (an offset view with element-wise work
+/// before it) on `B`; `product` multiplies the two primitives.
+fn product_around<B: burn::tensor::backend::Backend>(
+    device: &B::Device,
+    (lhs, ls): (&[f32], [usize; 2]),
+    (rhs, rs): (&[f32], [usize; 2]),
+    product: impl FnOnce(Tensor<B, 2>, Tensor<B, 2>) -> Tensor<B, 2>,
+) -> Vec<f32> {
+    let l = Tensor::<B, 2>::from_data(TensorData::new(lhs.to_vec(), ls), device);
+    let l = l.narrow(0, 3, ls[0] - 3) * 2.0;
+    let r = Tensor::<B, 2>::from_data(TensorData::new(rhs.to_vec(), rs), device);
+    (product(l, r) + 1.0)
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn wgpu_fusion_gemm_matches_cpu() {
+    // The custom node of the fusion graph that CUDA's cuBLASLt products go through
+    // (`ops::fusion_gemm`), here with CubeCL's matmul inside: every transpose combination, an
+    // offset input view (as the blocked loss passes its blocks of rows), and fused element-wise
+    // work on both sides of the node, against the CPU.
+    use cubecl::wgpu::WgpuRuntime;
+    use nanochat_model::ops::fusion_gemm::{cubecl_gemm, gemm};
+    let gpu = setup();
+    let (m, k, n) = (13, 24, 10);
+    for trans in [[false, false], [false, true], [true, false], [true, true]] {
+        let ls = if trans[0] { [k + 3, m] } else { [m + 3, k] };
+        let rs = if trans[1] { [n, k] } else { [k, n] };
+        let (lhs, rhs) = (wave(ls[0] * ls[1], 0.37), wave(rs[0] * rs[1], 0.91));
+        let want = product_around::<Flex>(&Default::default(), (&lhs, ls), (&rhs, rs), |l, r| {
+            let l = if trans[0] { l.transpose() } else { l };
+            let r = if trans[1] { r.transpose() } else { r };
+            l.matmul(r)
+        });
+        let got = product_around::<Wgpu>(&gpu, (&lhs, ls), (&rhs, rs), |l, r| {
+            let (l, r) = (l.into_primitive().tensor(), r.into_primitive().tensor());
+            let y = gemm::<WgpuRuntime>(l, r, trans, cubecl_gemm::<WgpuRuntime>);
+            Tensor::from_primitive(TensorPrimitive::Float(y))
+        });
+        assert_eq!(got.len(), m * n, "{trans:?}: shape");
+        let e = max_rel_diff(&got, &want);
+        assert!(e < 1e-5, "{trans:?}: differs by {e}");
     }
 }

@@ -43,6 +43,8 @@ pub mod chunked_loss;
 mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub mod fusion_gemm;
 pub mod gemm_plan;
 pub mod optim;
 pub mod reference;

@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use burn::tensor::DType;
 use burn::tensor::Shape;
-use burn::tensor::ops::FloatTensorOps;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::cuda::CudaRuntime;
@@ -28,7 +27,7 @@ use cudarc::cublaslt::result as lt;
 use cudarc::cublaslt::sys;
 use cudarc::driver::CudaContext;
 
-use super::fusion_op::Inner;
+use crate::ops::fusion_gemm::cubecl_gemm;
 use crate::ops::gemm_plan::{ColMajor, RowMajor, row_major_product};
 
 /// cuBLASLt's scratch space per product (NVIDIA recommends 32 MiB on Hopper).
@@ -57,14 +56,7 @@ pub(super) fn matmul(
             WARNED.get_or_init(|| {
                 tracing::warn!("cuBLASLt: {e}; this product and others like it use CubeCL's matmul")
             });
-            let op = |t: CubeTensor<CudaRuntime>, tr: bool| {
-                if tr {
-                    <Inner as FloatTensorOps<Inner>>::float_transpose(t)
-                } else {
-                    t
-                }
-            };
-            <Inner as FloatTensorOps<Inner>>::float_matmul(op(lhs, trans[0]), op(rhs, trans[1]))
+            cubecl_gemm(lhs, rhs, trans)
         }
     }
 }

@@ -3,7 +3,7 @@
 //! (docs/performance.md), so with `NANOCHAT_CUBLASLT=1` the linear layer's three products
 //! (`x · w`, `dy · wᵀ`, `xᵀ · dy`; `lm_head`'s too, which the blocked loss computes with the
 //! same two kernels) run through NVIDIA's cuBLASLt instead (`cublaslt`), as a custom op of the
-//! fusion graph (`fusion_op`) on CubeCL's own stream. Every other op is the reference
+//! fusion graph (`ops::fusion_gemm`) on CubeCL's own stream. Every other op is the reference
 //! composition (and the blocked loss and attention every backend gets).
 //!
 //! Off by default until a device run has measured it against CubeCL's kernels and checked its
@@ -11,7 +11,6 @@
 //! read once per process.
 
 mod cublaslt;
-mod fusion_op;
 
 use std::sync::OnceLock;
 
@@ -64,6 +63,11 @@ fn unrows(y: FloatTensor<Cuda>, like: &Shape, n: usize) -> FloatTensor<Cuda> {
     <Cuda as FloatTensorOps<Cuda>>::float_reshape(y, Shape::from(dims))
 }
 
+/// `op(lhs) · op(rhs)` through cuBLASLt as one node of the fusion graph.
+fn lt_gemm(lhs: FloatTensor<Cuda>, rhs: FloatTensor<Cuda>, trans: [bool; 2]) -> FloatTensor<Cuda> {
+    super::fusion_gemm::gemm(lhs, rhs, trans, cublaslt::matmul)
+}
+
 impl FusedOps for Cuda {
     fn linear_node() -> bool {
         enabled()
@@ -74,7 +78,7 @@ impl FusedOps for Cuda {
             return <Self as ModuleOps<Self>>::linear(x, w, None);
         }
         let (shape, n) = (x.shape(), w.shape()[1]);
-        unrows(fusion_op::gemm(rows(x), w, [false, false]), &shape, n)
+        unrows(lt_gemm(rows(x), w, [false, false]), &shape, n)
     }
 
     fn linear_backward(
@@ -88,8 +92,8 @@ impl FusedOps for Cuda {
         }
         let (shape, k) = (x.shape(), w.shape()[0]);
         let dy = rows(dy);
-        let dx = need[0].then(|| unrows(fusion_op::gemm(dy.clone(), w, [false, true]), &shape, k));
-        let dw = need[1].then(|| fusion_op::gemm(rows(x), dy, [true, false]));
+        let dx = need[0].then(|| unrows(lt_gemm(dy.clone(), w, [false, true]), &shape, k));
+        let dw = need[1].then(|| lt_gemm(rows(x), dy, [true, false]));
         [dx, dw]
     }
 }
